@@ -1,0 +1,117 @@
+"""The backend seam: three request kinds (as in lm-eval), plus optional routing traces.
+
+Every engine — transformers, mlx-lm, an OpenAI-compatible server — sits behind this protocol, and
+everything above it (cache, suites, lm-eval adapter) only sees these types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class LoglikelihoodRequest:
+    """Score ``continuation`` after ``context``. As in lm-eval the continuation carries its leading space."""
+
+    context: str
+    continuation: str
+
+
+@dataclass(frozen=True)
+class Loglikelihood:
+    logprob: float
+    """Sum of the continuation tokens' log-probabilities (natural log)."""
+    is_greedy: bool
+    """True when every continuation token is the argmax under its prefix."""
+
+
+@dataclass(frozen=True)
+class RollingRequest:
+    """Score a whole text over disjoint windows (perplexity)."""
+
+    text: str
+    window: int | None = None
+    """Tokens per window; ``None`` means the model's maximum length."""
+
+
+@dataclass(frozen=True)
+class WindowScore:
+    logprob: float
+    """Sum of log-probabilities of the scored tokens in this window."""
+    tokens: int
+    """Number of tokens scored in this window."""
+
+
+@dataclass(frozen=True)
+class RollingResult:
+    windows: tuple[WindowScore, ...]
+
+    @property
+    def logprob(self) -> float:
+        return sum(w.logprob for w in self.windows)
+
+    @property
+    def tokens(self) -> int:
+        return sum(w.tokens for w in self.windows)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: str
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    chat: bool = False
+    """Wrap ``prompt`` as one user message through the model's chat template."""
+    temperature: float = 0.0
+    """0 means greedy decoding."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    """The continuation only (prompt excluded), cut at the first stop string (which is removed)."""
+    tokens: int = 0
+    """Generated token count before the cut."""
+    finish_reason: str = "length"
+    """``stop`` (stop string or EOS) or ``length`` (hit ``max_tokens``)."""
+
+
+@dataclass(frozen=True)
+class RouteTrace:
+    """Per MoE layer: the top-k expert ids and their routing weights for every token of one text."""
+
+    layers: tuple[int, ...]
+    expert_ids: tuple[tuple[tuple[int, ...], ...], ...]
+    """[layer][token][k]"""
+    weights: tuple[tuple[tuple[float, ...], ...], ...]
+    """[layer][token][k]"""
+    num_experts: int = 0
+    tokens: tuple[str, ...] = field(default=())
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a suite may ask of a model. Methods take a batch and return results in the same order."""
+
+    name: str
+    """Backend kind, e.g. ``transformers``, ``mlx``, ``openai``."""
+
+    def fingerprint(self) -> str:
+        """Stable hash of everything that determines outputs (weights, tokenizer, dtype, settings)."""
+        ...
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]: ...
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]: ...
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Generation]: ...
+
+
+@runtime_checkable
+class RouteTracingBackend(Backend, Protocol):
+    """A backend that can see inside the model and report expert routing."""
+
+    def route_trace(self, texts: Sequence[str]) -> list[RouteTrace]: ...

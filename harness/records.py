@@ -1,0 +1,78 @@
+"""Item records: what a suite produces for one item, and the metric facts the gate needs.
+
+Everything after the model calls (detectors, statistics, gate, reports) reads only these types,
+so a verdict can be recomputed from stored records without loading a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RECORD_SCHEMA_VERSION = 1
+
+MetricKind = Literal["binary", "continuous", "perplexity", "rate"]
+
+
+class MetricSpec(BaseModel):
+    """All the gate must know about a metric, in one place."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    """Key into ``ItemRecord.scores`` (for ``perplexity``: the records carry ``nll`` and ``tokens``)."""
+    kind: MetricKind
+    """``binary``: 0/1 per item (McNemar). ``continuous``: a per-item score whose mean is the metric
+    (paired bootstrap). ``perplexity``: exp(sum nll / sum tokens) over windows (bootstrap of the ratio).
+    ``rate``: share of items carrying a flag (new-flag counts)."""
+    higher_is_better: bool
+    scale: float = 1.0
+    """Multiply the mean by this for display and budgets (100 for accuracies in points)."""
+    description: str = ""
+
+
+class ItemRecord(BaseModel):
+    """One item of one suite, as one model answered it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = RECORD_SCHEMA_VERSION
+    """Record schema version."""
+    suite: str
+    """Suite name that produced the record."""
+    item_id: str
+    """Stable id, the same for baseline and candidate: pairing key."""
+    prompt: str = ""
+    """What the model saw (after few-shot and templating), or a short description for scored text."""
+    output: str | None = None
+    """Generated text, when the suite generates."""
+    reference: str | None = None
+    """Gold answer or reference translation."""
+    scores: dict[str, float] = Field(default_factory=dict)
+    """Per-item metric values, keyed by ``MetricSpec.name`` (0/1 for binary metrics)."""
+    group: str | None = None
+    """Cluster for clustered standard errors (e.g. MMLU-Pro subject)."""
+    lang: str | None = None
+    """Expected output language (ISO 639-1), for the language detectors."""
+    checks: dict[str, bool] = Field(default_factory=dict)
+    """Named pass/fail checks (collapse suite): True means the check passed."""
+    flags: list[str] = Field(default_factory=list)
+    """Detector flags raised on this item (see ``harness.detectors``)."""
+    meta: dict[str, Any] = Field(default_factory=dict)
+    """Anything else worth keeping (loglikelihoods per choice, token counts, extraction details)."""
+
+
+class SuiteRun(BaseModel):
+    """One suite run on one model: its records and what produced them."""
+
+    suite: str
+    settings: dict[str, Any]
+    """The pinned settings actually used (a baseline refuses comparison when these differ)."""
+    data_sha256: dict[str, str] = Field(default_factory=dict)
+    """File name -> sha256 of every data file read."""
+    metrics: list[MetricSpec] = Field(default_factory=list)
+    records: list[ItemRecord] = Field(default_factory=list)
+    error: str | None = None
+    """Set when the suite failed; the gate fails a suite with an error."""
+    seconds: float = 0.0

@@ -1,0 +1,54 @@
+"""The small shared pieces: registry, user errors, atomic writes, CLI exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.atomic import atomic_dir, atomic_write_text
+from harness.errors import UserError
+from harness.registry import Registry
+
+
+def test_registry_lazy_entry_and_did_you_mean() -> None:
+    registry: Registry[object] = Registry("thing")
+    registry.register("path_join", "os.path:join")
+    import os.path
+
+    assert registry.get("path_join") is os.path.join
+    with pytest.raises(UserError, match="did you mean 'path_join'"):
+        registry.get("path_jion")
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "half.txt").write_text("x")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_replaces_existing(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_write_text(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b.txt"
+    atomic_write_text(path, "hello")
+    assert path.read_text() == "hello"
+    assert [p.name for p in path.parent.iterdir()] == ["b.txt"]
+
+
+def test_cli_unknown_command_exits_2() -> None:
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "nosuch"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "No such command" in result.stderr
