@@ -1,0 +1,161 @@
+"""The sandbox scores hostile programs as failed and leaves no process and no file behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.sandbox import SandboxResult, run_sandboxed
+
+
+@pytest.fixture
+def sandbox_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Make the sandbox create its temp dirs under a folder of our own, so we can check for leftovers."""
+    base = tmp_path / "sandboxes"
+    base.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(base))
+    yield base
+    assert list(base.iterdir()) == [], "sandbox temp dir left behind"
+    assert _processes_with_home_under(base) == [], "sandbox processes left behind"
+
+
+def _processes_with_home_under(base: Path) -> list[int]:
+    """PIDs whose environment has HOME inside ``base`` (each sandbox sets HOME to its own temp dir)."""
+    needle = f"HOME={base}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            variables = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(v.startswith(needle) for v in variables):
+            found.append(int(entry))
+    return found
+
+
+def _kernel_isolated(result: SandboxResult) -> bool:
+    return str(result.isolation.get("namespaces", "")).startswith("user+net+pid")
+
+
+def test_passing_and_failing_programs(sandbox_tmp: Path) -> None:
+    ok = run_sandboxed("def f(x):\n    return x + 1\nassert f(1) == 2\nprint('fine')", timeout_s=10)
+    assert ok.passed and ok.status == "passed" and "fine" in ok.stdout_tail
+    bad = run_sandboxed("assert 1 + 1 == 3", timeout_s=10)
+    assert not bad.passed and bad.status == "failed" and "AssertionError" in bad.stderr_tail
+    exited = run_sandboxed("import sys\nsys.exit(3)", timeout_s=10)
+    assert exited.status == "failed" and exited.returncode == 3
+
+
+def test_infinite_loop_times_out(sandbox_tmp: Path) -> None:
+    result = run_sandboxed("while True:\n    pass", timeout_s=2, cpu_s=1)
+    assert not result.passed and result.status == "timeout"
+    assert result.seconds < 10
+
+
+def test_sleeping_forever_hits_the_wall_timeout(sandbox_tmp: Path) -> None:
+    result = run_sandboxed("import time\ntime.sleep(60)", timeout_s=1.5)
+    assert result.status == "timeout" and result.seconds < 10
+
+
+def test_fork_bomb_is_refused(sandbox_tmp: Path) -> None:
+    result = run_sandboxed("import os\nwhile True:\n    os.fork()", timeout_s=3)
+    assert not result.passed and result.status == "failed"
+
+
+def test_fork_bomb_is_bounded_by_the_kernel_and_cleaned_up(sandbox_tmp: Path) -> None:
+    """Without the Python hook: RLIMIT_NPROC stops the bomb (not for root: the kernel exempts uid 0),
+    and the PID namespace, the group kill and the token scan end every child, even ones that ``setsid``."""
+    program = (
+        "import os, time\n"
+        "made = 0\n"
+        "while made < 200:\n"
+        "    try:\n"
+        "        pid = os.fork()\n"
+        "    except OSError:\n"
+        "        break\n"
+        "    if pid == 0:\n"
+        "        os.setsid()\n"  # try to escape the process group
+        "        time.sleep(60)\n"
+        "        os._exit(0)\n"
+        "    made += 1\n"
+        "print('forked', made)\n"
+        "raise SystemExit(1)\n"
+    )
+    result = run_sandboxed(program, timeout_s=5, max_procs=8, audit_hook=False)
+    assert not result.passed
+    made = int(result.stdout_tail.split()[-1])
+    assert made > 0
+    if os.getuid() != 0:
+        assert made < 200, "RLIMIT_NPROC did not stop the fork bomb"
+
+
+def test_huge_allocation_fails(sandbox_tmp: Path) -> None:
+    result = run_sandboxed("block = bytearray(50 * 1024**3)\nprint(len(block))", timeout_s=5, memory_mb=512)
+    assert not result.passed and result.status == "failed" and "MemoryError" in result.stderr_tail
+
+
+def test_writing_outside_its_dir_is_refused(sandbox_tmp: Path, tmp_path: Path) -> None:
+    target = tmp_path / "escaped.txt"
+    program = f"open({str(target)!r}, 'w').write('pwned')\n"
+    result = run_sandboxed(program, timeout_s=5)
+    assert not result.passed and "PermissionError" in result.stderr_tail
+    assert not target.exists()
+    renamed = run_sandboxed(
+        f"import os\nopen('x', 'w').write('1')\nos.rename('x', {str(target)!r})", timeout_s=5
+    )
+    assert not renamed.passed and not target.exists()
+    inside = run_sandboxed(
+        "open('scratch.txt', 'w').write('ok')\nassert open('scratch.txt').read() == 'ok'", timeout_s=5
+    )
+    assert inside.passed, inside.stderr_tail
+
+
+def test_socket_is_refused(sandbox_tmp: Path) -> None:
+    program = "import socket\ns = socket.create_connection(('127.0.0.1', 22), timeout=1)\nprint('connected')"
+    result = run_sandboxed(program, timeout_s=5)
+    assert not result.passed and "connected" not in result.stdout_tail
+
+
+def test_network_is_absent_at_kernel_level(sandbox_tmp: Path) -> None:
+    program = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n"
+        "s.settimeout(1)\n"
+        "s.connect(('1.1.1.1', 80))\n"
+        "print('connected')\n"
+    )
+    result = run_sandboxed(program, timeout_s=5, audit_hook=False)
+    if not _kernel_isolated(result):
+        pytest.skip(f"no network namespace here: {result.isolation}")
+    assert not result.passed and "connected" not in result.stdout_tail
+    assert "unreachable" in result.stderr_tail.lower()
+
+
+def test_home_secrets_are_not_readable(
+    sandbox_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    secret = home / ".ssh" / "id_rsa"
+    secret.write_text("TOP-SECRET-KEY")
+    monkeypatch.setenv("HOME", str(home))
+    by_path = run_sandboxed(f"print(open({str(secret)!r}).read())", timeout_s=5)
+    assert not by_path.passed and "TOP-SECRET" not in by_path.stdout_tail
+    by_tilde = run_sandboxed(
+        "import os\nprint(open(os.path.expanduser('~/.ssh/id_rsa')).read())", timeout_s=5
+    )
+    assert not by_tilde.passed and "TOP-SECRET" not in by_tilde.stdout_tail
+
+
+def test_subprocess_and_ctypes_are_refused(sandbox_tmp: Path) -> None:
+    shell = run_sandboxed("import subprocess\nsubprocess.run(['true'])", timeout_s=5)
+    assert not shell.passed and "not allowed" in shell.stderr_tail
+    native = run_sandboxed("import ctypes\nctypes.CDLL(None)", timeout_s=5)
+    assert not native.passed
