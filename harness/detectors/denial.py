@@ -38,13 +38,14 @@ PATTERNS: dict[str, regex.Pattern[str]] = {
 }  # fmt: skip
 
 _WORD = regex.compile(r"\p{L}[\p{L}\p{M}'-]{3,}")
-_STOP = frozenset(
+_STOPWORDS = (
     "that this there these those such does exist with have about what which from your into than then "
     "they their them will would could should know aware familiar information find real thing term "
     "concept word term actually really being been were some sure also only just like here more most "
     "existe hay ningún ninguna tengo información pude encontrar término concepto palabra este esta "
-    "pas aucune existe terme mot connais réel".split()  # noqa: SIM905
+    "pas aucune existe terme mot connais réel"
 )
+_STOP = frozenset(_STOPWORDS.split())
 
 
 @dataclass(frozen=True)

@@ -23,4 +23,9 @@ def length_collapse(
     cand = len(tokens(candidate))
     if cand >= ratio * base:
         return None
-    return {"candidate_tokens": cand, "baseline_tokens": base, "ratio": round(cand / base, 4), "threshold": ratio}
+    return {
+        "candidate_tokens": cand,
+        "baseline_tokens": base,
+        "ratio": round(cand / base, 4),
+        "threshold": ratio,
+    }

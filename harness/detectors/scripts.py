@@ -101,7 +101,12 @@ def _quoted(text: str, start: int, end: int) -> bool:
 
 
 def script_mixing(
-    text: str, lang: str | None, *, prompt: str = "", reference_texts: tuple[str, ...] = (), greek_max_run: int = 3
+    text: str,
+    lang: str | None,
+    *,
+    prompt: str = "",
+    reference_texts: tuple[str, ...] = (),
+    greek_max_run: int = 3,
 ) -> dict[str, Any] | None:
     """Evidence of letters from a script that ``lang`` does not use, or ``None``.
 
@@ -116,7 +121,9 @@ def script_mixing(
     if lang is None:
         if not reference_texts:
             return None
-        allowed = tuple(sorted({script_of(c) for ref in reference_texts for c in strip_code(ref)} - {"Other"}))
+        allowed = tuple(
+            sorted({script_of(c) for ref in reference_texts for c in strip_code(ref)} - {"Other"})
+        )
         basis = "reference"
     elif lang in ALLOWED_SCRIPTS:
         allowed, basis = ALLOWED_SCRIPTS[lang], "lang"

@@ -109,7 +109,12 @@ def repetition(
     unit = " ".join(toks[start : start + period])
     # a unit without letters (",0" in a zero array, "| ---" in a table) loops only when it is long
     wordy = bool(_LETTER.search(unit)) or period * repeats >= 3 * min_cover
-    if period and wordy and repeats >= min_repeats and (period * repeats >= min_cover or repeats >= any_repeats):
+    if (
+        period
+        and wordy
+        and repeats >= min_repeats
+        and (period * repeats >= min_cover or repeats >= any_repeats)
+    ):
         reasons["loop"] = {"unit": unit[:120], "period_tokens": period, "repeats": repeats}
     gram, count = top_ngram(toks, ngram_n)
     if count >= ngram_max and _LETTER.search(" ".join(gram)):
