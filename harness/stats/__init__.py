@@ -1,0 +1,48 @@
+"""Paired statistics for the gate: pure functions over numbers, no models, no I/O.
+
+- ``mcnemar``: exact one-sided McNemar p-value from flip counts; Tango's score bounds for the
+  paired difference in accuracy (and its non-inferiority p-values against a margin).
+- ``bootstrap``: paired (and cluster) bootstrap for mean differences, the perplexity ratio, a mean.
+- ``clustered``: cluster-robust standard error of a mean difference (MMLU-Pro subjects).
+- ``multiple``: Holm's step-down across capabilities.
+- ``samplesize``: items that would decide an inconclusive comparison.
+"""
+
+from harness.stats.bootstrap import (
+    BootstrapDistribution,
+    mean_difference,
+    mean_of,
+    paired_statistic,
+    perplexity_ratio,
+    resampled_means,
+)
+from harness.stats.clustered import TInterval, clustered_se, ordinary_se
+from harness.stats.mcnemar import (
+    mcnemar_exact_p,
+    tango_bounds,
+    tango_p_beyond,
+    tango_p_within,
+    tango_statistic,
+)
+from harness.stats.multiple import HolmResult, holm
+from harness.stats.samplesize import items_to_decide
+
+__all__ = [
+    "BootstrapDistribution",
+    "HolmResult",
+    "TInterval",
+    "clustered_se",
+    "holm",
+    "items_to_decide",
+    "mcnemar_exact_p",
+    "mean_difference",
+    "mean_of",
+    "ordinary_se",
+    "paired_statistic",
+    "perplexity_ratio",
+    "resampled_means",
+    "tango_bounds",
+    "tango_p_beyond",
+    "tango_p_within",
+    "tango_statistic",
+]

@@ -1,0 +1,56 @@
+"""How many items would decide an INCONCLUSIVE capability.
+
+Keeping the observed effect and per-item variance, an interval's half-width shrinks like
+``sqrt(n / n')``. The answer is the smallest ``n'`` at which the bound clears the budget on the side
+the estimate lies: below the budget -> the upper bound drops under it (PASS); above -> the lower
+bound rises over it (FAIL). An estimate on (or absurdly close to) the budget can never be decided:
+``None``.
+"""
+
+from __future__ import annotations
+
+import math
+
+_MAX_ITEMS = 10**12
+"""Beyond this, more items will not decide it in practice: ``None``."""
+
+
+def items_to_decide(
+    estimate: float,
+    lower: float,
+    upper: float,
+    margin: float,
+    n: int,
+    *,
+    log_scale: bool = False,
+) -> int | None:
+    """Items needed (same effect, same variance) for the bound to clear ``margin`` either way.
+
+    Args:
+        estimate: the observed regression.
+        lower, upper: its one-sided bounds at the level used for the decision.
+        margin: the budget.
+        n: items (or windows) behind the current bounds.
+        log_scale: compare on the log scale (ratios such as perplexity).
+    """
+    if n <= 0:
+        return None
+    if log_scale:
+        if min(estimate, lower, upper, margin) <= 0:
+            return None
+        estimate, lower, upper, margin = (math.log(x) for x in (estimate, lower, upper, margin))
+    values = (estimate, lower, upper, margin)
+    if not all(math.isfinite(x) for x in values):
+        return None
+    if estimate < margin:
+        half, gap = upper - estimate, margin - estimate
+    elif estimate > margin:
+        half, gap = estimate - lower, estimate - margin
+    else:
+        return None
+    if half <= 0:
+        return n
+    need = n * (half / gap) ** 2
+    if not math.isfinite(need) or need > _MAX_ITEMS:
+        return None
+    return max(n, math.ceil(need))
