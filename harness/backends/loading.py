@@ -1,0 +1,259 @@
+"""Resolve a model spec (local HF directory, GGUF file, hub id) and load it safely.
+
+Everything a user can get wrong about a checkpoint is checked here *before* torch touches it, so a
+bad path or a half-copied shard ends in one ``UserError`` line, not a traceback from deep inside
+transformers. Pickle weights (``*.bin``, ``*.pt``) can run arbitrary code, so they load only when the
+user opts in with ``trust_pickle``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.errors import UserError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+)
+SAFETENSORS_DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E8M0": 1, "F4": 1,
+}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from, after validation. ``path`` is the HF directory or the GGUF file."""
+
+    spec: str
+    kind: Literal["hf_dir", "gguf", "hub"]
+    path: Path | None = None
+    weight_format: Literal["safetensors", "pickle", "gguf", "hub"] = "safetensors"
+    weight_files: tuple[Path, ...] = field(default=())
+
+    @property
+    def load_dir(self) -> str:
+        """The first argument to ``from_pretrained``."""
+        if self.kind == "hub":
+            return self.spec
+        assert self.path is not None
+        return str(self.path.parent if self.kind == "gguf" else self.path)
+
+    @property
+    def gguf_file(self) -> str | None:
+        return self.path.name if self.kind == "gguf" and self.path is not None else None
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return (
+        len(parts) == 2
+        and all(parts)
+        and not spec.startswith((".", "~", "/"))
+        and not spec.endswith(".gguf")
+        and os.sep == "/"
+    )
+
+
+def resolve_model(spec: str | os.PathLike[str], *, trust_pickle: bool = False, gguf_file: str | None = None) -> ModelSource:
+    """Validate a model spec and say where its weights are; raises ``UserError`` on anything wrong."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if _looks_like_hub_id(spec):
+            if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+                raise UserError(
+                    f"model '{spec}' is not a local path and the Hugging Face hub is offline (HF_HUB_OFFLINE=1)",
+                    "pass a local model directory or GGUF file, or unset HF_HUB_OFFLINE",
+                )
+            return ModelSource(spec=spec, kind="hub", weight_format="hub")
+        raise UserError(f"model path {spec} does not exist", "pass a local Hugging Face model directory or a .gguf file")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise UserError(
+                f"model path {spec} is a file but not a .gguf file",
+                "pass the directory holding config.json and the weights, or a .gguf file",
+            )
+        check_gguf(path)
+        return ModelSource(spec=spec, kind="gguf", path=path, weight_format="gguf", weight_files=(path,))
+    if gguf_file is not None:
+        return resolve_model(path / gguf_file)
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return resolve_model(ggufs[0])
+        hint = f"it holds {len(ggufs)} .gguf files: pass one of them" if ggufs else "pass a Hugging Face model directory"
+        raise UserError(f"model directory {spec} has no config.json", hint)
+    read_config(path)  # validates JSON and architecture
+    safetensors = _safetensors_files(path)
+    if safetensors:
+        for file in safetensors:
+            check_safetensors(file)
+        return ModelSource(spec=spec, kind="hf_dir", path=path, weight_format="safetensors", weight_files=safetensors)
+    pickles = tuple(sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file()))
+    if pickles:
+        if not trust_pickle:
+            raise UserError(
+                f"model directory {spec} holds only pickle weights ({pickles[0].name}), which can run arbitrary code when loaded",
+                "convert it to safetensors, or pass --trust-pickle only if you trust the source",
+            )
+        return ModelSource(spec=spec, kind="hf_dir", path=path, weight_format="pickle", weight_files=pickles)
+    raise UserError(f"model directory {spec} has no weights (*.safetensors)", "copy the weight files next to config.json")
+
+
+def _safetensors_files(path: Path) -> tuple[Path, ...]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"{index} is not a valid safetensors index ({exc})", "restore the file from the original checkpoint") from None
+        files = tuple(path / name for name in sorted(set(weight_map.values())))
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise UserError(f"{path} is missing shard {missing[0]} named in its index ({len(missing)} missing)", "copy the missing shards")
+        return files
+    return tuple(sorted(path.glob("*.safetensors")))
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """``config.json`` of an HF directory, checked to name an architecture transformers knows."""
+    config_path = path / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{config_path} is not valid JSON ({exc})", "restore config.json from the original checkpoint") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_path} is not a JSON object", "restore config.json from the original checkpoint")
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if not model_type or model_type not in CONFIG_MAPPING:
+        import transformers
+
+        raise UserError(
+            f"{config_path} names an unknown architecture (model_type={model_type!r}) for transformers {transformers.__version__}",
+            "upgrade transformers, or fix model_type in config.json",
+        )
+    return config
+
+
+def read_safetensors_header(file: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file and the byte offset where tensor data starts."""
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        raw = handle.read(8)
+        if len(raw) < 8:
+            raise UserError(f"{file} is truncated ({size} bytes, no safetensors header)", "re-download or re-copy the file")
+        (length,) = struct.unpack("<Q", raw)
+        if 8 + length > size:
+            raise UserError(f"{file} is truncated (header says {length} bytes, file has {size})", "re-download or re-copy the file")
+        try:
+            header = json.loads(handle.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{file} has a corrupt safetensors header", "re-download or re-copy the file") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{file} has a corrupt safetensors header", "re-download or re-copy the file")
+    return header, 8 + length
+
+
+def check_safetensors(file: Path) -> dict[str, Any]:
+    """Check that the header parses and the data size matches the header's offsets (truncation, corruption)."""
+    header, start = read_safetensors_header(file)
+    data_size = file.stat().st_size - start
+    end_max = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = info["data_offsets"]
+            count = 1
+            for dim in info["shape"]:
+                count *= int(dim)
+            width = SAFETENSORS_DTYPE_BYTES.get(info["dtype"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{file} has a corrupt entry for tensor {name} in its header", "re-download or re-copy the file") from None
+        if width is not None and info["dtype"] != "F4" and end - begin != count * width:
+            raise UserError(f"{file}: tensor {name} has {end - begin} bytes for shape {info['shape']}", "re-download or re-copy the file")
+        end_max = max(end_max, end)
+    if end_max != data_size:
+        what = "truncated" if data_size < end_max else "corrupt (trailing bytes)"
+        raise UserError(
+            f"{file} is {what}: header needs {end_max} data bytes, file has {data_size}",
+            "re-download or re-copy the file",
+        )
+    return header
+
+
+def check_gguf(file: Path) -> None:
+    """A GGUF file starts with the magic ``GGUF``; the gguf reader checks the rest."""
+    with file.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise UserError(f"{file} is not a GGUF file (bad magic)", "pass a valid .gguf file or a Hugging Face directory")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device not in DEVICES:
+        raise UserError(f"unknown device '{device}'", f"use one of {', '.join(DEVICES)}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but torch sees no CUDA GPU", "use --device cpu or auto")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' requested but it is not available", "use --device cpu or auto")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str, config: dict[str, Any] | None = None) -> Any:
+    """``auto`` is float32 on CPU (bf16 matmuls are slow there) and the checkpoint's dtype elsewhere."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device == "cpu":
+        return torch.float32
+    stored = (config or {}).get("torch_dtype") or (config or {}).get("dtype") or "bfloat16"
+    return getattr(torch, str(stored).removeprefix("torch."), torch.bfloat16)
+
+
+def load_model_and_tokenizer(source: ModelSource, *, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any, str]:
+    """Load (model, tokenizer, device) in eval mode; loader errors become one-line ``UserError``s."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(device)
+    config = read_config(source.path) if source.kind == "hf_dir" and source.path else None
+    torch_dtype = resolve_dtype(dtype, device, config)
+    kwargs: dict[str, Any] = {}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    model_kwargs = dict(kwargs, dtype=torch_dtype)
+    if source.weight_format == "pickle":
+        model_kwargs["use_safetensors"] = False
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.load_dir, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source.load_dir, **model_kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"could not load model {source.spec}: {first}", "check that the checkpoint is complete and supported") from None
+    model.to(device)
+    model.eval()
+    return model, tokenizer, device

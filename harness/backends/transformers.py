@@ -1,0 +1,319 @@
+"""The transformers/torch backend: lm-eval's scoring conventions on any ``AutoModelForCausalLM``.
+
+Scoring follows lm-eval's ``HFLM`` exactly (trailing context spaces move into the continuation, the
+sequence is cut from the left to ``max_length + 1`` tokens, right padding without a mask, sum of the
+continuation's log-probabilities and an exact-greedy flag), so numbers agree with published lm-eval
+runs. Requests are deduplicated and sorted by length; batch composition never changes a result beyond
+float noise because every row is scored independently of its padding.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+from harness.backends.base import (
+    GenerateRequest,
+    Generation,
+    Loglikelihood,
+    LoglikelihoodRequest,
+    RollingRequest,
+    RollingResult,
+    WindowScore,
+)
+from harness.backends.loading import ModelSource, load_model_and_tokenizer, resolve_model
+from harness.errors import UserError
+
+DEFAULT_MAX_LENGTH = 2048
+ROLLING_WINDOW_CAP = 2048
+"""Default rolling window: the model's max length, capped so a window's logits stay a few hundred MB."""
+
+
+class TransformersBackend:
+    """A loaded causal LM behind the ``Backend`` protocol.
+
+    Args:
+        model: a causal LM (eval mode).
+        tokenizer: its tokenizer.
+        device: where inputs go (defaults to the model's device).
+        max_length: context length; default from the config (``max_position_embeddings``...) like lm-eval.
+        batch_size: most rows per forward pass.
+        max_batch_tokens: most padded tokens per forward pass (keeps memory flat for long windows).
+        add_bos_token: force BOS on or off for plain prompts (``None``: the tokenizer's default).
+        source: where the checkpoint came from (for the fingerprint).
+        settings: extra settings that change outputs (recorded in the fingerprint).
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        device: str | None = None,
+        max_length: int | None = None,
+        batch_size: int = 8,
+        max_batch_tokens: int = 8192,
+        add_bos_token: bool | None = None,
+        source: ModelSource | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = str(device or next(model.parameters()).device)
+        self.max_length = int(max_length or _resolve_max_length(model.config, tokenizer))
+        self.batch_size = max(1, int(batch_size))
+        self.max_batch_tokens = max(self.max_length + 1, int(max_batch_tokens))
+        self.add_bos_token = add_bos_token
+        self.source = source
+        self.settings = dict(settings or {})
+        self._fingerprint: str | None = None
+        self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str,
+        *,
+        dtype: str = "auto",
+        device: str = "auto",
+        trust_pickle: bool = False,
+        gguf_file: str | None = None,
+        **options: Any,
+    ) -> TransformersBackend:
+        """Validate and load a local HF directory, a GGUF file or a hub id (see ``resolve_model``)."""
+        source = resolve_model(model, trust_pickle=trust_pickle, gguf_file=gguf_file)
+        loaded, tokenizer, resolved = load_model_and_tokenizer(source, dtype=dtype, device=device)
+        settings = {"dtype": str(loaded.dtype).removeprefix("torch."), **{k: v for k, v in options.items() if k != "batch_size"}}
+        return cls(loaded, tokenizer, device=resolved, source=source, settings=settings, **options)
+
+    # ------------------------------------------------------------------ identity
+    def fingerprint(self) -> str:
+        """Hash of the checkpoint (sampled bytes, headers, tokenizer) plus dtype and scoring settings."""
+        if self._fingerprint is None:
+            from harness.fingerprint import fingerprint_checkpoint, fingerprint_module
+
+            extra = {
+                "backend": self.name,
+                "dtype": str(self.model.dtype).removeprefix("torch."),
+                "max_length": self.max_length,
+                "add_bos_token": self.add_bos_token,
+                **self.settings,
+            }
+            if self.source is not None and self.source.path is not None:
+                self._fingerprint = fingerprint_checkpoint(self.source.path, extra)
+            elif self.source is not None:
+                self._fingerprint = fingerprint_module(self.model, self.tokenizer, {**extra, "hub_id": self.source.spec})
+            else:
+                self._fingerprint = fingerprint_module(self.model, self.tokenizer, extra)
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ tokenization
+    @property
+    def prefix_token_id(self) -> int:
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+    def tok_encode(self, text: str, add_special_tokens: bool | None = None) -> list[int]:
+        """lm-eval's ``tok_encode``: the tokenizer's default specials, none when the text starts with BOS."""
+        kwargs: dict[str, Any] = {}
+        if add_special_tokens is not None:
+            kwargs["add_special_tokens"] = add_special_tokens
+        elif self.add_bos_token is not None:
+            kwargs["add_special_tokens"] = self.add_bos_token
+        if add_special_tokens is None and text.startswith(self.tokenizer.decode(self.prefix_token_id)):
+            kwargs["add_special_tokens"] = False
+        return list(self.tokenizer.encode(text, **kwargs))
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's split: trailing context spaces join the continuation; empty context gets the prefix token."""
+        if context == "":
+            cont = self.tok_encode(continuation, add_special_tokens=False)
+            if cont and cont[0] == self.prefix_token_id:
+                return cont[:1], cont[1:]
+            return [self.prefix_token_id], cont
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = self.tok_encode(context + continuation)
+        ctx = self.tok_encode(context)
+        return ctx, whole[len(ctx):]
+
+    # ------------------------------------------------------------------ scoring
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
+        seqs: list[tuple[tuple[int, ...], int]] = []
+        for req in requests:
+            ctx, cont = self.encode_pair(req.context, req.continuation)
+            if not cont:
+                raise UserError(f"continuation {req.continuation!r} encodes to no tokens", "give a non-empty continuation")
+            if len(cont) > self.max_length:
+                raise UserError(f"continuation is {len(cont)} tokens, more than max_length {self.max_length}", "shorten it")
+            seqs.append((tuple((ctx + cont)[-(self.max_length + 1):]), len(cont)))
+        scored = self._score(seqs)
+        return [Loglikelihood(logprob=lp, is_greedy=greedy) for lp, greedy in scored]
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
+        seqs: list[tuple[tuple[int, ...], int]] = []
+        owners: list[int] = []
+        for index, req in enumerate(requests):
+            window = min(req.window or ROLLING_WINDOW_CAP, self.max_length)
+            if window < 2:
+                raise UserError(f"rolling window {window} is too small", "use a window of at least 2 tokens")
+            tokens = self.tok_encode(req.text)
+            for start in range(0, len(tokens), window):
+                chunk = tokens[start:start + window]
+                if len(chunk) >= 2:  # a window's first token has no context and is not scored
+                    seqs.append((tuple(chunk), len(chunk) - 1))
+                    owners.append(index)
+        scored = self._score(seqs)
+        windows: list[list[WindowScore]] = [[] for _ in requests]
+        for owner, (_seq, n), (lp, _) in zip(owners, seqs, scored, strict=True):
+            windows[owner].append(WindowScore(logprob=lp, tokens=n))
+        return [RollingResult(windows=tuple(w)) for w in windows]
+
+    def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+        """Longest first; a batch is bounded by rows and by padded tokens."""
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for idx in order:
+            width = lengths[current[0]] if current else lengths[idx]
+            if current and (len(current) >= self.batch_size or width * (len(current) + 1) > self.max_batch_tokens):
+                batches.append(current)
+                current = []
+            current.append(idx)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _score(self, seqs: Sequence[tuple[tuple[int, ...], int]]) -> list[tuple[float, bool]]:
+        """Sum of log-probs of the last ``n`` tokens of each sequence, and whether each is the argmax."""
+        import torch
+
+        unique = list(dict.fromkeys(seqs))
+        lengths = [len(seq) - 1 for seq, _ in unique]
+        order = sorted(range(len(unique)), key=lambda i: (-lengths[i], unique[i][0]))
+        results: dict[tuple[tuple[int, ...], int], tuple[float, bool]] = {}
+        for batch in self._batches(order, lengths):
+            width = max(lengths[i] for i in batch)
+            keep = max(width - (lengths[i] - unique[i][1]) for i in batch)
+            ids = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, : lengths[i]] = torch.tensor(unique[i][0][:-1], dtype=torch.long)
+            kwargs = {"logits_to_keep": keep} if self._keep_arg else {}
+            with torch.inference_mode():
+                logits = self.model(ids.to(self.device), use_cache=False, **kwargs).logits
+            offset = width - logits.shape[1]
+            for row, i in enumerate(batch):
+                seq, n = unique[i]
+                start = lengths[i] - n - offset
+                rows = logits[row, start:start + n].float().log_softmax(dim=-1)
+                target = torch.tensor(seq[-n:], dtype=torch.long, device=rows.device)
+                lp = rows.gather(1, target[:, None]).sum().item()
+                greedy = bool((rows.argmax(dim=-1) == target).all().item())
+                results[unique[i]] = (float(lp), greedy)
+            del logits
+        return [results[s] for s in seqs]
+
+    # ------------------------------------------------------------------ generation
+    def _prompt_ids(self, req: GenerateRequest) -> list[int]:
+        if not req.chat:
+            return self.tok_encode(req.prompt)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise UserError("chat=True but the tokenizer has no chat template", "use chat=false for this model")
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": req.prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _eos_ids(self) -> list[int]:
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        ids = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
+        prompts = [self._prompt_ids(r) for r in requests]
+        results: list[Generation | None] = [None] * len(requests)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, req in enumerate(requests):
+            if req.temperature > 0:  # sampled: alone, so the seed alone decides the output
+                groups[("sample", i)] = [i]
+            else:
+                groups.setdefault(("greedy", req.stop, req.max_tokens), []).append(i)
+        for members in groups.values():
+            members.sort(key=lambda i: (-len(prompts[i]), prompts[i]))
+            for start in range(0, len(members), self.batch_size):
+                batch = members[start:start + self.batch_size]
+                outs = self._generate_batch([prompts[i] for i in batch], requests[batch[0]])
+                for i, out in zip(batch, outs, strict=True):
+                    results[i] = out
+        return [r for r in results if r is not None]
+
+    def _generate_batch(self, prompts: list[list[int]], req: GenerateRequest) -> list[Generation]:
+        import torch
+        from transformers import GenerationConfig
+
+        budget = max(1, self.max_length - req.max_tokens)
+        prompts = [p[-budget:] for p in prompts]
+        eos_ids = self._eos_ids()
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else (eos_ids[0] if eos_ids else 0)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[row, width - len(p):] = 1
+        sample = req.temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=req.max_tokens,
+            do_sample=sample,
+            temperature=req.temperature if sample else None,
+            top_k=0 if sample else None,
+            top_p=1.0 if sample else None,
+            eos_token_id=eos_ids or None,
+            pad_token_id=pad,
+            stop_strings=list(req.stop) or None,
+        )
+        if sample:
+            torch.manual_seed(req.seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                generation_config=config, tokenizer=self.tokenizer if req.stop else None,
+            )
+        return [self._finish(row[width:].tolist(), req, eos_ids) for row in out]
+
+    def _finish(self, new: list[int], req: GenerateRequest, eos_ids: list[int]) -> Generation:
+        reason = "length"
+        for k, tok in enumerate(new):
+            if tok in eos_ids:
+                new, reason = new[:k], "stop"
+                break
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        cuts = [text.find(s) for s in req.stop if s and s in text]
+        if cuts:
+            text, reason = text[: min(cuts)], "stop"
+        return Generation(text=text, tokens=len(new), finish_reason=reason)
+
+
+def _resolve_max_length(config: Any, tokenizer: Any) -> int:
+    """lm-eval's order: text_config, then n_positions / max_position_embeddings / n_ctx, then the tokenizer."""
+    cfg = getattr(config, "text_config", None) or config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, attr, None)
+        if value is not None:
+            return int(value)
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if limit is not None and limit < 10**9 else DEFAULT_MAX_LENGTH
+
+
+def open_transformers(model: str, **options: Any) -> TransformersBackend:
+    """Registry factory for ``kind="transformers"`` (see ``TransformersBackend.from_pretrained``)."""
+    return TransformersBackend.from_pretrained(model, **options)

@@ -1,0 +1,163 @@
+"""The transformers backend against references: lm-eval's HFLM, model(labels=...) loss, model.generate."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.backends import BACKENDS, open_backend
+from harness.backends.base import Backend, GenerateRequest, LoglikelihoodRequest, RollingRequest
+from harness.backends.transformers import TransformersBackend
+from tests.tiny_models import FAMILIES, build_tiny_moe
+
+LL_REQUESTS = [
+    LoglikelihoodRequest("The capital of France is", " Paris"),
+    LoglikelihoodRequest("The capital of France is ", "Paris"),  # trailing space moves to the continuation
+    LoglikelihoodRequest("", "Hello world"),  # empty context -> prefix token
+    LoglikelihoodRequest("Question: 2 + 2 = ?\nAnswer:", " 4"),
+    LoglikelihoodRequest("Question: 2 + 2 = ?\nAnswer:", " four, obviously"),
+    LoglikelihoodRequest("A long context " * 40, " end"),  # longer than max_length below -> cut from the left
+    LoglikelihoodRequest("The capital of France is", " Paris"),  # duplicate
+]
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. Mixture-of-experts models route each token to a few "
+    "experts. Pruning experts can silently break rare capabilities, which is why a gate is needed. "
+) * 3
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {family: build_tiny_moe(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_dirs: dict[str, Path]) -> TransformersBackend:
+    backend = open_backend(str(tiny_dirs["qwen2_moe"]), dtype="float32", device="cpu", max_length=64, batch_size=3)
+    assert isinstance(backend, TransformersBackend)
+    return backend
+
+
+def _hflm_loglikelihood(backend: TransformersBackend, requests: list[LoglikelihoodRequest], batch_size: int) -> list:
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=backend.model, tokenizer=backend.tokenizer, batch_size=batch_size, max_length=backend.max_length)
+    instances = [
+        Instance(request_type="loglikelihood", doc={}, arguments=(r.context, r.continuation), idx=i)
+        for i, r in enumerate(requests)
+    ]
+    return lm.loglikelihood(instances, disable_tqdm=True)
+
+
+def test_protocol_and_registry(qwen: TransformersBackend) -> None:
+    assert isinstance(qwen, Backend)
+    assert "transformers" in BACKENDS
+    assert qwen.name == "transformers" and qwen.device == "cpu" and qwen.max_length == 64
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loglikelihood_equals_lm_eval_hflm(tiny_dirs: dict[str, Path], family: str) -> None:
+    backend = open_backend(str(tiny_dirs[family]), device="cpu", max_length=64, batch_size=4)
+    ours = backend.loglikelihood(LL_REQUESTS)
+    reference = _hflm_loglikelihood(backend, LL_REQUESTS, batch_size=2)
+    for mine, (lp, greedy) in zip(ours, reference, strict=True):
+        assert mine.logprob == pytest.approx(lp, abs=1e-4)
+        assert mine.is_greedy == greedy
+    assert ours[0] == ours[-1]
+
+
+def test_results_do_not_depend_on_batch_size(tiny_dirs: dict[str, Path]) -> None:
+    path = str(tiny_dirs["mixtral"])
+    runs = []
+    for batch_size in (1, 3, 16):
+        backend = open_backend(path, device="cpu", max_length=64, batch_size=batch_size)
+        gen = [GenerateRequest(p, max_tokens=6) for p in ("Hi", "Once upon a time there", "A", "The cat sat on")]
+        runs.append((backend.loglikelihood(LL_REQUESTS), backend.loglikelihood_rolling([RollingRequest(TEXT, 16)]),
+                     backend.generate(gen)))
+    base_ll, base_roll, base_gen = runs[0]
+    for ll, roll, gen in runs[1:]:
+        for a, b in zip(base_ll, ll, strict=True):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+        for a, b in zip(base_roll[0].windows, roll[0].windows, strict=True):
+            assert a.tokens == b.tokens and a.logprob == pytest.approx(b.logprob, abs=1e-3)
+        assert [g.text for g in gen] == [g.text for g in base_gen]
+
+
+def test_rolling_equals_model_loss_on_the_same_windows(qwen: TransformersBackend) -> None:
+    window = 20
+    (result,) = qwen.loglikelihood_rolling([RollingRequest(TEXT, window=window)])
+    tokens = qwen.tokenizer.encode(TEXT)
+    chunks = [tokens[i:i + window] for i in range(0, len(tokens), window)]
+    chunks = [c for c in chunks if len(c) >= 2]
+    assert len(result.windows) == len(chunks)
+    for score, chunk in zip(result.windows, chunks, strict=True):
+        ids = torch.tensor([chunk])
+        with torch.inference_mode():
+            loss = qwen.model(ids, labels=ids).loss.item()
+        assert score.tokens == len(chunk) - 1
+        assert math.exp(-score.logprob / score.tokens) == pytest.approx(math.exp(loss), rel=1e-4)
+    assert result.tokens == sum(len(c) - 1 for c in chunks)
+    (default,) = qwen.loglikelihood_rolling([RollingRequest(TEXT)])  # window = max_length
+    assert max(w.tokens for w in default.windows) == qwen.max_length - 1
+    assert qwen.loglikelihood_rolling([RollingRequest("")])[0].windows == ()
+
+
+def test_greedy_generation_equals_model_generate(qwen: TransformersBackend) -> None:
+    prompts = ["Once upon a time", "The", "In 1999, the city council decided"]
+    ours = qwen.generate([GenerateRequest(p, max_tokens=7) for p in prompts])
+    for prompt, gen in zip(prompts, ours, strict=True):
+        ids = qwen.tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.inference_mode():
+            ref = qwen.model.generate(ids, max_new_tokens=7, do_sample=False)[0, ids.shape[1]:]
+        assert gen.text == qwen.tokenizer.decode(ref, skip_special_tokens=True)
+        assert gen.tokens == 7 and gen.finish_reason == "length"
+
+
+def test_stop_strings_cut_and_stop_early(qwen: TransformersBackend) -> None:
+    (free,) = qwen.generate([GenerateRequest("Once upon a time", max_tokens=12)])
+    assert len(free.text) > 6
+    stop = free.text[3:6]
+    (cut,) = qwen.generate([GenerateRequest("Once upon a time", max_tokens=12, stop=(stop, "zzzz-never"))])
+    assert cut.finish_reason == "stop"
+    assert cut.text == free.text[: free.text.find(stop)]
+    assert cut.tokens < 12
+
+
+def test_chat_template_and_sampling_seed(qwen: TransformersBackend) -> None:
+    plain, chat = qwen.generate([GenerateRequest("Hi", max_tokens=5), GenerateRequest("Hi", max_tokens=5, chat=True)])
+    assert plain.text != chat.text
+    a = qwen.generate([GenerateRequest("Hi", max_tokens=8, temperature=1.0, seed=3)])
+    b = qwen.generate([GenerateRequest("Hi", max_tokens=8, temperature=1.0, seed=3), GenerateRequest("x", max_tokens=2)])
+    assert a[0] == b[0]
+
+
+def test_fingerprint_stable_across_reload(tiny_dirs: dict[str, Path], qwen: TransformersBackend) -> None:
+    again = open_backend(str(tiny_dirs["qwen2_moe"]), dtype="float32", device="cpu", max_length=64, batch_size=3)
+    assert again.fingerprint() == qwen.fingerprint()
+    other = open_backend(str(tiny_dirs["qwen2_moe"]), dtype="float32", device="cpu", max_length=32)
+    assert other.fingerprint() != qwen.fingerprint()  # settings that change outputs change the key
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_against_references() -> None:
+    from harness.smollm2 import smollm2_gguf
+
+    backend = open_backend(str(smollm2_gguf()), device="cpu", batch_size=4)
+    requests = LL_REQUESTS[:5]
+    ours = backend.loglikelihood(requests)
+    reference = _hflm_loglikelihood(backend, requests, batch_size=1)
+    for mine, (lp, greedy) in zip(ours, reference, strict=True):
+        assert mine.logprob == pytest.approx(lp, abs=1e-4) and mine.is_greedy == greedy
+    assert ours[0].logprob > ours[3].logprob - 20  # a real model, not noise
+    (gen,) = backend.generate([GenerateRequest("The capital of France is", max_tokens=8)])
+    ids = backend.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        ref = backend.model.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:]
+    assert gen.text == backend.tokenizer.decode(ref, skip_special_tokens=True)
+    assert "Paris" in gen.text
+    (chat,) = backend.generate([GenerateRequest("What is the capital of France?", max_tokens=20, chat=True)])
+    assert "Paris" in chat.text
