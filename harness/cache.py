@@ -1,0 +1,186 @@
+"""The request cache: SQLite keyed by model fingerprint + request kind + request content.
+
+Unlike lm-eval's cache (keyed by request only, lm-eval issue #2715), two models never share entries:
+the key starts with the backend's fingerprint (weights sample, tokenizer, dtype, settings). Misses are
+computed in chunks and each chunk is committed at once, so a run killed with SIGKILL resumes where it
+stopped. WAL mode and a busy timeout let two processes share one cache file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.backends.base import (
+    Backend,
+    GenerateRequest,
+    Generation,
+    Loglikelihood,
+    LoglikelihoodRequest,
+    RollingRequest,
+    RollingResult,
+    WindowScore,
+)
+from harness.errors import UserError
+from harness.progress import progress_bar
+
+CACHE_VERSION = 1
+"""Bump when a backend's results change meaning, to orphan old entries."""
+_SQL_BATCH = 500
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON (sorted keys, no spaces) of a request dataclass or plain data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def request_key(fingerprint: str, kind: str, request: Any) -> str:
+    """sha256 of fingerprint + kind + the request's full content (decoding settings included)."""
+    payload = f"v{CACHE_VERSION}\0{fingerprint}\0{kind}\0{canonical_json(request)}"
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class RequestCache:
+    """A SQLite file of ``key -> JSON result``; safe for several processes at once."""
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 120.0) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(self.path), timeout=timeout_s, check_same_thread=False)
+            self._conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, kind TEXT NOT NULL, value TEXT NOT NULL)"
+            )
+            self._conn.commit()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise UserError(f"request cache {self.path} cannot be opened ({exc})", "delete it or pass another cache path") from None
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        unique = list(dict.fromkeys(keys))
+        with self._lock:
+            for start in range(0, len(unique), _SQL_BATCH):
+                part = unique[start:start + _SQL_BATCH]
+                marks = ",".join("?" * len(part))
+                for key, value in self._conn.execute(f"SELECT key, value FROM results WHERE key IN ({marks})", part):
+                    found[key] = json.loads(value)
+        return found
+
+    def put_many(self, kind: str, items: Sequence[tuple[str, Any]]) -> None:
+        """Store and commit at once (a later crash keeps these)."""
+        rows = [(key, kind, json.dumps(value, sort_keys=True)) for key, value in items]
+        with self._lock:
+            self._conn.executemany("INSERT OR REPLACE INTO results (key, kind, value) VALUES (?, ?, ?)", rows)
+            self._conn.commit()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+@dataclasses.dataclass
+class CacheStats:
+    hits: int = 0
+    """Requests answered from the cache."""
+    misses: int = 0
+    """Requests not in the cache (duplicates within a call count once)."""
+    model_calls: int = 0
+    """Backend method calls made for the misses (one per chunk)."""
+
+
+def _decode_loglikelihood(value: Any) -> Loglikelihood:
+    return Loglikelihood(**value)
+
+
+def _decode_rolling(value: Any) -> RollingResult:
+    return RollingResult(windows=tuple(WindowScore(**w) for w in value["windows"]))
+
+
+def _decode_generation(value: Any) -> Generation:
+    return Generation(**value)
+
+
+class CachedBackend:
+    """Any ``Backend`` with a request cache in front: same protocol, same results, fewer model calls.
+
+    Args:
+        backend: the backend that computes misses.
+        cache: a ``RequestCache`` or a path to its SQLite file.
+        chunk_size: misses per backend call; each chunk is committed as soon as it is computed.
+        description: label for the progress bar.
+    """
+
+    def __init__(self, backend: Backend, cache: RequestCache | str | Path, *, chunk_size: int = 64, description: str = "") -> None:
+        self.backend = backend
+        self.cache = cache if isinstance(cache, RequestCache) else RequestCache(cache)
+        self.chunk_size = max(1, int(chunk_size))
+        self.description = description or backend.name
+        self.stats = CacheStats()
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def fingerprint(self) -> str:
+        return self.backend.fingerprint()
+
+    def __getattr__(self, attr: str) -> Any:
+        # model, tokenizer, route_trace... of the wrapped backend stay reachable.
+        if attr == "backend":
+            raise AttributeError(attr)
+        return getattr(self.backend, attr)
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
+        return self._run("loglikelihood", requests, self.backend.loglikelihood, _decode_loglikelihood)
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
+        return self._run("loglikelihood_rolling", requests, self.backend.loglikelihood_rolling, _decode_rolling)
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
+        return self._run("generate", requests, self.backend.generate, _decode_generation)
+
+    def _run(self, kind: str, requests: Sequence[Any], compute: Callable[[list[Any]], list[Any]], decode: Callable[[Any], Any]) -> list[Any]:
+        fingerprint = self.backend.fingerprint()
+        keys = [request_key(fingerprint, kind, r) for r in requests]
+        found = self.cache.get_many(keys)
+        missing: dict[str, Any] = {}
+        for key, request in zip(keys, requests, strict=True):
+            if key not in found and key not in missing:
+                missing[key] = request
+        self.stats.hits += sum(1 for k in keys if k in found)
+        self.stats.misses += len(missing)
+        results: dict[str, Any] = {k: decode(v) for k, v in found.items()}
+        todo = list(missing.items())
+        with progress_bar(len(todo), f"{kind} · {self.description}") as advance:
+            for start in range(0, len(todo), self.chunk_size):
+                chunk = todo[start:start + self.chunk_size]
+                outputs = compute([r for _, r in chunk])
+                self.stats.model_calls += 1
+                if len(outputs) != len(chunk):
+                    raise RuntimeError(f"backend {self.name} returned {len(outputs)} results for {len(chunk)} requests")
+                self.cache.put_many(kind, [(k, dataclasses.asdict(o)) for (k, _), o in zip(chunk, outputs, strict=True)])
+                results.update({k: o for (k, _), o in zip(chunk, outputs, strict=True)})
+                advance(len(chunk))
+        return [results[k] for k in keys]
+
+
+def default_cache_path() -> Path:
+    from harness.resources import cache_dir
+
+    return cache_dir() / "requests.sqlite"

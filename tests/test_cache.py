@@ -1,0 +1,160 @@
+"""The request cache: no repeated model calls, SIGKILL-safe resume, never shared between models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from harness.backends import open_backend
+from harness.backends.base import Backend, GenerateRequest, LoglikelihoodRequest, RollingRequest
+from harness.cache import CachedBackend, RequestCache, request_key
+from tests.tiny_models import build_tiny_moe
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [f"Item {i}: the answer is" for i in range(12)]
+
+
+class CountingBackend:
+    """Wraps a real backend and records every request it is actually asked to compute."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.seen: list[object] = []
+
+    def fingerprint(self) -> str:
+        return self.inner.fingerprint()
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]):  # type: ignore[no-untyped-def]
+        self.seen.extend(requests)
+        return self.inner.loglikelihood(requests)
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]):  # type: ignore[no-untyped-def]
+        self.seen.extend(requests)
+        return self.inner.loglikelihood_rolling(requests)
+
+    def generate(self, requests: Sequence[GenerateRequest]):  # type: ignore[no-untyped-def]
+        self.seen.extend(requests)
+        return self.inner.generate(requests)
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-cache")
+    return {"a": build_tiny_moe("qwen2_moe", root / "a", seed=0), "b": build_tiny_moe("qwen2_moe", root / "b", seed=1)}
+
+
+@pytest.fixture(scope="module")
+def backend_a(tiny_dirs: dict[str, Path]) -> Backend:
+    return open_backend(str(tiny_dirs["a"]), device="cpu", max_length=64)
+
+
+def test_second_run_makes_no_model_calls_and_dedups(tmp_path: Path, backend_a: Backend) -> None:
+    ll = [LoglikelihoodRequest(p, " yes") for p in PROMPTS[:4]] + [LoglikelihoodRequest(PROMPTS[0], " yes")]
+    gen = [GenerateRequest(p, max_tokens=4) for p in PROMPTS[:3]]
+    roll = [RollingRequest("a b c d e f g h i j k", window=5)]
+    counting = CountingBackend(backend_a)
+    cached = CachedBackend(counting, RequestCache(tmp_path / "c.sqlite"), chunk_size=2)
+    first = (cached.loglikelihood(ll), cached.generate(gen), cached.loglikelihood_rolling(roll))
+    assert len(counting.seen) == 4 + 3 + 1  # the duplicate is computed once
+    assert first[0][0] == first[0][4]
+    direct = backend_a.loglikelihood(ll)
+    assert [r.logprob for r in first[0]] == pytest.approx([r.logprob for r in direct], abs=1e-5)
+    again = CachedBackend(counting, RequestCache(tmp_path / "c.sqlite"), chunk_size=2)
+    second = (again.loglikelihood(ll), again.generate(gen), again.loglikelihood_rolling(roll))
+    assert second == first
+    assert len(counting.seen) == 8 and again.stats.misses == 0 and again.stats.model_calls == 0
+    assert again.stats.hits == len(ll) + len(gen) + len(roll)
+    changed = again.generate([GenerateRequest(PROMPTS[0], max_tokens=5)])  # decoding settings are part of the key
+    assert again.stats.misses == 1 and len(changed) == 1
+
+
+def test_different_fingerprints_never_share_entries(tmp_path: Path, tiny_dirs: dict[str, Path], backend_a: Backend) -> None:
+    backend_b = open_backend(str(tiny_dirs["b"]), device="cpu", max_length=64)
+    assert backend_a.fingerprint() != backend_b.fingerprint()
+    cache = RequestCache(tmp_path / "shared.sqlite")
+    ll = [LoglikelihoodRequest("The sky is", " blue")]
+    a = CachedBackend(backend_a, cache).loglikelihood(ll)
+    cached_b = CachedBackend(backend_b, cache)
+    b = cached_b.loglikelihood(ll)
+    assert cached_b.stats.hits == 0 and cached_b.stats.misses == 1
+    assert a != b and b == backend_b.loglikelihood(ll)
+    assert request_key("x", "generate", ll[0]) != request_key("y", "generate", ll[0])
+    assert request_key("x", "generate", ll[0]) != request_key("x", "loglikelihood", ll[0])
+
+
+_CHILD = textwrap.dedent(
+    """
+    import json, sys, time
+    from harness.backends import open_backend
+    from harness.backends.base import GenerateRequest
+    from harness.cache import CachedBackend, RequestCache
+    model, cache_path, log_path, out_path, prompts = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
+    inner = open_backend(model, device="cpu", max_length=64)
+
+    class Logged:
+        name = inner.name
+        def fingerprint(self):
+            return inner.fingerprint()
+        def generate(self, requests):
+            out = inner.generate(requests)
+            with open(log_path, "a") as log:
+                log.write(json.dumps([r.prompt for r in requests]) + "\\n")
+            time.sleep(0.4)
+            return out
+
+    cached = CachedBackend(Logged(), RequestCache(cache_path), chunk_size=2)
+    results = cached.generate([GenerateRequest(p, max_tokens=5) for p in prompts])
+    with open(out_path, "w") as out:
+        json.dump([[g.text, g.tokens, g.finish_reason] for g in results], out)
+    """
+)
+
+
+def _child(model: Path, tmp: Path, tag: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MOEGATE_QUIET="1")
+    args = [str(model), str(tmp / "cache.sqlite"), str(tmp / f"log-{tag}.jsonl"), str(tmp / f"out-{tag}.json"), json.dumps(PROMPTS)]
+    return subprocess.Popen([sys.executable, "-c", _CHILD, *args], env=env, cwd=tmp)
+
+
+def test_sigkill_resumes_without_repeating_finished_items(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
+    killed = _child(tiny_dirs["a"], tmp_path, "killed")
+    log = tmp_path / "log-killed.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "out-killed.json").exists()
+    backend = open_backend(str(tiny_dirs["a"]), device="cpu", max_length=64)
+    keys = {request_key(backend.fingerprint(), "generate", GenerateRequest(p, max_tokens=5)): p for p in PROMPTS}
+    cache = RequestCache(tmp_path / "cache.sqlite")
+    committed = {keys[k] for k in cache.get_many(list(keys))}
+    assert 2 <= len(committed) < len(PROMPTS) and len(cache) == len(committed)
+    cache.close()
+
+    resumed = _child(tiny_dirs["a"], tmp_path, "resumed")
+    assert resumed.wait(timeout=300) == 0
+    computed_again = [p for line in (tmp_path / "log-resumed.jsonl").read_text().splitlines() for p in json.loads(line)]
+    assert sorted(computed_again) == sorted(set(PROMPTS) - committed)  # finished items are never recomputed
+
+    fresh = backend.generate([GenerateRequest(p, max_tokens=5) for p in PROMPTS])
+    resumed_out = json.loads((tmp_path / "out-resumed.json").read_text())
+    assert resumed_out == [[g.text, g.tokens, g.finish_reason] for g in fresh]
+
+
+def test_two_processes_share_one_cache(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
+    first, second = _child(tiny_dirs["a"], tmp_path, "p1"), _child(tiny_dirs["a"], tmp_path, "p2")
+    assert first.wait(timeout=300) == 0 and second.wait(timeout=300) == 0
+    out1 = json.loads((tmp_path / "out-p1.json").read_text())
+    assert out1 == json.loads((tmp_path / "out-p2.json").read_text())
+    assert len(RequestCache(tmp_path / "cache.sqlite")) == len(PROMPTS)
