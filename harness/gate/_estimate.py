@@ -1,0 +1,392 @@
+"""Turn one budget and two suite runs into a regression estimate (pure; no decisions here).
+
+Each ``Measured`` carries an estimator with ``bounds(alpha)``, ``p_within(margin)`` and
+``p_beyond(margin)`` on the budget's scale, so ``verdict`` can apply one rule (and Holm) to all kinds.
+Anything that makes a comparison silently wrong (missing items, errors, absent scores) becomes a
+``Refused`` with a sentence saying why: the gate fails it instead of guessing.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from harness.errors import UserError
+from harness.gate.budgets import ANY_FLAG, Budget
+from harness.records import ItemRecord, MetricSpec, SuiteRun
+from harness.stats import (
+    TInterval,
+    clustered_se,
+    mcnemar_exact_p,
+    mean_of,
+    paired_statistic,
+    tango_bounds,
+    tango_p_beyond,
+    tango_p_within,
+)
+
+FlagOverrides = dict[str, dict[str, tuple[set[str], set[str]]]]
+
+
+class Estimator(Protocol):
+    estimate: float
+
+    def bounds(self, alpha: float) -> tuple[float, float]: ...
+    def p_within(self, margin: float) -> float: ...
+    def p_beyond(self, margin: float) -> float: ...
+
+
+class TangoEstimator:
+    """Paired 0/1 regression ``scale * (b - c) / n`` with Tango score bounds."""
+
+    def __init__(self, b: int, c: int, n: int, scale: float) -> None:
+        self.b, self.c, self.n, self.scale = b, c, n, scale
+        self.estimate = scale * (b - c) / n
+
+    def bounds(self, alpha: float) -> tuple[float, float]:
+        lo, hi = tango_bounds(self.b, self.c, self.n, alpha)
+        return lo * self.scale, hi * self.scale
+
+    def p_within(self, margin: float) -> float:
+        return tango_p_within(self.b, self.c, self.n, margin / self.scale)
+
+    def p_beyond(self, margin: float) -> float:
+        return tango_p_beyond(self.b, self.c, self.n, margin / self.scale)
+
+
+class Envelope:
+    """The more conservative of two estimators: widest bounds, largest p-values."""
+
+    def __init__(self, first: Estimator, second: Estimator) -> None:
+        self.parts = (first, second)
+        self.estimate = first.estimate
+
+    def bounds(self, alpha: float) -> tuple[float, float]:
+        (a_lo, a_hi), (b_lo, b_hi) = (p.bounds(alpha) for p in self.parts)
+        return min(a_lo, b_lo), max(a_hi, b_hi)
+
+    def p_within(self, margin: float) -> float:
+        return max(p.p_within(margin) for p in self.parts)
+
+    def p_beyond(self, margin: float) -> float:
+        return max(p.p_beyond(margin) for p in self.parts)
+
+
+@dataclass
+class WorstItem:
+    item_id: str
+    baseline_score: float | None
+    candidate_score: float | None
+    note: str
+
+
+@dataclass
+class Measured:
+    """A statistical (or, with ``estimator=None``, exact count) comparison ready for a decision."""
+
+    estimator: Estimator | None
+    baseline_value: float | None
+    candidate_value: float | None
+    n_items: int
+    log_scale: bool = False
+    method: str = ""
+    flips: tuple[int, int] | None = None
+    mcnemar_p: float | None = None
+    changed: list[str] = field(default_factory=list)
+    worst: list[WorstItem] = field(default_factory=list)
+    count: int | None = None
+
+
+@dataclass
+class Refused:
+    reason: str
+    n_items: int = 0
+
+
+def _seed(budget: Budget, base: int) -> int:
+    return (zlib.crc32(f"{budget.suite}/{budget.metric}/{budget.kind}".encode()) + base) % 2**32
+
+
+def _spec(budget: Budget, runs: list[SuiteRun]) -> MetricSpec | None:
+    for run in runs:
+        for spec in run.metrics:
+            if spec.name == budget.metric:
+                return spec
+    return None
+
+
+def _pair(base: SuiteRun, cand: SuiteRun) -> tuple[list[ItemRecord], list[ItemRecord]] | Refused:
+    """Match records by item_id; refuse duplicates and items present on one side only."""
+    for side, run in (("baseline", base), ("candidate", cand)):
+        seen: set[str] = set()
+        dups = {r.item_id for r in run.records if r.item_id in seen or seen.add(r.item_id)}
+        if dups:
+            return Refused(f"{len(dups)} duplicate item ids in the {side} records (e.g. {sorted(dups)[0]!r})")
+    b_by = {r.item_id: r for r in base.records}
+    c_by = {r.item_id: r for r in cand.records}
+    only_b = [i for i in b_by if i not in c_by]
+    only_c = [i for i in c_by if i not in b_by]
+    if only_b or only_c:
+        parts = []
+        if only_b:
+            parts.append(f"{len(only_b)} missing from the candidate (e.g. {only_b[0]!r})")
+        if only_c:
+            parts.append(f"{len(only_c)} missing from the baseline (e.g. {only_c[0]!r})")
+        return Refused(f"{len(only_b) + len(only_c)} items missing: " + ", ".join(parts), len(b_by))
+    if not b_by:
+        return Refused("no items to compare")
+    ids = list(b_by)
+    return [b_by[i] for i in ids], [c_by[i] for i in ids]
+
+
+def _scores(records: list[ItemRecord], key: str, side: str) -> np.ndarray | Refused:
+    vals = [r.scores.get(key) for r in records]
+    bad = [r.item_id for r, v in zip(records, vals, strict=True) if v is None or not math.isfinite(v)]
+    if bad:
+        return Refused(
+            f"{len(bad)} {side} items have no finite {key!r} score (e.g. {bad[0]!r})", len(records)
+        )
+    return np.asarray(vals, dtype=float)
+
+
+def item_flags(record: ItemRecord, extra: set[str] | None = None) -> set[str]:
+    """Flags of one item: detector flags, failed checks (by check name), and caller-supplied extras."""
+    out = set(record.flags) | {name for name, ok in record.checks.items() if not ok}
+    return out | (extra or set())
+
+
+def _clusters(records: list[ItemRecord]) -> list[str] | None:
+    """Group labels when items really cluster (>= 2 clusters, some with several items), else None."""
+    groups = [r.group for r in records]
+    if any(g is None for g in groups):
+        return None
+    distinct = len(set(groups))
+    return [str(g) for g in groups] if 2 <= distinct < len(groups) else None
+
+
+def _worst_by(
+    ids: list[str], b: np.ndarray, c: np.ndarray, reg: np.ndarray, note: str, k: int = 10
+) -> list[WorstItem]:
+    order = [i for i in np.argsort(-reg, kind="stable") if reg[i] > 0][:k]
+    return [WorstItem(ids[i], float(b[i]), float(c[i]), note) for i in order]
+
+
+def measure(
+    budget: Budget,
+    baseline: dict[str, SuiteRun],
+    candidate: dict[str, SuiteRun],
+    *,
+    flags: FlagOverrides | None = None,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> Measured | Refused:
+    """Estimate the regression that ``budget`` bounds, or say why it cannot be compared."""
+    cand = candidate.get(budget.suite)
+    if cand is None:
+        return Refused(f"suite {budget.suite!r} was not run on the candidate")
+    if cand.error:
+        return Refused(f"the candidate's {budget.suite} run failed: {cand.error}", len(cand.records))
+    base = baseline.get(budget.suite)
+    if budget.kind == "max_mean":
+        return _max_mean(budget, base, cand, n_resamples, _seed(budget, seed))
+    if base is None:
+        return Refused(f"the baseline has no {budget.suite!r} run to compare with")
+    if base.error:
+        return Refused(f"the baseline's {budget.suite} run failed: {base.error}", len(base.records))
+    paired = _pair(base, cand)
+    if isinstance(paired, Refused):
+        return paired
+    b_recs, c_recs = paired
+    if budget.kind in ("new_flags", "rate_increase"):
+        return _flags(budget, b_recs, c_recs, (flags or {}).get(budget.suite, {}))
+    spec = _spec(budget, [base, cand])
+    if spec is None:
+        names = sorted({m.name for m in base.metrics} | {m.name for m in cand.metrics})
+        raise UserError(
+            f"budget {budget.display_label}: suite {budget.suite!r} has no metric {budget.metric!r} "
+            f"(it has: {', '.join(names) or 'none'})",
+            "fix the metric name in the gate file",
+        )
+    s = _seed(budget, seed)
+    if spec.kind == "perplexity":
+        return _perplexity(budget, spec, b_recs, c_recs, n_resamples, s)
+    return _mean_metric(budget, spec, b_recs, c_recs, n_resamples, s)
+
+
+def _mean_metric(
+    budget: Budget,
+    spec: MetricSpec,
+    b_recs: list[ItemRecord],
+    c_recs: list[ItemRecord],
+    n_res: int,
+    seed: int,
+) -> Measured | Refused:
+    yb, yc = _scores(b_recs, spec.name, "baseline"), _scores(c_recs, spec.name, "candidate")
+    if isinstance(yb, Refused):
+        return yb
+    if isinstance(yc, Refused):
+        return yc
+    n, scale, ids = len(yb), spec.scale, [r.item_id for r in b_recs]
+    sign = 1.0 if spec.higher_is_better else -1.0
+    reg_items = sign * (yb - yc) * scale
+    values = dict(
+        baseline_value=float(yb.mean() * scale), candidate_value=float(yc.mean() * scale), n_items=n
+    )
+    groups = _clusters(b_recs)
+    if budget.kind == "ratio":
+        num, den = (0, 1) if spec.higher_is_better else (1, 0)
+        cols = np.column_stack([yb, yc])
+        if np.any(cols.mean(axis=0) <= 0):
+            return Refused(f"a ratio needs positive means of {spec.name!r}", n)
+        dist = paired_statistic(
+            cols, lambda m: m[:, num] / m[:, den], groups=groups, n_resamples=n_res, seed=seed
+        )
+        worst = _worst_by(ids, yb * scale, yc * scale, reg_items, "largest per-item regression")
+        return Measured(
+            dist, **values, log_scale=True, method="paired bootstrap of the ratio of means", worst=worst
+        )
+    binary = spec.kind in ("binary", "rate") and bool(
+        np.all(np.isin(yb, (0, 1))) and np.all(np.isin(yc, (0, 1)))
+    )
+    if binary:
+        good_b, good_c = (yb == 1, yc == 1) if spec.higher_is_better else (yb == 0, yc == 0)
+        worse = good_b & ~good_c
+        b, c = int(worse.sum()), int((~good_b & good_c).sum())
+        est: Estimator = TangoEstimator(b, c, n, scale)
+        method = "Tango score bounds for paired proportions"
+        if groups is not None:
+            se, g = clustered_se(reg_items, groups)
+            est = Envelope(est, TInterval(float(reg_items.mean()), se, g - 1))
+            method += f" enveloped by cluster-robust SE ({g} clusters)"
+        changed = [ids[i] for i in np.flatnonzero(worse)]
+        worst = [
+            WorstItem(
+                i,
+                1.0 if spec.higher_is_better else 0.0,
+                0.0 if spec.higher_is_better else 1.0,
+                "right -> wrong",
+            )
+            for i in changed[:10]
+        ]
+        return Measured(
+            est,
+            **values,
+            method=method,
+            flips=(b, c),
+            mcnemar_p=mcnemar_exact_p(b, c),
+            changed=changed,
+            worst=worst,
+        )
+    cols = np.column_stack([yb, yc])
+    dist = paired_statistic(
+        cols, lambda m: sign * scale * (m[:, 0] - m[:, 1]), groups=groups, n_resamples=n_res, seed=seed
+    )
+    method = "paired cluster bootstrap" if groups else "paired bootstrap"
+    worst = _worst_by(ids, yb * scale, yc * scale, reg_items, "largest per-item regression")
+    return Measured(dist, **values, method=method + " of the mean difference", worst=worst)
+
+
+def _perplexity(
+    budget: Budget,
+    spec: MetricSpec,
+    b_recs: list[ItemRecord],
+    c_recs: list[ItemRecord],
+    n_res: int,
+    seed: int,
+) -> Measured | Refused:
+    arrays = []
+    for recs, side in ((b_recs, "baseline"), (c_recs, "candidate")):
+        for key in ("nll", "tokens"):
+            a = _scores(recs, key, side)
+            if isinstance(a, Refused):
+                return a
+            arrays.append(a)
+    nll_b, tok_b, nll_c, tok_c = arrays
+    if np.any(tok_b <= 0) or np.any(tok_c <= 0):
+        return Refused("every perplexity window needs a positive token count", len(b_recs))
+    ppl_b = math.exp(nll_b.sum() / tok_b.sum())
+    ppl_c = math.exp(nll_c.sum() / tok_c.sum())
+    cols = np.column_stack(arrays)
+    if budget.kind == "ratio":
+        stat, log_scale = (lambda m: np.exp(m[:, 2] / m[:, 3] - m[:, 0] / m[:, 1])), True
+    else:
+        stat, log_scale = (lambda m: np.exp(m[:, 2] / m[:, 3]) - np.exp(m[:, 0] / m[:, 1])), False
+    dist = paired_statistic(cols, stat, n_resamples=n_res, seed=seed)
+    ids = [r.item_id for r in b_recs]
+    per_b, per_c = nll_b / tok_b, nll_c / tok_c
+    worst = _worst_by(ids, per_b, per_c, per_c - per_b, "largest rise in nll per token")
+    return Measured(
+        dist, ppl_b, ppl_c, len(ids), log_scale=log_scale, method="paired bootstrap over windows", worst=worst
+    )
+
+
+def _flags(
+    budget: Budget,
+    b_recs: list[ItemRecord],
+    c_recs: list[ItemRecord],
+    extra: dict[str, tuple[set[str], set[str]]],
+) -> Measured:
+    def has(rec: ItemRecord, which: int) -> bool:
+        fl = item_flags(rec, extra.get(rec.item_id, (set(), set()))[which])
+        return bool(fl) if budget.metric == ANY_FLAG else budget.metric in fl
+
+    fb = np.array([has(r, 0) for r in b_recs])
+    fc = np.array([has(r, 1) for r in c_recs])
+    ids = [r.item_id for r in b_recs]
+    new = fc & ~fb
+    changed = [ids[i] for i in np.flatnonzero(new)]
+    note = f"newly flagged {budget.metric}" if budget.metric != ANY_FLAG else "newly flagged"
+    worst = [WorstItem(i, 0.0, 1.0, note) for i in changed[:10]]
+    b, c, n = int(new.sum()), int((fb & ~fc).sum()), len(ids)
+    if budget.kind == "new_flags":
+        return Measured(
+            None,
+            float(fb.sum()),
+            float(fc.sum()),
+            n,
+            method="exact count of newly flagged items",
+            flips=(b, c),
+            changed=changed,
+            worst=worst,
+            count=b,
+        )
+    return Measured(
+        TangoEstimator(b, c, n, 100.0),
+        100.0 * fb.mean(),
+        100.0 * fc.mean(),
+        n,
+        method="Tango score bounds for the paired flag-rate increase",
+        flips=(b, c),
+        mcnemar_p=mcnemar_exact_p(b, c),
+        changed=changed,
+        worst=worst,
+    )
+
+
+def _max_mean(
+    budget: Budget, base: SuiteRun | None, cand: SuiteRun, n_res: int, seed: int
+) -> Measured | Refused:
+    spec = _spec(budget, [cand] + ([base] if base else []))
+    scale = spec.scale if spec else 1.0
+    if not cand.records:
+        return Refused("no items to compare")
+    vals = _scores(cand.records, budget.metric, "candidate")
+    if isinstance(vals, Refused):
+        return vals
+    vals = vals * scale
+    dist = mean_of(vals, groups=_clusters(cand.records), n_resamples=n_res, seed=seed)
+    base_value = None
+    if base is not None and not base.error and base.records:
+        bv = [r.scores.get(budget.metric) for r in base.records]
+        if all(v is not None for v in bv):
+            base_value = float(np.mean(bv) * scale)
+    ids = [r.item_id for r in cand.records]
+    order = np.argsort(-vals, kind="stable")[:10]
+    worst = [WorstItem(ids[i], None, float(vals[i]), f"highest {budget.metric}") for i in order]
+    return Measured(
+        dist, base_value, float(vals.mean()), len(vals), method="bootstrap of the mean", worst=worst
+    )

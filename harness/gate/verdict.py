@@ -1,0 +1,294 @@
+"""From budgets and two sets of suite runs to a verdict CI can act on (pure, no models, no I/O).
+
+Non-inferiority per capability: with the regression ``r`` (bigger = worse) and the budget ``m``,
+PASS when the one-sided upper bound of ``r`` is within ``m``, FAIL when the one-sided lower bound is
+beyond ``m``, INCONCLUSIVE otherwise. Each statistical capability contributes the p-value of the
+claim its data support (within or beyond); Holm across capabilities decides which claims stand and
+sets the per-capability level of its bounds. Exact counts (``new_flags``) and refused comparisons
+(errors, missing items) are decided outside the family.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from harness.errors import UserError
+from harness.gate._estimate import FlagOverrides, Measured, Refused, measure
+from harness.gate.budgets import ANY_FLAG, Budget, BudgetKind, GatePolicy
+from harness.records import SuiteRun
+from harness.stats import holm, items_to_decide
+
+VERDICT_SCHEMA_VERSION = 1
+
+Status = Literal["PASS", "FAIL", "INCONCLUSIVE"]
+
+
+class Flips(BaseModel):
+    right_to_wrong: int
+    """Items the baseline got right and the candidate wrong (or: newly flagged)."""
+    wrong_to_right: int
+    """Items the candidate fixed (or: no longer flagged)."""
+
+
+class WorstItem(BaseModel):
+    item_id: str
+    baseline_text: str | None = None
+    """Short baseline output (or prompt when nothing was generated)."""
+    candidate_text: str | None = None
+    baseline_score: float | None = None
+    candidate_score: float | None = None
+    note: str = ""
+
+
+class CapabilityResult(BaseModel):
+    """One budget's outcome. ``change``, ``ci_low``, ``ci_high`` and ``budget`` share the budget's scale
+    (the regression: bigger = worse), so a bar and a budget line can be drawn on one axis."""
+
+    label: str
+    suite: str
+    metric: str
+    kind: BudgetKind
+    status: Status
+    baseline_value: float | None = None
+    """Metric in display units (accuracy in points, perplexity, flagged items, flag rate in points)."""
+    candidate_value: float | None = None
+    change: float | None = None
+    """The regression the budget bounds (drop in points, ratio, count, rate increase, mean)."""
+    ci_low: float | None = None
+    """One-sided lower bound of ``change`` at level ``1 - adjusted_alpha``."""
+    ci_high: float | None = None
+    """One-sided upper bound of ``change`` at level ``1 - adjusted_alpha``."""
+    budget: float
+    reason: str
+    p_value: float | None = None
+    """One-sided p-value of the claim the data support (within budget, or beyond it)."""
+    adjusted_alpha: float | None = None
+    """Level this capability was tested at after the multiple-testing correction."""
+    mcnemar_p: float | None = None
+    """Exact one-sided McNemar p-value of "any regression" (0/1 metrics and flag rates)."""
+    method: str = ""
+    n_items: int = 0
+    flips: Flips | None = None
+    worst_items: list[WorstItem] = Field(default_factory=list)
+    changed_items: list[str] = Field(default_factory=list)
+    """Every flipped (right->wrong) or newly flagged item id."""
+    items_to_decide: int | None = None
+    """For INCONCLUSIVE: items (same effect and variance) at which the bound would clear the budget."""
+
+
+class GateVerdict(BaseModel):
+    schema_version: int = VERDICT_SCHEMA_VERSION
+    overall: Status
+    capabilities: list[CapabilityResult]
+    policy: GatePolicy
+
+    @property
+    def ok(self) -> bool:
+        """What CI should do: True only for an overall PASS."""
+        return self.overall == "PASS"
+
+
+def verdict_exit_code(overall: Status) -> int:
+    """Process exit code: 0 PASS, 1 FAIL, 3 INCONCLUSIVE (2 is reserved for user errors)."""
+    return {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}[overall]
+
+
+def _short(text: str | None, limit: int = 240) -> str | None:
+    if text is None:
+        return None
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.3g}" if abs(x) < 0.01 or abs(x) >= 1000 else f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+def _pct(alpha: float) -> str:
+    return f"{100 * (1 - alpha):.3g}%"
+
+
+def _what(budget: Budget, m: Measured, change: float, higher_is_better: bool, scale: float) -> str:
+    unit = " points" if budget.kind == "rate_increase" or scale == 100 else ""
+    if budget.kind == "drop":
+        word = (
+            ("dropped" if change >= 0 else "rose")
+            if higher_is_better
+            else ("rose" if change >= 0 else "fell")
+        )
+        return f"{budget.metric} {word} {_num(abs(change))}{unit}"
+    if budget.kind == "ratio":
+        return f"{budget.metric} ratio {change:.4f}"
+    if budget.kind == "rate_increase":
+        flag = "any flag" if budget.metric == ANY_FLAG else f"{budget.metric!r}"
+        return f"{flag} rate {'rose' if change >= 0 else 'fell'} {_num(abs(change))} points"
+    return f"mean {budget.metric} {change:.4g}"
+
+
+def _decide_count(budget: Budget, m: Measured) -> CapabilityResult:
+    count = int(m.count or 0)
+    status: Status = "FAIL" if count > budget.max else "PASS"
+    flag = "flagged" if budget.metric == ANY_FLAG else f"{budget.metric!r}"
+    some = ", ".join(m.changed[:5]) + (", …" if len(m.changed) > 5 else "")
+    reason = f"{count} newly {flag} item{'s' if count != 1 else ''}, budget {budget.max:g}"
+    reason += (": " + some if some else "") + (": beyond budget" if status == "FAIL" else ": within budget")
+    return _result(budget, status, m, reason, change=float(count), low=float(count), high=float(count))
+
+
+def _result(
+    budget: Budget, status: Status, m: Measured | Refused, reason: str, **kw: object
+) -> CapabilityResult:
+    extra: dict[str, object] = {}
+    if isinstance(m, Measured):
+        extra = dict(
+            baseline_value=m.baseline_value,
+            candidate_value=m.candidate_value,
+            mcnemar_p=m.mcnemar_p,
+            method=m.method,
+            flips=Flips(right_to_wrong=m.flips[0], wrong_to_right=m.flips[1]) if m.flips else None,
+            changed_items=m.changed,
+            worst_items=[
+                WorstItem(
+                    item_id=w.item_id,
+                    baseline_score=w.baseline_score,
+                    candidate_score=w.candidate_score,
+                    note=w.note,
+                )
+                for w in m.worst
+            ],
+        )
+    return CapabilityResult(
+        label=budget.display_label, suite=budget.suite, metric=budget.metric, kind=budget.kind, status=status,
+        budget=budget.max, reason=reason, n_items=m.n_items,
+        ci_low=kw.get("low"), ci_high=kw.get("high"), change=kw.get("change"),
+        p_value=kw.get("p"), adjusted_alpha=kw.get("alpha"), items_to_decide=kw.get("need"), **extra,
+    )  # fmt: skip
+
+
+def _attach_texts(
+    result: CapabilityResult, baseline: dict[str, SuiteRun], candidate: dict[str, SuiteRun]
+) -> None:
+    """Fill the short baseline/candidate texts of the worst items from the records."""
+    runs = [baseline.get(result.suite), candidate.get(result.suite)]
+    by_id = [{r.item_id: r for r in run.records} if run else {} for run in runs]
+    for w in result.worst_items:
+        texts = []
+        for table in by_id:
+            rec = table.get(w.item_id)
+            texts.append(
+                _short(rec.output if rec and rec.output is not None else (rec.prompt if rec else None))
+            )
+        w.baseline_text, w.candidate_text = texts
+
+
+def evaluate_gate(
+    baseline: dict[str, SuiteRun],
+    candidate: dict[str, SuiteRun],
+    budgets: list[Budget],
+    policy: GatePolicy | None = None,
+    *,
+    flags: FlagOverrides | None = None,
+) -> GateVerdict:
+    """Decide every budget and the overall verdict.
+
+    Args:
+        baseline, candidate: suite name -> run. Items are paired by ``item_id``.
+        budgets: one per capability.
+        policy: confidence, correction and what INCONCLUSIVE means.
+        flags: optional extra flags per suite and item id, ``(baseline_flags, candidate_flags)``,
+            merged with the records' own flags and failed checks.
+    """
+    policy = policy or GatePolicy()
+    if not budgets:
+        raise UserError("the gate has no budgets", "add at least one [[budget]] to the gate file")
+    labels = [b.display_label for b in budgets]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise UserError(f"two budgets share the label {dup[0]!r}", "give each budget a distinct label")
+    measured = [
+        measure(b, baseline, candidate, flags=flags, n_resamples=policy.bootstrap_resamples, seed=policy.seed)
+        for b in budgets
+    ]
+    results: list[CapabilityResult | None] = [None] * len(budgets)
+    family: list[int] = []
+    for i, (budget, m) in enumerate(zip(budgets, measured, strict=True)):
+        if isinstance(m, Refused):
+            results[i] = _result(budget, "FAIL", m, f"cannot compare: {m.reason}")
+        elif m.estimator is None:
+            results[i] = _decide_count(budget, m)
+        else:
+            family.append(i)
+    alpha = round(policy.alpha, 12)
+    p_within = {i: measured[i].estimator.p_within(budgets[i].max) for i in family}  # type: ignore[union-attr]
+    p_beyond = {i: measured[i].estimator.p_beyond(budgets[i].max) for i in family}  # type: ignore[union-attr]
+    decisive = [min(p_within[i], p_beyond[i]) for i in family]
+    if policy.correction == "holm" and family:
+        h = holm(decisive, alpha)
+        reject, levels = h.reject, [round(t, 12) for t in h.thresholds]
+    else:
+        reject, levels = [p <= alpha for p in decisive], [alpha] * len(family)
+    for j, i in enumerate(family):
+        results[i] = _decide(
+            budgets[i], measured[i], p_within[i], p_beyond[i], reject[j], levels[j], baseline, candidate
+        )  # type: ignore[arg-type]
+    final = [r for r in results if r is not None]
+    for r in final:
+        _attach_texts(r, baseline, candidate)
+    statuses = {r.status for r in final}
+    overall: Status = "PASS"
+    if "FAIL" in statuses:
+        overall = "FAIL"
+    elif "INCONCLUSIVE" in statuses and policy.inconclusive == "fail":
+        overall = "INCONCLUSIVE"
+    return GateVerdict(overall=overall, capabilities=final, policy=policy)
+
+
+def _direction(budget: Budget, runs: list[SuiteRun | None]) -> tuple[bool, float]:
+    """(higher_is_better, scale) of the budget's metric, for wording."""
+    for run in runs:
+        for spec in run.metrics if run else []:
+            if spec.name == budget.metric:
+                return spec.higher_is_better, spec.scale
+    return True, 1.0
+
+
+def _decide(
+    budget: Budget, m: Measured, p_in: float, p_out: float, rejected: bool, level: float,
+    baseline: dict[str, SuiteRun], candidate: dict[str, SuiteRun],
+) -> CapabilityResult:  # fmt: skip
+    est = m.estimator
+    assert est is not None
+    low, high = est.bounds(level)
+    change = est.estimate
+    status: Status = "INCONCLUSIVE"
+    if rejected:
+        status = "PASS" if p_in <= p_out else "FAIL"
+    need = (
+        None
+        if status != "INCONCLUSIVE"
+        else items_to_decide(change, low, high, budget.max, m.n_items, log_scale=m.log_scale)
+    )
+    hib, scale = _direction(budget, [baseline.get(budget.suite), candidate.get(budget.suite)])
+    what = _what(budget, m, change, hib, scale)
+    flips = (
+        f", {m.flips[0]} right→wrong / {m.flips[1]} wrong→right" if m.flips and budget.kind == "drop" else ""
+    )
+    if m.flips and budget.kind == "rate_increase":
+        flips = f", {m.flips[0]} newly flagged / {m.flips[1]} cleared"
+    fmt = (lambda x: f"{x:.4f}") if budget.kind == "ratio" else _num
+    reason = f"{what} (bounds {fmt(low)}–{fmt(high)} at {_pct(level)}{flips}), budget {_num(budget.max)}: "
+    if status == "PASS":
+        reason += "upper bound within budget"
+    elif status == "FAIL":
+        reason += "confidently beyond budget"
+    elif not rejected and min(p_in, p_out) <= level:
+        reason += "not decided: the multiple-testing correction stopped at a less certain capability"
+    else:
+        reason += "the interval straddles the budget; " + (
+            f"about {need} items would decide it" if need else "more items would not decide it"
+        )
+    return _result(budget, status, m, reason, change=change, low=low, high=high,
+                   p=p_in if p_in <= p_out else p_out, alpha=level, need=need)  # fmt: skip
