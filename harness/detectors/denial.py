@@ -29,11 +29,11 @@ PATTERNS: dict[str, regex.Pattern[str]] = {
     for name, pattern in {
         "no_such": rf"\bno\s+such\s+(?:a\s+)?(?:\w+\s+)?{_THING}?|\bthere\s+(?:is|are|'s)\s+no\s+(?:known|real|official|recognized|recognised|established|standard|widely\s+(?:accepted|known|recognized))\s+\w+",
         "not_exist": rf"\b(?:does|do|did)\s*(?:not|n't)\s+{_REALLY}exist\b|\b(?:never|no\s+longer)\s+existed?\b|\bnon-?existent\b",
-        "not_aware": r"\b(?:i\s+am|i'm)\s+not\s+(?:aware|familiar)\s+(?:of|with)\b|\bi\s+(?:do\s+not|don't)\s+(?:recognize|recognise)\b|\bi\s+(?:have|'ve)\s+never\s+heard\s+of\b",
+        "not_aware": r"\b(?:i\s+am|i'm)\s+not\s+(?:aware|familiar)\s+(?:of|with)\b|\bi\s+(?:do\s+not|don't)\s+(?:recognize|recognise)\b|\bi(?:\s+have|'ve)\s+never\s+heard\s+of\b",
         "not_real": rf"\b(?:{_BE_NOT})\s+(?:a|an)?\s*{_REALLY}(?:real|recognized|recognised|valid|genuine|legitimate|established|actual|existing)\s+{_THING}|\bis\s+not\s+a\s+thing\b|\b(?:is|are)\s+(?:a\s+|an\s+)?(?:entirely\s+|purely\s+)?(?:fictional|fictitious|made[- ]up|fabricated|invented)\s+{_THING}?",
         "no_info": r"\bi\s+(?:could|can|was|am)\s*(?:not|n't|unable\s+to)\s+(?:able\s+to\s+)?(?:find|locate)\s+(?:any\s+)?(?:information|reference|record|evidence|mention|details)|\bi\s+(?:do\s+not|don't)\s+have\s+(?:any\s+)?(?:information|knowledge|details)\s+(?:about|on|of|regarding)\b",
         "es": rf"\bno\s+existen?\b|\bno\s+(?:hay|existe)\s+(?:ningún|ninguna|tal)\b|\bno\s+(?:conozco|tengo\s+(?:conocimiento|información))\b|\bno\s+es\s+una?\s+{_THING}\s+(?:real|reconocid[oa]|válid[oa])|\bno\s+(?:pude|he\s+podido)\s+encontrar\b",
-        "fr": rf"\bn'existent?\s+pas\b|\bil\s+n'y\s+a\s+pas\s+de\s+tel(?:le)?s?\b|\bje\s+ne\s+(?:connais\s+pas|suis\s+pas\s+au\s+courant)\b|\bn'est\s+pas\s+une?\s+{_THING}\s+(?:réel(?:le)?|reconnue?|valide)|\bje\s+n'ai\s+(?:pas\s+)?trouvé\s+aucune?\b|\baucune\s+information\s+sur\b",
+        "fr": rf"\bn'existe(?:nt)?\s+pas\b|\bil\s+n'y\s+a\s+pas\s+de\s+tel(?:le)?s?\b|\bje\s+ne\s+(?:connais\s+pas|suis\s+pas\s+au\s+courant)\b|\bn'est\s+pas\s+une?\s+{_THING}\s+(?:réel(?:le)?|reconnue?|valide)|\bje\s+n'ai\s+(?:pas\s+)?trouvé\s+aucune?\b|\baucune\s+information\s+sur\b",
     }.items()
 }  # fmt: skip
 

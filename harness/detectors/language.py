@@ -26,6 +26,9 @@ CANDIDATE_LANGS = (
 _SAME = [{"no", "da", "nn"}, {"hr", "sr", "bs"}, {"id", "ms"}, {"zh", "wuu", "yue"}]
 
 _LETTER = regex.compile(r"\p{L}")
+# one CJK character carries about as much as two or three Latin letters
+_CJK = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]")
+CJK_WEIGHT = 3
 _MATH = regex.compile(r"\$\$.*?\$\$|\$[^$\n]+\$|\\\(.*?\\\)|\\\[.*?\\\]", regex.S)
 
 
@@ -74,13 +77,13 @@ def wrong_language(
     """Evidence that ``text`` is not in ``lang``, or ``None``.
 
     Skipped (``None``) without an expected language, for languages the model does not know, and when the
-    prose has fewer than ``min_letters`` letters. Fires when the identified language differs from
+    prose has fewer than ``min_letters`` letters (a CJK character counts ``CJK_WEIGHT``). Fires when the identified language differs from
     ``lang`` with confidence >= ``min_confidence``.
     """
     if lang is None or lang not in _all_classes():
         return None
     prose = prose_of(text)
-    letters = len(_LETTER.findall(prose))
+    letters = len(_LETTER.findall(prose)) + (CJK_WEIGHT - 1) * len(_CJK.findall(prose))
     if letters < min_letters:
         return None
     top, conf, p_expected = identify(prose, lang)

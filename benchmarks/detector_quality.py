@@ -1,0 +1,121 @@
+"""Precision and recall of every detector flag on the hand-labelled set.
+
+    python benchmarks/detector_quality.py [--data tests/data/detectors_labelled.jsonl] [--errors] [--flores N]
+
+Each line of the labelled set is one candidate output (with its prompt, expected language, min_len and,
+where a comparative flag matters, the baseline's output for the same item) and the flags a person says
+it should raise. Hard negatives sit beside the positives: correct Japanese (Han + kana + Latin terms),
+Chinese with Latin names, code, math with Greek letters, Spanish quoting English terms, emoji, shared
+negations, short answers. ``--flores N`` also counts false alarms of ``script_mixing`` and
+``wrong_language`` on the first N real FLORES-200 devtest sentences of 8 languages (needs the data folder).
+Prints a Markdown table; the last line is a one-line summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.detectors import FLAGS, DetectInput, detect
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "detectors_labelled.jsonl"
+FLORES_LANGS = {"eng_Latn": "en", "spa_Latn": "es", "fra_Latn": "fr", "deu_Latn": "de", "zho_Hans": "zh",
+                "arb_Arab": "ar", "rus_Cyrl": "ru", "jpn_Jpan": "ja"}  # fmt: skip
+
+
+@dataclass
+class FlagStats:
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+
+
+def load_labelled(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def evaluate(items: list[dict]) -> tuple[dict[str, FlagStats], list[tuple[str, set[str], set[str]]]]:
+    """Per-flag counts and the items whose flags differ from their labels ``(id, expected, got)``."""
+    stats = {flag: FlagStats() for flag in FLAGS}
+    errors = []
+    for item in items:
+        common = {k: item.get(k) for k in ("prompt", "lang", "min_len") if item.get(k) is not None}
+        cand = DetectInput(id=item["id"], response=item["candidate"], **common)
+        base = None
+        if item.get("baseline") is not None:
+            base = DetectInput(id=item["id"], response=item["baseline"], **common)
+        got = set(detect(cand, base).flags)
+        expected = set(item["labels"])
+        for flag in FLAGS:
+            if flag in got and flag in expected:
+                stats[flag].tp += 1
+            elif flag in got:
+                stats[flag].fp += 1
+            elif flag in expected:
+                stats[flag].fn += 1
+        if got != expected:
+            errors.append((item["id"], expected, got))
+    return stats, errors
+
+
+def flores_false_alarms(limit: int) -> dict[str, tuple[int, int]]:
+    """flag -> (false alarms, sentences) on real FLORES-200 sentences checked against their own language."""
+    from harness.resources import data_dir
+
+    rows = [json.loads(line) for line in (data_dir() / "flores200_devtest.jsonl").open(encoding="utf-8")][
+        :limit
+    ]
+    alarms = {"script_mixing": 0, "wrong_language": 0}
+    total = 0
+    for row in rows:
+        for key, lang in FLORES_LANGS.items():
+            flags = detect(DetectInput(id=str(row["id"]), response=row[key], lang=lang)).flags
+            total += 1
+            for flag in alarms:
+                alarms[flag] += flag in flags
+    return {flag: (n, total) for flag, n in alarms.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--errors", action="store_true", help="list items whose flags differ from the labels")
+    parser.add_argument(
+        "--flores", type=int, default=0, metavar="N", help="also check N FLORES sentences per language"
+    )
+    args = parser.parse_args(argv)
+    items = load_labelled(args.data)
+    stats, errors = evaluate(items)
+    print(f"Detector quality on {args.data.name} ({len(items)} items)\n")
+    print("| flag | positives | TP | FP | FN | precision | recall |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for flag, s in stats.items():
+        print(f"| {flag} | {s.tp + s.fn} | {s.tp} | {s.fp} | {s.fn} | {s.precision:.3f} | {s.recall:.3f} |")
+    if args.errors:
+        for item_id, expected, got in errors:
+            print(f"MISMATCH {item_id}: expected {sorted(expected)} got {sorted(got)}", file=sys.stderr)
+    if args.flores:
+        print("\n| flag | false alarms on FLORES-200 devtest (own language) |\n|---|---:|")
+        for flag, (n, total) in flores_false_alarms(args.flores).items():
+            print(f"| {flag} | {n}/{total} |")
+    min_p = min(s.precision for s in stats.values())
+    min_r = min(s.recall for s in stats.values())
+    print(
+        f"\nsummary: {len(items)} items, {len(errors)} with any wrong flag; min precision {min_p:.3f}, min recall {min_r:.3f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
