@@ -55,6 +55,8 @@ def _heatmap_figure(
     ax.set_ylabel("MoE layer")
     if title:
         ax.set_title(title)
+    xstep = max(1, n_experts // 32)
+    ax.set_xticks(range(0, n_experts, xstep))
     step = max(1, n_layers // 16)
     ax.set_yticks(range(0, n_layers, step))
     labels = layer_labels if layer_labels is not None else range(n_layers)
