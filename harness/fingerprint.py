@@ -2,7 +2,7 @@
 
 Hashing a 400B checkpoint in full takes longer than evaluating it, so we hash what determines outputs
 (config, tokenizer files, generation config, every safetensors/GGUF header) plus a deterministic sample
-of bytes from *every* tensor, read through mmap. Stacked expert tensors ``[E, ...]`` and small-row
+of bytes from *every* tensor, read with pread and read-ahead off. Stacked expert tensors ``[E, ...]`` and small-row
 tensors such as routers ``[E, H]`` are sampled per leading row, so editing one expert or masking one
 router row changes the fingerprint; reloading the same files never does.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,27 +57,43 @@ def _strided(begin: int, end: int, count: int) -> Iterator[tuple[int, int]]:
         yield a, a + SLICE_BYTES
 
 
+class _RandomReader:
+    """``pread`` with read-ahead off: sampling a 400B checkpoint must not pull megabytes per slice."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+
+    def __enter__(self) -> Callable[[int, int], bytes]:
+        self.fd = os.open(self.file, os.O_RDONLY)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
+        return lambda a, b: os.pread(self.fd, b - a, a)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
 def _hash_safetensors(digest: Any, file: Path) -> None:
     header, data_start = read_safetensors_header(file)
     digest.update(json.dumps(header, sort_keys=True).encode())
     names = sorted(k for k in header if k != "__metadata__")
     if not names:
         return
-    with file.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    with _RandomReader(file) as read:
         for name in names:
             info = header[name]
             begin, end = info["data_offsets"]
             digest.update(name.encode())
             for a, b in sample_spans(data_start + begin, data_start + end, info["shape"]):
-                digest.update(mm[a:b])
+                digest.update(read(a, b))
 
 
 def _hash_gguf(digest: Any, file: Path) -> None:
     from gguf import GGUFReader
 
     reader = GGUFReader(str(file))
-    with file.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        digest.update(mm[: reader.data_offset])  # magic, metadata (tokenizer, config), tensor infos
+    with _RandomReader(file) as read:
+        digest.update(read(0, int(reader.data_offset)))  # magic, metadata (tokenizer, config), tensor infos
         for tensor in sorted(reader.tensors, key=lambda t: t.name):
             begin = int(tensor.data_offset)
             end = begin + int(tensor.n_bytes)
@@ -85,7 +101,7 @@ def _hash_gguf(digest: Any, file: Path) -> None:
             shape = [int(d) for d in reversed(list(tensor.shape))]
             digest.update(tensor.name.encode())
             for a, b in sample_spans(begin, end, shape):
-                digest.update(mm[a:b])
+                digest.update(read(a, b))
 
 
 def _hash_opaque(digest: Any, file: Path) -> None:
@@ -94,9 +110,9 @@ def _hash_opaque(digest: Any, file: Path) -> None:
     digest.update(str(size).encode())
     if size == 0:
         return
-    with file.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+    with _RandomReader(file) as read:
         for a, b in _strided(0, size, 4096):
-            digest.update(mm[a:b])
+            digest.update(read(a, b))
 
 
 def fingerprint_checkpoint(path: str | Path, extra: dict[str, Any] | None = None) -> str:
