@@ -71,17 +71,20 @@ def task_manager(settings: LmEvalSettings) -> Any:
     return TaskManager(include_path=str(suites_dir() / TASKS_DIR_NAME), include_defaults=False, metadata=metadata)
 
 
-def check_data_files(tasks: Mapping[str, Any], settings: LmEvalSettings, suite: str) -> dict[str, str]:
-    """Every local file a task reads must be pinned in the suite's settings and match its sha256."""
-    pinned = settings.data_sha256
+def check_data_files(settings: LmEvalSettings) -> dict[str, str]:
+    """Every pinned local file exists and matches its sha256 (before lm-eval reads any of them)."""
+    for file, sha in settings.data_sha256.items():
+        data_file(file, sha)
+    return dict(settings.data_sha256)
+
+
+def check_pinned(tasks: Mapping[str, Any], settings: LmEvalSettings, suite: str) -> None:
+    """Every local file a task reads must be pinned in the suite's settings."""
     for name, task in tasks.items():
         for file in ((task.config.dataset_kwargs or {}).get("data_files") or {}).values():
-            if file not in pinned:
+            if file not in settings.data_sha256:
                 raise UserError(f"lm-eval task {name} reads {file}, which suite '{suite}' does not pin",
                                 f"add its sha256 under [data_sha256] in suites/{suite}.toml")
-    for file, sha in pinned.items():
-        data_file(file, sha)
-    return dict(pinned)
 
 
 def select_samples(
@@ -171,6 +174,29 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
 
 
+def simple_evaluate_kwargs(settings: LmEvalSettings) -> dict[str, Any]:
+    """The ``lm_eval.simple_evaluate`` arguments a suite's settings pin (model, tasks and samples aside).
+
+    Public so that a plain lm-eval run (``model="hf"``) can be made with exactly the same settings.
+    """
+    gen_kwargs: dict[str, Any] = {}
+    if settings.max_gen_toks is not None:
+        gen_kwargs["max_gen_toks"] = settings.max_gen_toks
+    if settings.temperature > 0:
+        gen_kwargs.update(do_sample=True, temperature=settings.temperature)
+    return {
+        "num_fewshot": settings.num_fewshot,
+        "gen_kwargs": gen_kwargs or None,
+        "log_samples": True,
+        "bootstrap_iters": 0,
+        "apply_chat_template": settings.apply_chat_template,
+        "fewshot_as_multiturn": settings.fewshot_as_multiturn,
+        "system_instruction": settings.system_instruction,
+        "random_seed": settings.seed,
+        "fewshot_random_seed": settings.fewshot_seed,
+    }
+
+
 def run_lm_eval(backend: Backend, settings: LmEvalSettings, task_names: tuple[str, ...], *, suite: str,
                 item_id: Callable[[Mapping[str, Any]], str]) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
     """Run lm-eval tasks through ``backend``: (lm-eval's results dict, data sha256s, task versions)."""
@@ -178,29 +204,18 @@ def run_lm_eval(backend: Backend, settings: LmEvalSettings, task_names: tuple[st
 
     from harness.lm_eval_adapter import MoegateLM
 
+    shas = check_data_files(settings) if settings.source == "local" else {}
     manager = task_manager(settings)
     loaded = manager.load(list(task_names))["tasks"]
-    shas = check_data_files(loaded, settings, suite) if settings.source == "local" else {}
+    if settings.source == "local":
+        check_pinned(loaded, settings, suite)
     samples = select_samples(loaded, item_id, limit=settings.limit, seed=settings.seed, item_ids=settings.item_ids)
-    gen_kwargs: dict[str, Any] = {}
-    if settings.max_gen_toks is not None:
-        gen_kwargs["max_gen_toks"] = settings.max_gen_toks
-    if settings.temperature > 0:
-        gen_kwargs.update(do_sample=True, temperature=settings.temperature)
     results = evaluator.simple_evaluate(
         model=MoegateLM(backend, seed=settings.seed),
         tasks=[loaded[name] for name in loaded if name in samples],
-        num_fewshot=settings.num_fewshot,
         samples=samples,
-        gen_kwargs=gen_kwargs or None,
-        log_samples=True,
-        bootstrap_iters=0,
         task_manager=manager,
-        apply_chat_template=settings.apply_chat_template,
-        fewshot_as_multiturn=settings.fewshot_as_multiturn,
-        system_instruction=settings.system_instruction,
-        random_seed=settings.seed,
-        fewshot_random_seed=settings.fewshot_seed,
+        **simple_evaluate_kwargs(settings),
     )
     versions = {name: str((loaded[name].config.metadata or {}).get("version")) for name in samples}
     return results, shas, versions
