@@ -34,6 +34,9 @@ def _configs() -> dict[str, T.PretrainedConfig]:
         "deepseek_v2": T.DeepseekV2Config(**mla_common, **MLA, first_k_dense_replace=0,
                                           topk_method="group_limited_greedy", routed_scaling_factor=2.0),
         "deepseek_v3": T.DeepseekV3Config(**mla_common, **MLA, first_k_dense_replace=1, routed_scaling_factor=2.5),
+        "glm4_moe": T.Glm4MoeConfig(**COMMON, intermediate_size=64, moe_intermediate_size=16, n_routed_experts=8,
+                                    num_experts_per_tok=3, n_shared_experts=1, first_k_dense_replace=0, n_group=4,
+                                    topk_group=2, head_dim=8, routed_scaling_factor=1.5),
         "gpt_oss": T.GptOssConfig(**COMMON, intermediate_size=16, num_local_experts=8, num_experts_per_tok=2,
                                   head_dim=8, layer_types=["sliding_attention", "full_attention"]),
         "qwen3_5_moe_text": T.Qwen3_5MoeTextConfig(
@@ -52,7 +55,7 @@ def _expected_routes(model_type: str, router: torch.nn.Module, hidden: torch.Ten
     if model_type == "gpt_oss":  # top-k of raw (biased) logits, softmax over the k
         vals, ids = logits.topk(k, dim=-1)
         weights = vals.softmax(dim=-1)
-    elif model_type == "deepseek_v3":  # sigmoid; correction bias only for choosing; best-2 sum per group
+    elif model_type in ("deepseek_v3", "glm4_moe"):  # sigmoid; correction bias only for choosing; best-2 sum per group
         scores = logits.sigmoid()
         choice = scores + router.e_score_correction_bias
         n_group = router.num_group

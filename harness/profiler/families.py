@@ -77,6 +77,9 @@ FAMILIES: dict[str, Family] = {
     "deepseek_v3": Family(
         "DeepSeek-V3 (sigmoid + correction bias, group-limited top-k)", score_fn="sigmoid", shared_attrs=("shared_experts",)
     ),
+    "glm4_moe": Family(
+        "GLM-4-MoE (DeepSeek-V3 routing)", score_fn="sigmoid", shared_attrs=("shared_experts",)
+    ),
     "gpt_oss": Family("GPT-OSS (top-k of biased logits, softmax over the k)", router_attr="router"),
 }
 
