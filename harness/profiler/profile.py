@@ -15,6 +15,7 @@ Importance criteria (what pruning ranks experts by):
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -293,6 +294,8 @@ def profile_model(
         raise UserError("MoE layers differ in expert count or top-k", "profiling such models is not supported")
     acc = _Accumulator(len(blocks), blocks[0].num_experts, len(texts))
     tokens_per_prompt: list[int] = []
+    # only the routes matter: skip the vocabulary projection for all but the last position
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     try:
         with recorder, torch.inference_mode(), _progress_bar(progress, len(texts)) as advance:
             for i, text in enumerate(texts):
@@ -300,7 +303,7 @@ def profile_model(
                 input_ids = enc["input_ids"][:, :max_tokens]
                 tokens_per_prompt.append(int(input_ids.shape[1]))
                 if input_ids.shape[1] > 0:
-                    model(input_ids=input_ids.to(device), use_cache=False)
+                    model(input_ids=input_ids.to(device), use_cache=False, **extra)
                     acc.add(i, recorder.take(), recorder.family.probabilities)
                 advance()
     finally:
