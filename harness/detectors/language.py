@@ -13,7 +13,7 @@ from typing import Any
 
 import regex
 
-from harness.detectors.scripts import strip_code
+from harness.detectors.scripts import ALLOWED_SCRIPTS, native_scripts, script_share, strip_code
 
 # Languages the identifier may answer with; the expected language is always added.
 CANDIDATE_LANGS = (
@@ -78,7 +78,8 @@ def wrong_language(
 
     Skipped (``None``) without an expected language, for languages the model does not know, and when the
     prose has fewer than ``min_letters`` letters (a CJK character counts ``CJK_WEIGHT``). Fires when the identified language differs from
-    ``lang`` with confidence >= ``min_confidence``.
+    ``lang`` with confidence >= ``min_confidence``; when the two languages use different scripts, only
+    if less than half of the (CJK-weighted) letters are in the expected language's scripts.
     """
     if lang is None or lang not in _all_classes():
         return None
@@ -89,10 +90,17 @@ def wrong_language(
     top, conf, p_expected = identify(prose, lang)
     if _same(top, lang) or conf < min_confidence:
         return None
+    share = None
+    if lang in ALLOWED_SCRIPTS and not set(native_scripts(top)) & set(native_scripts(lang)):
+        # different scripts: the script shares decide, not n-grams ("thanks is ありがとう" stays English)
+        share = script_share(prose, native_scripts(lang))
+        if share >= 0.5:
+            return None
     return {
         "expected": lang,
         "detected": top,
         "confidence": round(conf, 4),
         "p_expected": round(p_expected, 4),
         "letters": letters,
+        **({"expected_script_share": round(share, 4)} if share is not None else {}),
     }

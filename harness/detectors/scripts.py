@@ -4,7 +4,9 @@ The failure this catches is tiny and real: one Chinese character inside a Spanis
 character is enough to fire, and the rules for what is *legitimate* carry the precision: Latin is
 tolerated in every language (names, terms, code), Common/Inherited characters (digits, punctuation,
 emoji, math operators, combining marks) are always fine, short Greek runs are math symbols, code spans
-are skipped, and a quoted or parenthesized word copied from the prompt ("what does «猫» mean?") is fine.
+are skipped, a quoted or parenthesized gloss ("Tokio (東京)", "la palabra «猫»") is fine, and so is the
+script of a language the prompt asks about ("how do you say thanks in Japanese?") unless the prompt
+itself is written in it (then it is a translation source, and copying it is the failure).
 """
 
 from __future__ import annotations
@@ -66,6 +68,22 @@ _OPENERS = "\"'“‘«‹「『【〈《(（[［"
 _CLOSERS = "\"'”’»›」』】〉》)）]］"
 
 
+def script_share(text: str, scripts: tuple[str, ...], cjk_weight: int = 3) -> float:
+    """Share of the letters of ``text`` written in ``scripts`` (a CJK character weighs ``cjk_weight``)."""
+    total = inside = 0
+    for ch in regex.findall(r"\p{L}", text):
+        script = script_of(ch)
+        weight = cjk_weight if script in ("Han", "Hiragana", "Katakana", "Hangul") else 1
+        total += weight
+        inside += weight if script in scripts else 0
+    return inside / total if total else 1.0
+
+
+def native_scripts(lang: str) -> tuple[str, ...]:
+    """The scripts a language is written in (Latin for languages with nothing else in the table)."""
+    return ALLOWED_SCRIPTS.get(lang) or ("Latin",)
+
+
 def script_of(char: str) -> str:
     """Unicode script name of one character, among the scripts this module knows."""
     return next((name for name, pat in _SCRIPT_RE.items() if pat.match(char)), "Other")
@@ -94,10 +112,43 @@ def _runs_by_script(chunk: str) -> list[tuple[str, str]]:
     return pieces
 
 
-def _quoted(text: str, start: int, end: int) -> bool:
-    before = text[:start].rstrip()
-    after = text[end:].lstrip()
-    return bool(before) and bool(after) and before[-1] in _OPENERS and after[0] in _CLOSERS
+_LATIN_LETTER = regex.compile(r"\p{Script=Latin}")
+
+# Language names (en/es/fr/de) -> the scripts that language writes: a prompt that asks *about* Japanese
+# may get Japanese words in an English answer.
+LANGUAGE_NAMES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("japanese", "japonés", "japonais", "japanisch"), ("Han", "Hiragana", "Katakana")),
+    **dict.fromkeys(("chinese", "mandarin", "cantonese", "chino", "chinois", "chinesisch"), ("Han", "Bopomofo")),
+    **dict.fromkeys(("korean", "coreano", "coréen", "koreanisch"), ("Hangul", "Han")),
+    **dict.fromkeys(("russian", "ruso", "russe", "russisch", "ukrainian", "bulgarian", "serbian"), ("Cyrillic",)),
+    **dict.fromkeys(("arabic", "árabe", "arabe", "arabisch", "persian", "farsi", "urdu"), ("Arabic",)),
+    **dict.fromkeys(("greek", "griego", "grec", "griechisch"), ("Greek",)),
+    **dict.fromkeys(("hebrew", "hebreo", "hébreu", "hebräisch"), ("Hebrew",)),
+    **dict.fromkeys(("hindi", "sanskrit", "marathi", "nepali"), ("Devanagari",)),
+    **dict.fromkeys(("thai", "tailandés", "thaï"), ("Thai",)),
+}  # fmt: skip
+_WORDS = regex.compile(r"\p{L}+")
+
+
+def _quoted(text: str, start: int, end: int, max_span: int = 40) -> bool:
+    """Whether ``text[start:end]`` sits inside quotes or parentheses holding no Latin letters (a gloss)."""
+    left = start - 1
+    while left >= 0 and start - left <= max_span and text[left] not in _OPENERS + _CLOSERS + "\n":
+        left -= 1
+    right = end
+    while right < len(text) and right - end <= max_span and text[right] not in _OPENERS + _CLOSERS + "\n":
+        right += 1
+    if left < 0 or right >= len(text) or text[left] not in _OPENERS or text[right] not in _CLOSERS:
+        return False
+    return not _LATIN_LETTER.search(text[left + 1 : right])
+
+
+def prompt_language_scripts(prompt: str) -> set[str]:
+    """Scripts of the languages the prompt names but does not itself write in ("say thanks in Japanese")."""
+    named = {script for word in _WORDS.findall(prompt.casefold()) for script in LANGUAGE_NAMES.get(word, ())}
+    present = {script_of(c) for c in prompt}
+    # a prompt already holding the script is a translation source: its script in the answer is a failure
+    return named if not (named & present) else set()
 
 
 def script_mixing(
@@ -114,7 +165,7 @@ def script_mixing(
         text: the model's output.
         lang: expected output language (ISO 639-1). ``None``: the allowed scripts are those the
             ``reference_texts`` (the baseline's output, the prompt) use; with no references, no check.
-        prompt: the prompt; a quoted/parenthesized foreign word that the prompt contains is tolerated.
+        prompt: the prompt; scripts of languages it names (and does not itself contain) are tolerated.
         reference_texts: texts whose scripts are allowed when ``lang`` is ``None``.
         greek_max_run: Greek runs up to this many letters are math symbols (α, Δx, μm).
     """
@@ -130,7 +181,7 @@ def script_mixing(
     else:
         return None  # a language we have no table for: better silent than wrong
     prose = strip_code(text)
-    prompt_folded = prompt.casefold()
+    asked_about = prompt_language_scripts(prompt)
     found: list[dict[str, Any]] = []
     for match in _foreign_pattern(allowed).finditer(prose):
         offset = match.start()
@@ -139,7 +190,7 @@ def script_mixing(
             offset = end
             if script == "Greek" and "Greek" not in allowed and len(run) <= greek_max_run:
                 continue
-            if run.casefold() in prompt_folded and _quoted(prose, start, end):
+            if script in asked_about or _quoted(prose, start, end):
                 continue
             found.append({"chars": run, "script": script, "at": start})
     if not found:

@@ -19,6 +19,7 @@ import regex
 # A run of one symbol ("-----", "!!!", "😂😂😂") is one token, so rules and emphasis are not loops.
 _TOKEN = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}]|[\w\p{M}]+|([^\w\s])\1*", regex.V1)
 _LETTER = regex.compile(r"\p{L}")
+_DIGITS = regex.compile(r"\d+")
 
 
 def tokens(text: str) -> list[str]:
@@ -99,13 +100,19 @@ def repetition(
 
     Fires when (a) a unit of tokens repeats back to back ``min_repeats`` times covering at least
     ``min_cover`` tokens, or ``any_repeats`` times whatever its size (units without letters need
-    three times the cover); (b) one ``ngram_n``-gram occurs
+    three times the cover; units that differ only in their numbers count at ``any_repeats``); (b) one ``ngram_n``-gram occurs
     ``ngram_max`` times or more; or (c) texts of ``compress_min_bytes`` or more compress below
     ``compress_below`` of their size.
     """
     toks = tokens(text)
     reasons: dict[str, Any] = {}
     period, repeats, start = periodic_run(toks, max_period)
+    numbered = [_DIGITS.sub("0", t) for t in toks]
+    n_period, n_repeats, n_start = periodic_run(numbered, max_period)
+    if n_repeats >= any_repeats and n_repeats > repeats:
+        # the same item under a changing counter ("1. apple 2. apple 3. apple ...")
+        period, repeats, start = n_period, n_repeats, n_start
+        toks = numbered
     unit = " ".join(toks[start : start + period])
     # a unit without letters (",0" in a zero array, "| ---" in a table) loops only when it is long
     wordy = bool(_LETTER.search(unit)) or period * repeats >= 3 * min_cover
