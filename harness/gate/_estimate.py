@@ -268,7 +268,7 @@ def _mean_metric(
                 i,
                 1.0 if spec.higher_is_better else 0.0,
                 0.0 if spec.higher_is_better else 1.0,
-                "right -> wrong",
+                "right → wrong",
             )
             for i in changed[:10]
         ]

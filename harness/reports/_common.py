@@ -1,0 +1,177 @@
+"""What the three report writers share: number formatting, suite summaries, the items to show."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from harness.gate._estimate import item_flags
+from harness.gate.verdict import CapabilityResult, GateVerdict
+from harness.records import ItemRecord, SuiteRun
+
+MAX_ITEMS_PER_CAPABILITY = 200
+"""Items shown per capability in the HTML and JSON item lists (all ids stay in the verdict)."""
+
+
+def fmt(x: float | None, kind: str = "") -> str:
+    """Short human number: 4 decimals for ratios, 2 otherwise, 3 significant digits at the extremes."""
+    if x is None or not math.isfinite(x):
+        return "–"
+    if kind == "ratio":
+        return f"{x:.4f}"
+    if x == 0:
+        return "0"
+    return f"{x:.3g}" if abs(x) < 0.01 or abs(x) >= 10000 else f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+def bounds_text(cap: CapabilityResult) -> str:
+    if cap.ci_low is None or cap.ci_high is None or cap.kind == "new_flags":
+        return "–"
+    return f"{fmt(cap.ci_low, cap.kind)} – {fmt(cap.ci_high, cap.kind)}"
+
+
+def change_text(cap: CapabilityResult) -> str:
+    if cap.change is None:
+        return "–"
+    if cap.kind == "ratio":
+        return f"×{cap.change:.4f}"
+    if cap.kind in ("drop", "rate_increase"):
+        return f"{cap.change:+.2f}".rstrip("0").rstrip(".") if cap.change else "0"
+    return fmt(cap.change, cap.kind)
+
+
+def change_header(cap: CapabilityResult) -> str:
+    return {
+        "drop": "drop",
+        "ratio": "ratio",
+        "new_flags": "new flagged items",
+        "rate_increase": "rate increase (points)",
+        "max_mean": "mean",
+    }[cap.kind]
+
+
+def overall_line(verdict: GateVerdict) -> str:
+    counts = {s: sum(c.status == s for c in verdict.capabilities) for s in ("PASS", "FAIL", "INCONCLUSIVE")}
+    n = len(verdict.capabilities)
+    parts = [f"{counts['FAIL']} failed"] if counts["FAIL"] else []
+    if counts["INCONCLUSIVE"]:
+        parts.append(f"{counts['INCONCLUSIVE']} inconclusive")
+    parts.append(f"{counts['PASS']} passed")
+    pol = verdict.policy
+    return (
+        f"{n} capabilities: "
+        + ", ".join(parts)
+        + f" (confidence {pol.confidence:.0%}, correction {pol.correction}, "
+        f"inconclusive counts as {pol.inconclusive})"
+    )
+
+
+def suite_summary(run: SuiteRun) -> dict[str, Any]:
+    """Aggregates of one run: item count, metric values in display units, flag counts, error."""
+    metrics: dict[str, Any] = {}
+    for spec in run.metrics:
+        value: float | None = None
+        if spec.kind == "perplexity":
+            nll = [r.scores.get("nll") for r in run.records]
+            tok = [r.scores.get("tokens") for r in run.records]
+            if run.records and None not in nll and None not in tok and sum(tok) > 0:  # type: ignore[arg-type]
+                value = math.exp(sum(nll) / sum(tok))  # type: ignore[arg-type]
+        else:
+            vals = [r.scores[spec.name] for r in run.records if spec.name in r.scores]
+            if vals:
+                value = float(np.mean(vals)) * spec.scale
+        metrics[spec.name] = {**spec.model_dump(), "value": value}
+    flags: dict[str, int] = {}
+    for r in run.records:
+        for f in item_flags(r):
+            flags[f] = flags.get(f, 0) + 1
+    return {
+        "suite": run.suite,
+        "n_items": len(run.records),
+        "error": run.error,
+        "seconds": run.seconds,
+        "settings": run.settings,
+        "data_sha256": run.data_sha256,
+        "metrics": metrics,
+        "flag_counts": dict(sorted(flags.items())),
+    }
+
+
+def _side(rec: ItemRecord | None) -> dict[str, Any] | None:
+    if rec is None:
+        return None
+    return {
+        "output": rec.output,
+        "scores": rec.scores,
+        "flags": sorted(item_flags(rec)),
+    }
+
+
+def item_sections(
+    verdict: GateVerdict,
+    baseline_runs: dict[str, SuiteRun],
+    candidate_runs: dict[str, SuiteRun],
+    *,
+    limit: int = MAX_ITEMS_PER_CAPABILITY,
+) -> list[dict[str, Any]]:
+    """Per capability: every flipped or newly flagged item (else its worst items), both sides' text."""
+    sections = []
+    for cap in verdict.capabilities:
+        ids = cap.changed_items or [w.item_id for w in cap.worst_items]
+        if not ids:
+            continue
+        notes = {w.item_id: w.note for w in cap.worst_items}
+        default_note = "right → wrong" if cap.flips and cap.kind == "drop" else "newly flagged"
+        tables = [
+            {r.item_id: r for r in run.records} if (run := runs.get(cap.suite)) else {}
+            for runs in (baseline_runs, candidate_runs)
+        ]
+        items = []
+        for item_id in ids[:limit]:
+            b, c = tables[0].get(item_id), tables[1].get(item_id)
+            some = c or b
+            items.append(
+                {
+                    "item_id": item_id,
+                    "note": notes.get(item_id, default_note if cap.changed_items else ""),
+                    "prompt": some.prompt if some else "",
+                    "reference": some.reference if some else None,
+                    "baseline": _side(b),
+                    "candidate": _side(c),
+                }
+            )
+        sections.append(
+            {
+                "label": cap.label,
+                "suite": cap.suite,
+                "status": cap.status,
+                "kind": "changed" if cap.changed_items else "worst",
+                "total": len(ids),
+                "items": items,
+            }
+        )
+    return sections
+
+
+def to_jsonable(obj: Any) -> Any:
+    """json.dumps ``default``: numpy, paths, sets, pydantic models and dataclasses."""
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"cannot put {type(obj).__name__} into report.json")
