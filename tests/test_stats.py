@@ -207,9 +207,7 @@ def test_holm_matches_closed_testing(p: list[float], alpha: float) -> None:
     assert all(alpha / len(p) <= t <= alpha for t in res.thresholds)
 
 
-@given(
-    st.floats(-5, 5), st.floats(0.01, 3), st.floats(0.01, 3), st.floats(-5, 5), st.integers(10, 5000)
-)
+@given(st.floats(-5, 5), st.floats(0.01, 3), st.floats(0.01, 3), st.floats(-5, 5), st.integers(10, 5000))
 def test_items_to_decide_clears_the_budget(est: float, h_lo: float, h_hi: float, m: float, n: int) -> None:
     need = items_to_decide(est, est - h_lo, est + h_hi, m, n)
     if est == m or need is None:

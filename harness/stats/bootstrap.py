@@ -154,5 +154,9 @@ def mean_of(
 ) -> BootstrapDistribution:
     """Bootstrap of one model's mean score (e.g. per-item KL to the baseline)."""
     return paired_statistic(
-        np.asarray(values, float)[:, None], lambda m: m[:, 0], groups=groups, n_resamples=n_resamples, seed=seed
+        np.asarray(values, float)[:, None],
+        lambda m: m[:, 0],
+        groups=groups,
+        n_resamples=n_resamples,
+        seed=seed,
     )
