@@ -315,3 +315,57 @@ def test_budget_and_gate_input_validation() -> None:
         evaluate_gate(base, cand, [])
     with pytest.raises(UserError, match="share the label"):
         evaluate_gate(base, cand, [BUDGETS[0], BUDGETS[0]])
+
+
+def test_metric_on_a_subset_of_items_compares_those_items() -> None:
+    """chrF per translation direction: only that direction's records carry the score."""
+
+    def run(shift: float) -> SuiteRun:
+        recs = []
+        for i in range(120):
+            d = "eng-spa" if i % 2 else "eng-zho"
+            base = 40.0 + (i % 7)
+            val = base - (shift if d == "eng-zho" else 0.0)
+            recs.append(
+                ItemRecord(
+                    suite="flores", item_id=f"{d}:{i}", group=d, scores={"chrf": val, f"chrf_{d}": val}
+                )
+            )
+        specs = [
+            CHRF,
+            *(
+                MetricSpec(name=f"chrf_{d}", kind="continuous", higher_is_better=True)
+                for d in ("eng-spa", "eng-zho")
+            ),
+        ]
+        return SuiteRun(suite="flores", settings={}, metrics=specs, records=recs)
+
+    budgets = [Budget(suite="flores", metric=f"chrf_{d}", kind="drop", max=1) for d in ("eng-spa", "eng-zho")]
+    v = evaluate_gate({"flores": run(0)}, {"flores": run(5)}, budgets, POLICY)
+    spa, zho = v.capabilities
+    assert spa.status == "PASS" and spa.n_items == 60 and spa.change == 0
+    assert zho.status == "FAIL" and zho.n_items == 60 and zho.change == pytest.approx(5)
+    broken = run(5)
+    broken.records[1].scores.pop("chrf_eng-spa")
+    v = evaluate_gate({"flores": run(0)}, {"flores": broken}, budgets[:1], POLICY)
+    assert v.capabilities[0].status == "FAIL" and "no finite 'chrf_eng-spa' score" in v.capabilities[0].reason
+
+
+def test_holm_stops_at_the_first_undecided_capability() -> None:
+    # Identical 100-item runs: Tango's p for "drop < m" is Phi(-sqrt(n m / (1 - m))):
+    # about 0.030 for 3.4 points and 0.039 for 3.0 points. Holm compares 0.030 with 0.025 (miss,
+    # stop), so the 0.039 one is not decided either, though it is below 0.05 on its own.
+    correct = np.random.default_rng(12).random(100) < 0.6
+    runs = {"a": acc_run(correct, "a"), "b": acc_run(correct, "b")}
+    budgets = [
+        Budget(suite="a", metric="acc", kind="drop", max=3.4),
+        Budget(suite="b", metric="acc", kind="drop", max=3.0),
+    ]
+    v = evaluate_gate(runs, runs, budgets, POLICY)
+    a, b = v.capabilities
+    assert a.p_value == pytest.approx(0.030, abs=0.002) and b.p_value == pytest.approx(0.039, abs=0.002)
+    assert (a.status, b.status) == ("INCONCLUSIVE", "INCONCLUSIVE")
+    assert a.adjusted_alpha == pytest.approx(0.025) and b.adjusted_alpha == pytest.approx(0.05)
+    assert "correction stopped" in b.reason and "straddles" in a.reason
+    plain = evaluate_gate(runs, runs, budgets, POLICY.model_copy(update={"correction": "none"}))
+    assert [c.status for c in plain.capabilities] == ["PASS", "PASS"]

@@ -143,6 +143,10 @@ def _pair(base: SuiteRun, cand: SuiteRun) -> tuple[list[ItemRecord], list[ItemRe
     return [b_by[i] for i in ids], [c_by[i] for i in ids]
 
 
+def _finite(v: float | None) -> bool:
+    return v is not None and math.isfinite(v)
+
+
 def _scores(records: list[ItemRecord], key: str, side: str) -> np.ndarray | Refused:
     vals = [r.scores.get(key) for r in records]
     bad = [r.item_id for r, v in zip(records, vals, strict=True) if v is None or not math.isfinite(v)]
@@ -225,6 +229,12 @@ def _mean_metric(
     n_res: int,
     seed: int,
 ) -> Measured | Refused:
+    # A metric may cover a subset of the suite's items (chrF per translation direction): compare the
+    # items the baseline scored, and require the candidate to have scored exactly those.
+    keep = [i for i, r in enumerate(b_recs) if _finite(r.scores.get(spec.name))]
+    if not keep:
+        return Refused(f"no baseline item has a {spec.name!r} score", len(b_recs))
+    b_recs, c_recs = [b_recs[i] for i in keep], [c_recs[i] for i in keep]
     yb, yc = _scores(b_recs, spec.name, "baseline"), _scores(c_recs, spec.name, "candidate")
     if isinstance(yb, Refused):
         return yb
@@ -374,17 +384,20 @@ def _max_mean(
     scale = spec.scale if spec else 1.0
     if not cand.records:
         return Refused("no items to compare")
-    vals = _scores(cand.records, budget.metric, "candidate")
+    scored = [r for r in cand.records if _finite(r.scores.get(budget.metric))]
+    if not scored:
+        return Refused(f"no candidate item has a {budget.metric!r} score", len(cand.records))
+    vals = _scores(scored, budget.metric, "candidate")
     if isinstance(vals, Refused):
         return vals
     vals = vals * scale
-    dist = mean_of(vals, groups=_clusters(cand.records), n_resamples=n_res, seed=seed)
+    dist = mean_of(vals, groups=_clusters(scored), n_resamples=n_res, seed=seed)
     base_value = None
     if base is not None and not base.error and base.records:
-        bv = [r.scores.get(budget.metric) for r in base.records]
-        if all(v is not None for v in bv):
+        bv = [v for r in base.records if _finite(v := r.scores.get(budget.metric))]
+        if bv:
             base_value = float(np.mean(bv) * scale)
-    ids = [r.item_id for r in cand.records]
+    ids = [r.item_id for r in scored]
     order = np.argsort(-vals, kind="stable")[:10]
     worst = [WorstItem(ids[i], None, float(vals[i]), f"highest {budget.metric}") for i in order]
     return Measured(
