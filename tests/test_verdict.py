@@ -369,3 +369,32 @@ def test_holm_stops_at_the_first_undecided_capability() -> None:
     assert "correction stopped" in b.reason and "straddles" in a.reason
     plain = evaluate_gate(runs, runs, budgets, POLICY.model_copy(update={"correction": "none"}))
     assert [c.status for c in plain.capabilities] == ["PASS", "PASS"]
+
+
+def test_multiple_choice_answers_are_shown_and_explain_lists_items() -> None:
+    def run(picks) -> SuiteRun:
+        recs = [
+            ItemRecord(
+                suite="arc",
+                item_id=f"q{i}",
+                prompt="Which is a planet?",
+                reference="Mars",
+                scores={"acc": float(p == 1)},
+                meta={
+                    "choices": ["Moon", "Mars", "Sun"],
+                    "loglikelihoods": [-2.0 if j == p else -5.0 for j in range(3)],
+                },
+            )
+            for i, p in enumerate(picks)
+        ]
+        return SuiteRun(suite="arc", settings={}, metrics=[ACC], records=recs)
+
+    v = evaluate_gate({"arc": run([1] * 40)}, {"arc": run([0] * 20 + [1] * 20)}, BUDGETS[:1], POLICY)
+    cap = v.capabilities[0]
+    assert cap.status == "FAIL"
+    assert (cap.worst_items[0].baseline_text, cap.worst_items[0].candidate_text) == ("(B) Mars", "(A) Moon")
+    text = cap.explain(max_items=3)
+    assert text.startswith("ARC accuracy: FAIL — acc dropped 50 points")
+    assert (
+        "q0 (right → wrong): baseline '(B) Mars' -> candidate '(A) Moon'" in text and "… and 17 more" in text
+    )

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from harness.errors import UserError
 from harness.gate._estimate import FlagOverrides, Measured, Refused, measure
 from harness.gate.budgets import ANY_FLAG, Budget, BudgetKind, GatePolicy
-from harness.records import SuiteRun
+from harness.records import ItemRecord, SuiteRun
 from harness.stats import holm, items_to_decide
 
 VERDICT_SCHEMA_VERSION = 1
@@ -76,6 +76,18 @@ class CapabilityResult(BaseModel):
     """Every flipped (right->wrong) or newly flagged item id."""
     items_to_decide: int | None = None
     """For INCONCLUSIVE: items (same effect and variance) at which the bound would clear the budget."""
+
+    def explain(self, max_items: int = 5) -> str:
+        """Several lines for a test failure or a log: the reason, then the worst items side by side."""
+        lines = [f"{self.label}: {self.status} — {self.reason}"]
+        for w in self.worst_items[:max_items]:
+            lines.append(
+                f"  {w.item_id} ({w.note}): baseline {w.baseline_text!r} -> candidate {w.candidate_text!r}"
+            )
+        more = len(self.changed_items) - min(max_items, len(self.worst_items))
+        if self.changed_items and more > 0:
+            lines.append(f"  … and {more} more")
+        return "\n".join(lines)
 
 
 class GateVerdict(BaseModel):
@@ -168,6 +180,21 @@ def _result(
     )  # fmt: skip
 
 
+def display_output(record: ItemRecord | None) -> str | None:
+    """What the model answered, for people: the generated text, or the choice a multiple-choice
+    item's loglikelihoods picked (lm-eval records keep ``meta.choices`` and ``meta.loglikelihoods``)."""
+    if record is None:
+        return None
+    if record.output is not None:
+        return record.output
+    choices, lls = record.meta.get("choices"), record.meta.get("loglikelihoods")
+    if isinstance(choices, list) and isinstance(lls, list) and choices and len(choices) == len(lls):
+        k = max(range(len(lls)), key=lambda i: lls[i])
+        letter = chr(ord("A") + k) if k < 26 else str(k)
+        return f"({letter}) {choices[k]}"
+    return None
+
+
 def _attach_texts(
     result: CapabilityResult, baseline: dict[str, SuiteRun], candidate: dict[str, SuiteRun]
 ) -> None:
@@ -175,13 +202,7 @@ def _attach_texts(
     runs = [baseline.get(result.suite), candidate.get(result.suite)]
     by_id = [{r.item_id: r for r in run.records} if run else {} for run in runs]
     for w in result.worst_items:
-        texts = []
-        for table in by_id:
-            rec = table.get(w.item_id)
-            texts.append(
-                _short(rec.output if rec and rec.output is not None else (rec.prompt if rec else None))
-            )
-        w.baseline_text, w.candidate_text = texts
+        w.baseline_text, w.candidate_text = (_short(display_output(t.get(w.item_id))) for t in by_id)
 
 
 def evaluate_gate(

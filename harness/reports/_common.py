@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from harness.gate._estimate import item_flags
-from harness.gate.verdict import CapabilityResult, GateVerdict
+from harness.gate.verdict import CapabilityResult, GateVerdict, display_output
 from harness.records import ItemRecord, SuiteRun
 
 MAX_ITEMS_PER_CAPABILITY = 200
@@ -106,7 +106,7 @@ def _side(rec: ItemRecord | None) -> dict[str, Any] | None:
     if rec is None:
         return None
     return {
-        "output": rec.output,
+        "output": display_output(rec),
         "scores": rec.scores,
         "flags": sorted(item_flags(rec)),
     }
