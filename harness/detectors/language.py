@@ -78,8 +78,9 @@ def wrong_language(
 
     Skipped (``None``) without an expected language, for languages the model does not know, and when the
     prose has fewer than ``min_letters`` letters (a CJK character counts ``CJK_WEIGHT``). Fires when the identified language differs from
-    ``lang`` with confidence >= ``min_confidence``; when the two languages use different scripts, only
-    if less than half of the (CJK-weighted) letters are in the expected language's scripts.
+    ``lang`` with confidence >= ``min_confidence``; when the two languages use different scripts, the
+    script shares decide instead: it fires when less than half of the (CJK-weighted) letters are in the
+    expected language's scripts.
     """
     if lang is None or lang not in _all_classes():
         return None
@@ -88,14 +89,17 @@ def wrong_language(
     if letters < min_letters:
         return None
     top, conf, p_expected = identify(prose, lang)
-    if _same(top, lang) or conf < min_confidence:
+    if _same(top, lang):
         return None
     share = None
     if lang in ALLOWED_SCRIPTS and not set(native_scripts(top)) & set(native_scripts(lang)):
-        # different scripts: the script shares decide, not n-grams ("thanks is ありがとう" stays English)
+        # different scripts: the script shares decide, not n-grams ("thanks is ありがとう" stays English),
+        # and not the confidence either (Russian vs Bulgarian splits it, yet neither is English)
         share = script_share(prose, native_scripts(lang))
         if share >= 0.5:
             return None
+    elif conf < min_confidence:
+        return None
     return {
         "expected": lang,
         "detected": top,
