@@ -51,8 +51,9 @@ def test_tango_constrained_mle_maximizes_likelihood(b: int, c: int, rest: int, d
 
     def loglik(p21: float) -> float:
         p12, p_same = p21 + delta, 1 - 2 * p21 - delta
-        if p21 < 0 or p12 < 0 or p_same < 0:
+        if min(p21, p12, p_same) < -1e-12:
             return -math.inf
+        p21, p12, p_same = max(p21, 0.0), max(p12, 0.0), max(p_same, 0.0)
         terms = [(c, p21), (b, p12), (rest, p_same)]
         if any(k > 0 and p <= 0 for k, p in terms):
             return -math.inf

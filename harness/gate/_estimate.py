@@ -11,69 +11,16 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
 from harness.errors import UserError
 from harness.gate.budgets import ANY_FLAG, Budget
 from harness.records import ItemRecord, MetricSpec, SuiteRun
-from harness.stats import (
-    TInterval,
-    clustered_se,
-    mcnemar_exact_p,
-    mean_of,
-    paired_statistic,
-    tango_bounds,
-    tango_p_beyond,
-    tango_p_within,
-)
+from harness.stats import TInterval, clustered_se, mcnemar_exact_p, mean_of, paired_statistic
+from harness.stats.interval import Envelope, Estimator, TangoEstimator
 
 FlagOverrides = dict[str, dict[str, tuple[set[str], set[str]]]]
-
-
-class Estimator(Protocol):
-    estimate: float
-
-    def bounds(self, alpha: float) -> tuple[float, float]: ...
-    def p_within(self, margin: float) -> float: ...
-    def p_beyond(self, margin: float) -> float: ...
-
-
-class TangoEstimator:
-    """Paired 0/1 regression ``scale * (b - c) / n`` with Tango score bounds."""
-
-    def __init__(self, b: int, c: int, n: int, scale: float) -> None:
-        self.b, self.c, self.n, self.scale = b, c, n, scale
-        self.estimate = scale * (b - c) / n
-
-    def bounds(self, alpha: float) -> tuple[float, float]:
-        lo, hi = tango_bounds(self.b, self.c, self.n, alpha)
-        return lo * self.scale, hi * self.scale
-
-    def p_within(self, margin: float) -> float:
-        return tango_p_within(self.b, self.c, self.n, margin / self.scale)
-
-    def p_beyond(self, margin: float) -> float:
-        return tango_p_beyond(self.b, self.c, self.n, margin / self.scale)
-
-
-class Envelope:
-    """The more conservative of two estimators: widest bounds, largest p-values."""
-
-    def __init__(self, first: Estimator, second: Estimator) -> None:
-        self.parts = (first, second)
-        self.estimate = first.estimate
-
-    def bounds(self, alpha: float) -> tuple[float, float]:
-        (a_lo, a_hi), (b_lo, b_hi) = (p.bounds(alpha) for p in self.parts)
-        return min(a_lo, b_lo), max(a_hi, b_hi)
-
-    def p_within(self, margin: float) -> float:
-        return max(p.p_within(margin) for p in self.parts)
-
-    def p_beyond(self, margin: float) -> float:
-        return max(p.p_beyond(margin) for p in self.parts)
 
 
 @dataclass

@@ -50,7 +50,7 @@ def items_to_decide(
         return None
     if half <= 0:
         return n
-    need = n * (half / gap) ** 2
-    if not math.isfinite(need) or need > _MAX_ITEMS:
+    if half / gap > math.sqrt(_MAX_ITEMS / n):
         return None
+    need = n * (half / gap) ** 2
     return max(n, math.ceil(need))
