@@ -154,9 +154,12 @@ def fingerprint_module(model: Any, tokenizer: Any, extra: dict[str, Any] | None 
         digest.update(str(getattr(tokenizer, "chat_template", None)).encode())
         digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        # Sample on the tensor's own device and move only the sampled bytes (GPU-resident models).
+        flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+        spans = list(sample_spans(0, flat.numel(), list(tensor.shape)))
+        index = torch.cat([torch.arange(a, b, device=flat.device) for a, b in spans]) if spans else None
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        for a, b in sample_spans(0, flat.numel(), list(tensor.shape)):
-            digest.update(flat[a:b].numpy().tobytes())
+        if index is not None:
+            digest.update(flat[index].cpu().numpy().tobytes())
     digest.update(b"\0extra\0" + json.dumps(extra or {}, sort_keys=True, default=str).encode())
     return digest.hexdigest()

@@ -161,3 +161,27 @@ def test_smollm2_gguf_against_references() -> None:
     assert "Paris" in gen.text
     (chat,) = backend.generate([GenerateRequest("What is the capital of France?", max_tokens=20, chat=True)])
     assert "Paris" in chat.text
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_route_trace_equals_router_logits_top_k(tiny_dirs: dict[str, Path], family: str) -> None:
+    from harness.backends.base import RouteTracingBackend
+    from harness.moe_layout import moe_layout_from_config
+
+    backend = open_backend(str(tiny_dirs[family]), device="cpu", max_length=64)
+    assert isinstance(backend, RouteTracingBackend)
+    text = "Experts route every token, even this one."
+    (trace,) = backend.route_trace([text])
+    layout = moe_layout_from_config(backend.model.config.to_dict())
+    assert layout is not None and list(trace.layers) == layout.moe_layers and trace.num_experts == 4
+    ids = torch.tensor([backend.tok_encode(text)])
+    with torch.inference_mode():
+        router_logits = backend.model(ids, output_router_logits=True).router_logits
+    for layer_ids, layer_w, logits in zip(trace.expert_ids, trace.weights, router_logits, strict=True):
+        probs = logits.float().softmax(-1)
+        top_w, top_i = probs.topk(layout.top_k, dim=-1)
+        if layout.norm_topk_prob:
+            top_w = top_w / top_w.sum(-1, keepdim=True)
+        assert len(layer_ids) == ids.shape[1] == len(trace.tokens)
+        for tok_ids, tok_w, ref_i, ref_w in zip(layer_ids, layer_w, top_i.tolist(), top_w.tolist(), strict=True):
+            assert dict(zip(tok_ids, tok_w, strict=True)) == pytest.approx(dict(zip(ref_i, ref_w, strict=True)), abs=1e-5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from harness.backends.base import (
@@ -20,6 +21,7 @@ from harness.backends.base import (
     LoglikelihoodRequest,
     RollingRequest,
     RollingResult,
+    RouteTrace,
     WindowScore,
 )
 from harness.backends.loading import ModelSource, load_model_and_tokenizer, resolve_model
@@ -86,7 +88,10 @@ class TransformersBackend:
         """Validate and load a local HF directory, a GGUF file or a hub id (see ``resolve_model``)."""
         source = resolve_model(model, trust_pickle=trust_pickle, gguf_file=gguf_file)
         loaded, tokenizer, resolved = load_model_and_tokenizer(source, dtype=dtype, device=device)
-        settings = {"dtype": str(loaded.dtype).removeprefix("torch."), **{k: v for k, v in options.items() if k != "batch_size"}}
+        if source.kind == "hub":
+            source = _with_hub_snapshot(source)
+        noise_only = ("batch_size", "max_batch_tokens")  # change float noise, not results: not in the key
+        settings = {"dtype": str(loaded.dtype).removeprefix("torch."), **{k: v for k, v in options.items() if k not in noise_only}}
         return cls(loaded, tokenizer, device=resolved, source=source, settings=settings, **options)
 
     # ------------------------------------------------------------------ identity
@@ -102,7 +107,7 @@ class TransformersBackend:
                 "add_bos_token": self.add_bos_token,
                 **self.settings,
             }
-            if self.source is not None and self.source.path is not None:
+            if self.source is not None and self.source.path is not None and self.source.path.exists():
                 self._fingerprint = fingerprint_checkpoint(self.source.path, extra)
             elif self.source is not None:
                 self._fingerprint = fingerprint_module(self.model, self.tokenizer, {**extra, "hub_id": self.source.spec})
@@ -217,6 +222,30 @@ class TransformersBackend:
             del logits
         return [results[s] for s in seqs]
 
+    # ------------------------------------------------------------------ routing
+    def route_trace(self, texts: Sequence[str]) -> list[RouteTrace]:
+        """Per MoE layer, the top-k experts and weights of every token (one forward per text)."""
+        import torch
+
+        from harness.moe_layout import moe_layout_from_config
+        from harness.profiler.hooks import trace_routes
+
+        layout = moe_layout_from_config(self.model.config.to_dict())
+        if layout is None:
+            raise UserError(f"model {self.model.config.model_type} is dense: no expert routing to trace", "use a MoE checkpoint")
+        traces = []
+        for text in texts:
+            ids = self.tok_encode(text)[: self.max_length]
+            captured = trace_routes(self.model, torch.tensor(ids, dtype=torch.long))
+            traces.append(RouteTrace(
+                layers=tuple(int(layer) for layer, _, _ in captured),
+                expert_ids=tuple(tuple(tuple(row) for row in e.tolist()) for _, e, _ in captured),
+                weights=tuple(tuple(tuple(float(x) for x in row) for row in w.float().tolist()) for _, _, w in captured),
+                num_experts=layout.routed_experts,
+                tokens=tuple(self.tokenizer.convert_ids_to_tokens(ids)),
+            ))
+        return traces
+
     # ------------------------------------------------------------------ generation
     def _prompt_ids(self, req: GenerateRequest) -> list[int]:
         if not req.chat:
@@ -301,6 +330,16 @@ class TransformersBackend:
         if cuts:
             text, reason = text[: min(cuts)], "stop"
         return Generation(text=text, tokens=len(new), finish_reason=reason)
+
+
+def _with_hub_snapshot(source: ModelSource) -> ModelSource:
+    """Point a hub model at its downloaded snapshot folder so it is fingerprinted like a local one."""
+    import dataclasses
+
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(source.spec, "config.json")
+    return dataclasses.replace(source, path=Path(found).parent) if isinstance(found, str) else source
 
 
 def _resolve_max_length(config: Any, tokenizer: Any) -> int:
