@@ -86,9 +86,12 @@ def test_task_configs_keep_lm_evals_own_task_logic() -> None:
              "moegate_gsm8k_cot": "gsm8k/gsm8k-cot-llama.yaml", "moegate_mmlu_pro_law": "mmlu_pro/mmlu_pro_law.yaml",
              "moegate_mmlu_pro_mc": "leaderboard/mmlu_pro/mmlu_pro.yaml"}
     keys = ("output_type", "doc_to_text", "doc_to_target", "doc_to_choice", "description", "target_delimiter",
-            "fewshot_delimiter", "num_fewshot", "metric_list", "filter_list", "generation_kwargs", "fewshot_split")
+            "fewshot_delimiter", "num_fewshot", "metric_list", "filter_list", "generation_kwargs", "fewshot_split",
+            "fewshot_config")
 
     def comparable(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: comparable(v) for k, v in value.items()}
         if callable(value):
             func = getattr(value, "func", value)
             return (func.__name__, getattr(value, "keywords", None))
@@ -229,7 +232,13 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     gguf = smollm2_gguf()
     out = tmp_path_factory.mktemp("smollm2_hf")
-    AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # GGUF-loaded models refuse save_pretrained; the weights are plain fp32
+    dense = AutoModelForCausalLM.from_config(config, dtype="float32")
+    dense.load_state_dict(loaded.state_dict())
+    dense.save_pretrained(out)
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
     return out
 
@@ -238,11 +247,11 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("name", "overrides", "n_items"),
     [
-        ("arc_challenge", {"limit": 20}, 20),
-        ("mmlu_pro_mc", {"limit": 3}, 3),
-        ("gsm8k", {"limit": 2, "max_gen_toks": 64}, 2),
-        ("gsm8k_cot", {"limit": 1, "max_gen_toks": 64}, 1),
-        ("mmlu_pro", {"limit": 1, "max_gen_toks": 64}, 1),
+        ("arc_challenge", {"limit": 12}, 12),
+        ("mmlu_pro_mc", {"limit": 2}, 2),
+        ("gsm8k", {"limit": 2, "max_gen_toks": 48}, 2),
+        ("gsm8k_cot", {"limit": 1, "max_gen_toks": 48}, 1),
+        ("mmlu_pro", {"limit": 1, "max_gen_toks": 48}, 1),
     ],
 )
 def test_agrees_with_plain_lm_eval_on_smollm2(smollm2_dir: Path, name: str, overrides: dict, n_items: int) -> None:
@@ -250,3 +259,18 @@ def test_agrees_with_plain_lm_eval_on_smollm2(smollm2_dir: Path, name: str, over
     assert_agree(view, n_items)
     means = {m: sum(r.scores[m] for r in view["ours"].values()) / n_items for m in next(iter(view["ours"].values())).scores}
     print(f"\n{name}: ours {means} in {view['ours_s']:.1f}s; plain lm_eval {view['plain_results']} in {view['plain_s']:.1f}s")
+
+
+def test_requests_go_through_moegates_cache(tiny_dir: Path, tmp_path: Path) -> None:
+    """A rerun through CachedBackend asks the model nothing and gives identical records."""
+    from harness.backends import open_backend
+    from harness.cache import CachedBackend
+
+    cached = CachedBackend(open_backend(str(tiny_dir), "transformers", dtype="float32", device="cpu"), tmp_path / "c.sqlite")
+    suite = SUITES.get("gsm8k_cot")()
+    settings_ = suite_settings("gsm8k_cot", "ci", {"limit": 1, "max_gen_toks": 8})
+    first = suite.run(cached, settings_)
+    assert cached.stats.misses == 1 and cached.stats.hits == 0
+    second = suite.run(cached, settings_)
+    assert cached.stats.misses == 1 and cached.stats.hits == 1
+    assert [r.model_dump() for r in first.records] == [r.model_dump() for r in second.records]
