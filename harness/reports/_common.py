@@ -135,12 +135,13 @@ def item_sections(
         for item_id in ids[:limit]:
             b, c = tables[0].get(item_id), tables[1].get(item_id)
             some = c or b
+            reference = (b.reference if b and b.reference else None) or (c.reference if c else None)
             items.append(
                 {
                     "item_id": item_id,
                     "note": notes.get(item_id, default_note if cap.changed_items else ""),
                     "prompt": some.prompt if some else "",
-                    "reference": some.reference if some else None,
+                    "reference": reference,
                     "baseline": _side(b),
                     "candidate": _side(c),
                 }

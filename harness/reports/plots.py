@@ -155,14 +155,14 @@ def heatmap_svg(
     rng = (vmax - vmin) or 1.0
     left, top, right = 70, 46 if title else 26, 120
     cell_w = max(3.0, min(64.0, (width - left - right) / n_cols))
-    cell_h = max(8.0, min(22.0, cell_w * 0.75))
+    cell_h = max(12.0, min(22.0, cell_w * 0.75))
     grid_w, grid_h = cell_w * n_cols, cell_h * n_rows
     height = top + grid_h + 40
     svg_w = left + grid_w + right
     labels = list(layer_labels) if layer_labels is not None else list(range(n_rows))
     out = [
         f'<svg viewBox="0 0 {svg_w:.0f} {height:.0f}" '
-        f'width="{min(svg_w, width):.0f}" role="img" aria-label="{escape(title or "expert heatmap")}" class="heatmap">'
+        f'width="100%" style="max-width:{svg_w:.0f}px" role="img" aria-label="{escape(title or "expert heatmap")}" class="heatmap">'
     ]
     if title:
         out.append(f'<text x="{left}" y="18" class="title">{escape(title)}</text>')
