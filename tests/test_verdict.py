@@ -118,6 +118,7 @@ def test_broken_candidate_always_fails(seed: int) -> None:
     assert v.overall == "FAIL"
     assert [c.status for c in v.capabilities] == ["FAIL"] * 4, [c.reason for c in v.capabilities]
     assert verdict_exit_code(v.overall) == 1
+    assert v.summary() == "FAIL: 4 failed, 0 passed (4 capabilities)" and not v.ok
 
 
 def test_identical_candidate_passes_with_zero_change() -> None:

@@ -101,6 +101,15 @@ class GateVerdict(BaseModel):
         """What CI should do: True only for an overall PASS."""
         return self.overall == "PASS"
 
+    def summary(self) -> str:
+        """One line for a terminal: ``FAIL: 2 failed, 1 inconclusive, 4 passed (7 capabilities)``."""
+        n = {s: sum(c.status == s for c in self.capabilities) for s in ("FAIL", "INCONCLUSIVE", "PASS")}
+        parts = [f"{n['FAIL']} failed"] * bool(n["FAIL"]) + [f"{n['INCONCLUSIVE']} inconclusive"] * bool(
+            n["INCONCLUSIVE"]
+        )
+        parts.append(f"{n['PASS']} passed")
+        return f"{self.overall}: {', '.join(parts)} ({len(self.capabilities)} capabilities)"
+
 
 def verdict_exit_code(overall: Status) -> int:
     """Process exit code: 0 PASS, 1 FAIL, 3 INCONCLUSIVE (2 is reserved for user errors)."""
