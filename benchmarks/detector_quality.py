@@ -69,22 +69,29 @@ def evaluate(items: list[dict]) -> tuple[dict[str, FlagStats], list[tuple[str, s
     return stats, errors
 
 
-def flores_false_alarms(limit: int) -> dict[str, tuple[int, int]]:
-    """flag -> (false alarms, sentences) on real FLORES-200 sentences checked against their own language."""
+def flores_check(limit: int) -> tuple[dict[str, tuple[int, int]], tuple[int, int]]:
+    """On the first ``limit`` FLORES-200 devtest lines of 8 languages: false alarms of ``script_mixing``
+    and ``wrong_language`` when each sentence is checked against its own language, and how many
+    sentences ``wrong_language`` catches when checked against each of the 7 other languages."""
     from harness.resources import data_dir
 
-    rows = [json.loads(line) for line in (data_dir() / "flores200_devtest.jsonl").open(encoding="utf-8")][
-        :limit
-    ]
+    path = data_dir() / "flores200_devtest.jsonl"
+    rows = [json.loads(line) for line in path.open(encoding="utf-8")][:limit]
     alarms = {"script_mixing": 0, "wrong_language": 0}
-    total = 0
+    total = caught = pairs = 0
     for row in rows:
         for key, lang in FLORES_LANGS.items():
             flags = detect(DetectInput(id=str(row["id"]), response=row[key], lang=lang)).flags
             total += 1
             for flag in alarms:
                 alarms[flag] += flag in flags
-    return {flag: (n, total) for flag, n in alarms.items()}
+            for other in FLORES_LANGS.values():
+                if other != lang:
+                    pairs += 1
+                    caught += (
+                        "wrong_language" in detect(DetectInput(id="x", response=row[key], lang=other)).flags
+                    )
+    return {flag: (n, total) for flag, n in alarms.items()}, (caught, pairs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,9 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         for item_id, expected, got in errors:
             print(f"MISMATCH {item_id}: expected {sorted(expected)} got {sorted(got)}", file=sys.stderr)
     if args.flores:
-        print("\n| flag | false alarms on FLORES-200 devtest (own language) |\n|---|---:|")
-        for flag, (n, total) in flores_false_alarms(args.flores).items():
-            print(f"| {flag} | {n}/{total} |")
+        alarms, (caught, pairs) = flores_check(args.flores)
+        print(f"\nFLORES-200 devtest, first {args.flores} lines x 8 languages (real sentences)\n")
+        print("| check | result |\n|---|---:|")
+        for flag, (n, total) in alarms.items():
+            print(f"| {flag} false alarms (sentence vs its own language) | {n}/{total} |")
+        print(
+            f"| wrong_language caught (sentence vs each other language) | {caught}/{pairs} ({caught / pairs:.3f}) |"
+        )
     min_p = min(s.precision for s in stats.values())
     min_r = min(s.recall for s in stats.values())
     print(
