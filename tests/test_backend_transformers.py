@@ -22,6 +22,7 @@ LL_REQUESTS = [
     LoglikelihoodRequest("A long context " * 40, " end"),  # longer than max_length below -> cut from the left
     LoglikelihoodRequest("The capital of France is", " Paris"),  # duplicate
 ]
+SPACES_ONLY = LoglikelihoodRequest("   ", "Paris")
 TEXT = (
     "The quick brown fox jumps over the lazy dog. Mixture-of-experts models route each token to a few "
     "experts. Pruning experts can silently break rare capabilities, which is why a gate is needed. "
@@ -68,6 +69,9 @@ def test_loglikelihood_equals_lm_eval_hflm(tiny_dirs: dict[str, Path], family: s
         assert mine.logprob == pytest.approx(lp, abs=1e-4)
         assert mine.is_greedy == greedy
     assert ours[0] == ours[-1]
+    (spaces,) = backend.loglikelihood([SPACES_ONLY])  # lm-eval asserts on this; we condition on the prefix token
+    (reference_empty,) = backend.loglikelihood([LoglikelihoodRequest("", "   Paris")])
+    assert spaces.logprob == pytest.approx(reference_empty.logprob, abs=1e-5)
 
 
 def test_results_do_not_depend_on_batch_size(tiny_dirs: dict[str, Path]) -> None:
@@ -161,6 +165,14 @@ def test_smollm2_gguf_against_references() -> None:
     assert "Paris" in gen.text
     (chat,) = backend.generate([GenerateRequest("What is the capital of France?", max_tokens=20, chat=True)])
     assert "Paris" in chat.text
+    (rolled,) = backend.loglikelihood_rolling([RollingRequest(TEXT, window=64)])
+    tokens = backend.tokenizer.encode(TEXT)
+    assert rolled.tokens == sum(len(tokens[i:i + 64]) - 1 for i in range(0, len(tokens), 64) if len(tokens[i:i + 64]) > 1)
+    first = torch.tensor([tokens[:64]])
+    with torch.inference_mode():
+        loss = backend.model(first, labels=first).loss.item()
+    assert -rolled.windows[0].logprob / 63 == pytest.approx(loss, rel=1e-4)
+    assert math.exp(-rolled.logprob / rolled.tokens) < 100  # a real model on English text
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -57,7 +57,7 @@ class TransformersBackend:
         device: str | None = None,
         max_length: int | None = None,
         batch_size: int = 8,
-        max_batch_tokens: int = 8192,
+        max_batch_tokens: int = 4096,
         add_bos_token: bool | None = None,
         source: ModelSource | None = None,
         settings: dict[str, Any] | None = None,
@@ -145,6 +145,8 @@ class TransformersBackend:
             context = context[:-n_spaces]
         whole = self.tok_encode(context + continuation)
         ctx = self.tok_encode(context)
+        if not ctx:  # an all-space context (lm-eval asserts here): condition on the prefix token instead
+            return [self.prefix_token_id], whole
         return ctx, whole[len(ctx):]
 
     # ------------------------------------------------------------------ scoring
@@ -308,14 +310,14 @@ class TransformersBackend:
             top_p=1.0 if sample else None,
             eos_token_id=eos_ids or None,
             pad_token_id=pad,
-            stop_strings=list(req.stop) or None,
+            stop_strings=[s for s in req.stop if s] or None,
         )
         if sample:
             torch.manual_seed(req.seed)
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                generation_config=config, tokenizer=self.tokenizer if req.stop else None,
+                generation_config=config, tokenizer=self.tokenizer if config.stop_strings else None,
             )
         return [self._finish(row[width:].tolist(), req, eos_ids) for row in out]
 
