@@ -102,3 +102,34 @@ def test_teacher_forced_chat_and_empty(tiny_pair) -> None:
     assert empty == [DivergenceScore(0.0, 0.0, 1.0, 0)]
     with pytest.raises(ValueError, match="2 prompts but 1 continuations"):
         teacher_forced_divergence(base, same, tokenizer, ["a", "b"], ["c"])
+
+
+@pytest.mark.slow
+def test_real_smollm2_greedy_continuation_through_open_backend() -> None:
+    """SmolLM2 (via helper A's backend) against itself and against a copy with one MLP layer perturbed."""
+    import copy
+
+    from harness.backends import open_backend
+    from harness.smollm2 import smollm2_gguf
+
+    backend = open_backend(str(smollm2_gguf()))
+    model, tokenizer = backend.model, backend.tokenizer
+    prompt = "What is the capital of France?"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=16, do_sample=False)
+    continuation = out[0, ids.shape[1] :].tolist()
+    same = teacher_forced_divergence(model, model, tokenizer, [prompt], [continuation], chat=True)[0]
+    assert same.tokens == len(continuation) and same.mean_kl == pytest.approx(0, abs=1e-9)
+    assert same.top1_agreement == 1.0
+    drifted_model = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in drifted_model.model.layers[10].mlp.parameters():
+            param.mul_(1.5)
+    drifted = teacher_forced_divergence(model, drifted_model, tokenizer, [prompt], [continuation], chat=True)[
+        0
+    ]
+    assert drifted.mean_kl > 1e-3 and drifted.mean_jsd > 0
