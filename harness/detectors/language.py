@@ -8,6 +8,7 @@ math removed), because language identification on "Paris." or ``x = 3`` is a gue
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any
 
@@ -37,24 +38,22 @@ def _same(a: str, b: str) -> bool:
 
 
 @functools.cache
-def _identifier(langs: tuple[str, ...]):  # -> py3langid LanguageIdentifier
+def _full_model():  # -> py3langid LanguageIdentifier over all its languages (loaded once, ~1 s)
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-    ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+@functools.cache
+def _identifier(langs: tuple[str, ...]):  # -> LanguageIdentifier restricted to ``langs``
+    ident = copy.deepcopy(_full_model())  # set_languages narrows the model in place
     ident.set_languages([lang for lang in langs if lang in ident.nb_classes])
     return ident
 
 
 def supported(lang: str) -> bool:
-    """Whether the identifier knows ``lang`` (otherwise the check is skipped)."""
-    return lang in _identifier(CANDIDATE_LANGS).nb_classes or lang in _all_classes()
-
-
-@functools.cache
-def _all_classes() -> frozenset[str]:
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    return frozenset(LanguageIdentifier.from_model_file(MODEL_FILE).nb_classes)
+    """Whether the identifier knows ``lang`` (otherwise ``wrong_language`` skips the item)."""
+    return lang in _full_model().nb_classes
 
 
 def prose_of(text: str) -> str:
@@ -82,7 +81,7 @@ def wrong_language(
     script shares decide instead: it fires when less than half of the (CJK-weighted) letters are in the
     expected language's scripts.
     """
-    if lang is None or lang not in _all_classes():
+    if lang is None or not supported(lang):
         return None
     prose = prose_of(text)
     letters = len(_LETTER.findall(prose)) + (CJK_WEIGHT - 1) * len(_CJK.findall(prose))

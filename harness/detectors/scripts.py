@@ -11,6 +11,7 @@ itself is written in it (then it is a translation source, and copying it is the 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import regex
@@ -94,6 +95,7 @@ def strip_code(text: str) -> str:
     return _CODE.sub(lambda m: " " * len(m.group(0)), text)
 
 
+@functools.cache
 def _foreign_pattern(allowed: tuple[str, ...]) -> regex.Pattern[str]:
     keep = "".join(rf"\p{{Script={s}}}" for s in ("Common", "Inherited", "Unknown", "Latin", *allowed))
     # a run of letters/marks of one foreign script, e.g. a whole Han word
