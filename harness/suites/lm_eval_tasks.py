@@ -210,10 +210,12 @@ def run_lm_eval(backend: Backend, settings: LmEvalSettings, task_names: tuple[st
     if settings.source == "local":
         check_pinned(loaded, settings, suite)
     samples = select_samples(loaded, item_id, limit=settings.limit, seed=settings.seed, item_ids=settings.item_ids)
+    # a task run whole needs no index list (lm-eval tests membership in a list per document)
+    partial = {name: idx for name, idx in samples.items() if len(idx) < len(loaded[name].eval_docs)}
     results = evaluator.simple_evaluate(
         model=MoegateLM(backend, seed=settings.seed),
         tasks=[loaded[name] for name in loaded if name in samples],
-        samples=samples,
+        samples=partial or None,
         task_manager=manager,
         **simple_evaluate_kwargs(settings),
     )
