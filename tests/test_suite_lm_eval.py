@@ -203,10 +203,11 @@ def assert_agree(view: dict[str, Any], n_items: int) -> None:
     ("name", "overrides", "n_items"),
     [
         ("arc_challenge", {"limit": 6}, 6),
-        ("mmlu_pro_mc", {"limit": 1}, 1),
-        ("gsm8k", {"limit": 2, "max_gen_toks": 12}, 2),
         ("gsm8k_cot", {"limit": 1, "max_gen_toks": 12}, 1),
-        ("mmlu_pro", {"limit": 2, "max_gen_toks": 12}, 2),
+        # the same paths (multiple choice; generation) with other prompts: slow only, to keep CI short
+        pytest.param("mmlu_pro_mc", {"limit": 1}, 1, marks=pytest.mark.slow),
+        pytest.param("gsm8k", {"limit": 2, "max_gen_toks": 12}, 2, marks=pytest.mark.slow),
+        pytest.param("mmlu_pro", {"limit": 2, "max_gen_toks": 12}, 2, marks=pytest.mark.slow),
     ],
 )
 def test_agrees_with_plain_lm_eval_on_a_tiny_model(tiny_dir: Path, name: str, overrides: dict, n_items: int) -> None:
