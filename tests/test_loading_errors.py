@@ -135,3 +135,21 @@ def test_other_bad_inputs_through_the_cli_entry_point(
         err = capsys.readouterr().err
         assert exit_info.value.code == 2, name
         assert err.count("\n") == 1 and expected in err and "Traceback" not in err, (name, err)
+
+
+def test_weights_that_do_not_fit_the_config(tiny: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    mismatched = shutil.copytree(tiny, tmp_path / "mismatched")
+    config = json.loads((mismatched / "config.json").read_text())
+    (mismatched / "config.json").write_text(json.dumps({**config, "num_experts": 3}))
+    with pytest.raises(UserError, match="weight shapes do not match config.json") as info:
+        open_backend(str(mismatched), device="cpu")
+    assert "\n" not in info.value.line()
+    missing = shutil.copytree(tiny, tmp_path / "missing")
+    tensors = load_file(missing / "model.safetensors")
+    dropped = sorted(k for k in tensors if ".mlp.gate." in k)[0]
+    del tensors[dropped]
+    save_file(tensors, missing / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(UserError, match="lacks 1 weight"):
+        open_backend(str(missing), device="cpu")

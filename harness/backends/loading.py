@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -235,6 +237,19 @@ def resolve_dtype(dtype: str, device: str, config: dict[str, Any] | None = None)
     return getattr(torch, str(stored).removeprefix("torch."), torch.bfloat16)
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers prints multi-line load reports; failures become one ``UserError`` line instead."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def load_model_and_tokenizer(source: ModelSource, *, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any, str]:
     """Load (model, tokenizer, device) in eval mode; loader errors become one-line ``UserError``s."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -248,12 +263,31 @@ def load_model_and_tokenizer(source: ModelSource, *, dtype: str = "auto", device
     model_kwargs = dict(kwargs, dtype=torch_dtype)
     if source.weight_format == "pickle":
         model_kwargs["use_safetensors"] = False
+    model_kwargs["output_loading_info"] = True
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, RuntimeError)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.load_dir, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source.load_dir, **model_kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"could not load model {source.spec}: {first}", "check that the checkpoint is complete and supported") from None
+        from huggingface_hub.errors import StrictDataclassError
+
+        errors = (*errors, StrictDataclassError)
+    except ImportError:  # older huggingface_hub: config validation raises ValueError
+        pass
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source.load_dir, **kwargs)
+            model, info = AutoModelForCausalLM.from_pretrained(source.load_dir, **model_kwargs)
+    except errors as exc:
+        cause = exc.__cause__ or exc
+        text = str(cause).strip()
+        first = text.splitlines()[0] if text else type(cause).__name__
+        if "mismatched" in text or "size mismatch" in text:
+            first = "weight shapes do not match config.json (e.g. expert count or sizes)"
+        raise UserError(f"could not load model {source.spec}: {first}", "check that config.json and the weights belong together") from None
+    missing = list(info.get("missing_keys") or [])
+    if missing:
+        raise UserError(
+            f"model {source.spec} lacks {len(missing)} weight(s) its config needs (e.g. {sorted(missing)[0]})",
+            "the checkpoint is incomplete or was saved with other tensor names; re-export it",
+        )
     model.to(device)
     model.eval()
     return model, tokenizer, device
