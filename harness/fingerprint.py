@@ -115,15 +115,34 @@ def _hash_opaque(digest: Any, file: Path) -> None:
             digest.update(read(a, b))
 
 
+_MEMO: dict[tuple[Any, ...], str] = {}
+"""Per-process memo keyed by path, every file's (size, mtime_ns, inode) and ``extra``: parsing a
+GGUF's metadata takes seconds, and a pipeline fingerprints the same checkpoint many times."""
+
+
+def _stat_signature(path: Path) -> tuple[Any, ...]:
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    return tuple((p.name, st.st_size, st.st_mtime_ns, st.st_ino) for p in files for st in [p.stat()])
+
+
 def fingerprint_checkpoint(path: str | Path, extra: dict[str, Any] | None = None) -> str:
     """sha256 hex of a checkpoint directory or GGUF file plus ``extra`` (dtype, backend settings).
 
     Reads headers and a few kilobytes per tensor, never whole files.
     """
     path = Path(path)
+    memo_key = (str(path.resolve()), _stat_signature(path))
+    if memo_key not in _MEMO:
+        _MEMO[memo_key] = _content_digest(path)
+    digest = hashlib.sha256(_MEMO[memo_key].encode())
+    digest.update(b"\0extra\0" + json.dumps(extra or {}, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _content_digest(path: Path) -> str:
     digest = hashlib.sha256(f"moegate-fingerprint-v{FINGERPRINT_VERSION}".encode())
     if path.is_file():
-        digest.update(b"gguf\0" + path.name.encode())
+        digest.update(b"gguf\0")
         _hash_gguf(digest, path)
     else:
         for name in META_FILES:
@@ -138,7 +157,6 @@ def fingerprint_checkpoint(path: str | Path, extra: dict[str, Any] | None = None
             for file in sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file()):
                 digest.update(f"\0pickle:{file.name}\0".encode())
                 _hash_opaque(digest, file)
-    digest.update(b"\0extra\0" + json.dumps(extra or {}, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 

@@ -103,12 +103,16 @@ def test_cheap_on_a_huge_checkpoint(tmp_path: Path) -> None:
 
 
 def test_gguf_fingerprint_is_stable() -> None:
+    from harness.fingerprint import _MEMO
     from harness.smollm2 import smollm2_gguf
 
     path = smollm2_gguf()
     start = time.perf_counter()
-    assert fingerprint_checkpoint(path, EXTRA) == fingerprint_checkpoint(path, EXTRA)
+    first = fingerprint_checkpoint(path, EXTRA)
+    _MEMO.clear()
+    assert fingerprint_checkpoint(path, EXTRA) == first
     assert time.perf_counter() - start < 30
+    assert fingerprint_checkpoint(path, {**EXTRA, "dtype": "bfloat16"}) != first
 
 
 def test_module_fingerprint_sees_in_memory_edits(tiny: Path) -> None:
