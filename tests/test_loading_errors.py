@@ -117,6 +117,8 @@ def test_bad_dtype_and_device(tiny: Path) -> None:
         open_backend(str(tiny), dtype="float8")
     with pytest.raises(UserError, match="unknown device 'tpu'"):
         open_backend(str(tiny), device="tpu")
+    with pytest.raises(UserError, match="unknown transformers backend option"):
+        open_backend(str(tiny), batchsize=4)
     with pytest.raises(UserError, match=r"unknown backend 'transformer'.*did you mean 'transformers'"):
         open_backend(str(tiny), kind="transformer")
 
@@ -143,7 +145,7 @@ def test_weights_that_do_not_fit_the_config(tiny: Path, tmp_path: Path) -> None:
     mismatched = shutil.copytree(tiny, tmp_path / "mismatched")
     config = json.loads((mismatched / "config.json").read_text())
     (mismatched / "config.json").write_text(json.dumps({**config, "num_experts": 3}))
-    with pytest.raises(UserError, match="weight shapes do not match config.json") as info:
+    with pytest.raises(UserError, match=r"weight shapes do not match config\.json") as info:
         open_backend(str(mismatched), device="cpu")
     assert "\n" not in info.value.line()
     missing = shutil.copytree(tiny, tmp_path / "missing")
@@ -153,3 +155,13 @@ def test_weights_that_do_not_fit_the_config(tiny: Path, tmp_path: Path) -> None:
     save_file(tensors, missing / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(UserError, match="lacks 1 weight"):
         open_backend(str(missing), device="cpu")
+
+
+def test_gguf_by_file_or_by_directory_and_name() -> None:
+    from harness.smollm2 import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    by_file = resolve_model(str(gguf))
+    by_name = resolve_model(str(gguf.parent), gguf_file=gguf.name)
+    assert by_file.kind == by_name.kind == "gguf" and by_file.path == by_name.path == gguf
+    assert by_file.load_dir == str(gguf.parent) and by_file.gguf_file == gguf.name
