@@ -77,7 +77,7 @@ def test_loglikelihood_equals_lm_eval_hflm(tiny_dirs: dict[str, Path], family: s
 def test_results_do_not_depend_on_batch_size(tiny_dirs: dict[str, Path]) -> None:
     path = str(tiny_dirs["mixtral"])
     runs = []
-    for batch_size in (1, 3, 16):
+    for batch_size in (1, 16):
         backend = open_backend(path, device="cpu", max_length=64, batch_size=batch_size)
         gen = [GenerateRequest(p, max_tokens=6) for p in ("Hi", "Once upon a time there", "A", "The cat sat on")]
         runs.append((backend.loglikelihood(LL_REQUESTS), backend.loglikelihood_rolling([RollingRequest(TEXT, 16)]),

@@ -152,6 +152,7 @@ def test_sigkill_resumes_without_repeating_finished_items(tmp_path: Path, tiny_d
     assert resumed_out == [[g.text, g.tokens, g.finish_reason] for g in fresh]
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_cache(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
     first, second = _child(tiny_dirs["a"], tmp_path, "p1"), _child(tiny_dirs["a"], tmp_path, "p2")
     assert first.wait(timeout=300) == 0 and second.wait(timeout=300) == 0

@@ -102,6 +102,7 @@ def test_cheap_on_a_huge_checkpoint(tmp_path: Path) -> None:
     assert time.perf_counter() - start < 10
 
 
+@pytest.mark.slow
 def test_gguf_fingerprint_is_stable() -> None:
     from harness.fingerprint import _MEMO
     from harness.smollm2 import smollm2_gguf
