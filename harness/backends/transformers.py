@@ -94,9 +94,9 @@ class TransformersBackend:
         loaded, tokenizer, resolved = load_model_and_tokenizer(source, dtype=dtype, device=device)
         if source.kind == "hub":
             source = _with_hub_snapshot(source)
-        noise_only = ("batch_size", "max_batch_tokens")  # change float noise, not results: not in the key
-        settings = {"dtype": str(loaded.dtype).removeprefix("torch."), **{k: v for k, v in options.items() if k not in noise_only}}
-        return cls(loaded, tokenizer, device=resolved, source=source, settings=settings, **options)
+        # dtype, max_length and add_bos_token enter the fingerprint in fingerprint(); batch sizes change
+        # only float noise, so they stay out of it and runs with different batch sizes share the cache.
+        return cls(loaded, tokenizer, device=resolved, source=source, **options)
 
     # ------------------------------------------------------------------ identity
     def fingerprint(self) -> str:
