@@ -149,7 +149,11 @@ def _install_audit_hook(allowed_dir, readable_dirs, denied_dirs):
 def _run_program(config):
     with open(config["program"], encoding="utf-8") as handle:
         source = handle.read()
-    code = compile(source, "program.py", "exec")
+    try:
+        code = compile(source, "program.py", "exec")
+    except (SyntaxError, ValueError):
+        traceback.print_exc(limit=0)
+        return 1
     os.chdir(config["workdir"])
     if config.get("audit_hook", True):
         _install_audit_hook(config["workdir"], config["readable"], config["denied"])

@@ -49,6 +49,8 @@ def test_passing_and_failing_programs(sandbox_tmp: Path) -> None:
     assert ok.passed and ok.status == "passed" and "fine" in ok.stdout_tail
     bad = run_sandboxed("assert 1 + 1 == 3", timeout_s=10)
     assert not bad.passed and bad.status == "failed" and "AssertionError" in bad.stderr_tail
+    syntax = run_sandboxed("def f(:\n    pass", timeout_s=10)
+    assert syntax.status == "failed" and "SyntaxError" in syntax.stderr_tail
     exited = run_sandboxed("import sys\nsys.exit(3)", timeout_s=10)
     assert exited.status == "failed" and exited.returncode == 3
 

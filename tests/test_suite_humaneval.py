@@ -86,3 +86,18 @@ def test_every_canonical_solution_passes(problems: dict[str, dict]) -> None:
     ]
     assert not failed
     assert isinstance(backend.generate_requests[0], GenerateRequest)
+
+
+@pytest.mark.slow
+def test_real_model_completion_is_executed() -> None:
+    from harness.backends import open_backend
+    from harness.smollm2 import smollm2_gguf
+
+    backend = open_backend(str(smollm2_gguf()))
+    run = HumanEvalSuite().run(
+        backend, HumanEvalSettings(task_ids=["HumanEval/23", "HumanEval/2"], max_tokens=48)
+    )
+    for record in run.records:
+        assert record.meta["status"] in ("passed", "failed", "timeout")
+        assert record.scores["pass@1"] == float(record.meta["status"] == "passed")
+        assert not any(s in record.output for s in LM_EVAL_STOP), "cut at the stop sequences"

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from harness.backends.base import Backend, GenerateRequest
 from harness.errors import UserError
+from harness.progress import progress_bar
 from harness.records import ItemRecord, MetricSpec, SuiteRun
 from harness.sandbox import SandboxResult, run_sandboxed
 from harness.suites._common import choose, finish_run, load_rows
@@ -64,13 +65,17 @@ def program_for(problem: dict[str, str], completion: str) -> str:
 def execute(programs: list[str], settings: HumanEvalSettings) -> list[SandboxResult]:
     """Run programs in sandboxes, ``settings.workers`` at a time, results in order."""
 
-    def one(code: str) -> SandboxResult:
-        return run_sandboxed(
-            code, timeout_s=settings.timeout_s, memory_mb=settings.memory_mb, cpu_s=settings.cpu_s
-        )
+    with progress_bar(len(programs), "humaneval: executing") as advance:
 
-    with ThreadPoolExecutor(max_workers=settings.workers) as pool:
-        return list(pool.map(one, programs))
+        def one(code: str) -> SandboxResult:
+            result = run_sandboxed(
+                code, timeout_s=settings.timeout_s, memory_mb=settings.memory_mb, cpu_s=settings.cpu_s
+            )
+            advance()
+            return result
+
+        with ThreadPoolExecutor(max_workers=settings.workers) as pool:
+            return list(pool.map(one, programs))
 
 
 class HumanEvalSuite:
