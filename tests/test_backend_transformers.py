@@ -144,6 +144,8 @@ def test_fingerprint_stable_across_reload(tiny_dirs: dict[str, Path], qwen: Tran
     assert again.fingerprint() == qwen.fingerprint()
     other = open_backend(str(tiny_dirs["qwen2_moe"]), dtype="float32", device="cpu", max_length=32)
     assert other.fingerprint() != qwen.fingerprint()  # settings that change outputs change the key
+    bigger_batches = open_backend(str(tiny_dirs["qwen2_moe"]), device="cpu", max_length=64, batch_size=16)
+    assert bigger_batches.fingerprint() == qwen.fingerprint()  # batch size only changes float noise
 
 
 @pytest.mark.slow
