@@ -219,3 +219,18 @@ def test_words_and_repetition_helpers() -> None:
     assert repeated_ngram_ratio("short text") == 0.0
     assert repeated_ngram_ratio("the cat sat on the mat " * 10) > 0.5
     assert CollapsePrompt(id="x", category="c", prompt="p").lang == "en"
+
+
+@pytest.mark.slow
+def test_real_model_collapse_records() -> None:
+    from harness.backends import open_backend
+    from harness.smollm2 import smollm2_gguf
+
+    backend = open_backend(str(smollm2_gguf()))
+    settings = CollapseSettings(ids=["math-train-speed", "translate-es-beach"], max_tokens=48)
+    run = CollapseSuite().run(backend, settings)
+    assert [r.item_id for r in run.records] == settings.ids
+    for record in run.records:
+        assert record.output and set(record.checks) >= {"min_len", "script", "repetition"}
+        assert record.scores["pass"] == float(all(record.checks.values()))
+        assert set(record.meta["failed"]) == {k for k, ok in record.checks.items() if not ok}

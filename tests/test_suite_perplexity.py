@@ -116,3 +116,25 @@ def _data(name: str) -> Path:
     from harness.resources import data_dir
 
     return data_dir() / name
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from harness.backends import open_backend
+    from harness.smollm2 import smollm2_gguf
+
+    return open_backend(str(smollm2_gguf()))
+
+
+@pytest.mark.slow
+def test_real_model_prefix_windows_match_and_perplexity_is_sane(smollm2) -> None:
+    """On SmolLM2's real BPE tokenizer, the first windows of a prefix are the whole text's windows."""
+    rows = [json.loads(line)["text"] for line in Path(_data(WIKITEXT2_FILE)).read_text().splitlines()]
+    text = "\n\n".join(rows)
+    short, _ = score_windows(smollm2, text[:6000], 128, 3)
+    longer, _ = score_windows(smollm2, text[:12000], 128, 3)
+    assert [w.tokens for w in short] == [127, 127, 127]
+    assert [w.logprob for w in short] == pytest.approx([w.logprob for w in longer], abs=1e-3)
+    run = WikiText2Suite().run(smollm2, WikiText2Settings(seq_len=128, limit=3))
+    assert [r.scores["nll"] for r in run.records] == pytest.approx([-w.logprob for w in short], abs=1e-3)
+    assert 5 < perplexity(run.records) < 300

@@ -128,3 +128,22 @@ def test_profiles_and_bad_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         FloresSuite().run(
             WordBackend(), FloresSettings(data_file="flores.jsonl", data_sha256=file_sha256(broken))
         )
+
+
+@pytest.mark.slow
+def test_real_model_translation_records() -> None:
+    from harness.backends import open_backend
+    from harness.smollm2 import smollm2_gguf
+
+    backend = open_backend(str(smollm2_gguf()))
+    run = FloresSuite().run(
+        backend, FloresSettings(limit=1, directions=["eng-spa", "spa-eng"], max_tokens=40)
+    )
+    assert [r.lang for r in run.records] == ["es", "en"]
+    for record in run.records:
+        assert 0.0 <= record.scores["chrf"] <= 100.0
+        assert record.meta["finish_reason"] in ("stop", "length")
+        assert record.output == clean_translation(
+            record.meta["raw_output"], record.prompt.rsplit("\n\n", 1)[1]
+        )
+    assert run.records[1].scores["chrf"] > 10, run.records[1].output  # Spanish -> English is within its reach
