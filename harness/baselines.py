@@ -1,0 +1,184 @@
+"""Stored runs: per-item records (gzip JSONL) plus a manifest of fingerprints, settings and hashes.
+
+A baseline is recorded once and compared against many candidates; a gate run stores its candidate
+the same way, so ``moegate verdict`` can recompute everything without a model. The manifest holds the
+sha256 of every records file, so a hand-edited baseline is detected, not silently trusted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from harness._version import __version__
+from harness.atomic import atomic_dir, atomic_write_text
+from harness.errors import UserError
+from harness.records import ItemRecord, MetricSpec, SuiteRun
+from harness.suites import SuiteSettings
+
+MANIFEST = "manifest.json"
+STORE_SCHEMA_VERSION = 1
+
+
+class StoredSuite(BaseModel):
+    settings: dict[str, Any]
+    data_sha256: dict[str, str] = Field(default_factory=dict)
+    metrics: list[MetricSpec] = Field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+    records_file: str
+    records_sha256: str
+    n_items: int
+
+
+class Manifest(BaseModel):
+    """What a stored run is: which model, which settings, which data, which environment."""
+
+    schema_version: int = STORE_SCHEMA_VERSION
+    moegate_version: str = __version__
+    created_utc: str
+    model: str
+    backend: str
+    fingerprint: str
+    environment: dict[str, str]
+    suites: dict[str, StoredSuite]
+
+
+def environment() -> dict[str, str]:
+    """Versions that can change numbers without changing settings (a difference is warned about)."""
+    env = {"python": platform.python_version(), "platform": platform.platform(terse=True)}
+    for package in ("torch", "transformers", "lm_eval", "sacrebleu", "mlx", "mlx-lm"):
+        try:
+            env[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return env
+
+
+def _records_bytes(records: list[ItemRecord]) -> bytes:
+    lines = "".join(json.dumps(r.model_dump(mode="json"), ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+    return gzip.compress(lines.encode("utf-8"), mtime=0)
+
+
+def write_store(
+    target: Path, runs: dict[str, SuiteRun], *, model: str, backend: str, fingerprint: str
+) -> Manifest:
+    """Write ``runs`` into ``target`` (replacing it atomically: a crash leaves the old store intact)."""
+    suites: dict[str, StoredSuite] = {}
+    with atomic_dir(Path(target)) as tmp:
+        (tmp / "records").mkdir()
+        for name, run in runs.items():
+            blob = _records_bytes(run.records)
+            rel = f"records/{name}.jsonl.gz"
+            (tmp / rel).write_bytes(blob)
+            suites[name] = StoredSuite(
+                settings=run.settings,
+                data_sha256=run.data_sha256,
+                metrics=run.metrics,
+                error=run.error,
+                seconds=run.seconds,
+                records_file=rel,
+                records_sha256=hashlib.sha256(blob).hexdigest(),
+                n_items=len(run.records),
+            )
+        manifest = Manifest(
+            created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            model=model,
+            backend=backend,
+            fingerprint=fingerprint,
+            environment=environment(),
+            suites=suites,
+        )
+        atomic_write_text(tmp / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(store: Path) -> Manifest:
+    path = Path(store) / MANIFEST
+    if not path.is_file():
+        raise UserError(
+            f"no stored run at {store} ({MANIFEST} missing)",
+            "record the baseline first: moegate baseline record --gate <gate file>",
+        )
+    try:
+        return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except (ValidationError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path} is not a valid moegate manifest", "re-record it with moegate baseline record") from exc
+
+
+def load_store(store: Path) -> tuple[Manifest, dict[str, SuiteRun]]:
+    """Read a stored run, verifying every records file against the manifest's sha256."""
+    store = Path(store)
+    manifest = read_manifest(store)
+    runs: dict[str, SuiteRun] = {}
+    for name, entry in manifest.suites.items():
+        path = store / entry.records_file
+        if not path.is_file():
+            raise UserError(f"stored records {path} are missing", "re-record the baseline (moegate baseline record)")
+        blob = path.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != entry.records_sha256:
+            raise UserError(
+                f"stored records {path} were edited by hand (sha256 differs from {MANIFEST})",
+                "restore the file from version control or re-record the baseline",
+            )
+        try:
+            lines = gzip.decompress(blob).decode("utf-8").splitlines()
+            records = [ItemRecord.model_validate_json(line) for line in lines if line.strip()]
+        except (OSError, UnicodeDecodeError, ValidationError, ValueError) as exc:
+            raise UserError(f"stored records {path} cannot be read ({type(exc).__name__})", "re-record the baseline") from exc
+        runs[name] = SuiteRun(
+            suite=name,
+            settings=entry.settings,
+            data_sha256=entry.data_sha256,
+            metrics=entry.metrics,
+            records=records,
+            error=entry.error,
+            seconds=entry.seconds,
+        )
+    return manifest, runs
+
+
+def check_comparable(manifest: Manifest, settings: dict[str, SuiteSettings], *, store: Path) -> list[str]:
+    """Refuse a comparison whose suites or settings differ from the baseline's; return warnings.
+
+    Only the environment (library versions, platform) may differ, and that is warned about.
+    """
+    for name, wanted in settings.items():
+        stored = manifest.suites.get(name)
+        if stored is None:
+            raise UserError(
+                f"the baseline at {store} has no records for suite '{name}'",
+                "re-record the baseline with this gate file (moegate baseline record)",
+            )
+        current = wanted.model_dump(mode="json")
+        if stored.settings != current:
+            keys = sorted(k for k in set(current) | set(stored.settings) if current.get(k) != stored.settings.get(k))
+            raise UserError(
+                f"suite '{name}' settings differ from the baseline's ({', '.join(keys)})",
+                "use the settings the baseline recorded or re-record the baseline",
+            )
+    here = environment()
+    return [
+        f"environment differs from the baseline's: {key} {manifest.environment.get(key)} -> {here.get(key)}"
+        for key in sorted(set(here) | set(manifest.environment))
+        if here.get(key) != manifest.environment.get(key)
+    ]
+
+
+def check_same_data(manifest: Manifest, runs: dict[str, SuiteRun]) -> None:
+    """The candidate must have read byte-identical data files."""
+    for name, run in runs.items():
+        stored = manifest.suites.get(name)
+        if stored and stored.data_sha256 and run.data_sha256 and stored.data_sha256 != run.data_sha256:
+            raise UserError(
+                f"suite '{name}' read different data than the baseline (sha256 differs)",
+                "restore the data files the baseline used or re-record the baseline",
+            )

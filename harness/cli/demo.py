@@ -1,0 +1,87 @@
+"""``moegate demo``: the whole product on the built-in test bed, with no arguments.
+
+Builds (or reuses) the SmolLM2 MoE test bed, records its baseline, makes two candidates — 25% of
+routed experts pruned by frequency, and tiered per-expert quantization — gates both against the
+baseline and prints both verdicts. Expected: the pruned one FAILS, the quantized one PASSES.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from harness.atomic import atomic_write_text
+from harness.cli.gate import print_outcome
+from harness.gate.config import ModelSpec, load_gate
+from harness.gate.run import gate_candidate, record_baseline
+from harness.resources import cache_dir, data_file, gates_dir
+
+CALIB_DOCS = 128
+CALIB_TOKENS = 128
+
+
+def calibration_file(folder: Path) -> Path:
+    """The first C4 documents as the calibration set (never an evaluation set)."""
+    path = folder / f"calib-c4-{CALIB_DOCS}.jsonl"
+    if not path.is_file():
+        with gzip.open(data_file("c4_validation_sample_2k.jsonl.gz"), "rt", encoding="utf-8") as handle:
+            lines = [json.dumps({"text": json.loads(line)["text"]}) for line in itertools.islice(handle, CALIB_DOCS)]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+@click.command()
+@click.option("--report-dir", default=Path("reports/demo"), type=click.Path(path_type=Path), show_default=True)
+@click.option("--gate", "gate_path", default=None, type=click.Path(path_type=Path), help="default: the built-in gates/testbed.toml")
+def demo(report_dir: Path, gate_path: Path | None) -> None:
+    """Gate two compressed test-bed candidates (pruned, quantized) against the test bed's baseline."""
+    from harness.compress import prune, quantize
+    from harness.pipeline import resolve_model
+
+    console = Console(stderr=True)
+
+    def log(message: str) -> None:
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}", highlight=False)
+
+    start = time.perf_counter()
+    config = load_gate(gate_path or gates_dir() / "testbed.toml")
+    testbed = Path(resolve_model("testbed", log))
+    work = cache_dir() / "demo"
+    work.mkdir(parents=True, exist_ok=True)
+    calib = calibration_file(work)
+    baseline_dir = report_dir / "baseline"
+    log("baseline: running the gate's suites on the test bed")
+    record_baseline(config, model=ModelSpec(model=str(testbed)), out=baseline_dir, log=log)
+
+    tag = testbed.name
+    candidates = {
+        "pruned-25pct-frequency": (work / f"{tag}-pruned-25pct-frequency", lambda out: prune(
+            testbed, out, fraction=0.25, criterion="frequency", scope="layer", mode="mask", calib=calib, max_tokens=CALIB_TOKENS)),
+        "quantized-tiered": (work / f"{tag}-quantized-tiered", lambda out: quantize(
+            testbed, out, plan="tiered", group_size=64, calib=calib, max_tokens=CALIB_TOKENS)),
+    }
+    outcomes = {}
+    for name, (path, make) in candidates.items():
+        if not path.is_dir():
+            log(f"candidate {name}: compressing the test bed")
+            make(path)
+        log(f"candidate {name}: gating")
+        outcomes[name] = gate_candidate(
+            config, ModelSpec(model=str(path)), report_dir / name, baseline_dir=baseline_dir, log=log
+        )
+    out = Console()
+    for name, outcome in outcomes.items():
+        out.rule(f"{name}: {outcome.verdict.overall}")
+        print_outcome(outcome, out)
+    minutes = (time.perf_counter() - start) / 60
+    expected = {"pruned-25pct-frequency": "FAIL", "quantized-tiered": "PASS"}
+    got = {name: o.verdict.overall for name, o in outcomes.items()}
+    out.print(f"\ndemo finished in {minutes:.1f} min; expected {expected}, got {got}", highlight=False)
+    if got != expected:
+        raise SystemExit(1)

@@ -1,0 +1,113 @@
+"""``moegate baseline record``, ``moegate run`` and ``moegate verdict``.
+
+Exit codes: 0 PASS, 1 FAIL, 3 INCONCLUSIVE, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from harness.gate.config import ModelSpec, load_gate
+from harness.gate.run import GateOutcome, decide, gate_candidate, record_baseline
+from harness.gate.verdict import verdict_exit_code
+
+_STATUS_STYLE = {"PASS": "bold green", "FAIL": "bold red", "INCONCLUSIVE": "bold yellow"}
+
+
+def print_outcome(outcome: GateOutcome, console: Console | None = None) -> None:
+    console = console or Console()
+    verdict = outcome.verdict
+    for cap in verdict.capabilities:
+        style = _STATUS_STYLE.get(cap.status, "")
+        console.print(f"  [{style}]{cap.status:<12}[/] {cap.label}: {cap.reason}", highlight=False)
+    console.print(f"[{_STATUS_STYLE[verdict.overall]}]{verdict.summary()}[/]", highlight=False)
+    for kind, path in outcome.reports.items():
+        console.print(f"  report ({kind}): {path}", highlight=False)
+
+
+def _model_options(backend: str, base_url: str | None, model_name: str | None, dtype: str | None, device: str | None) -> dict:
+    options: dict = {}
+    if base_url:
+        options["base_url"] = base_url
+    if model_name:
+        options["model_name"] = model_name
+    if dtype:
+        options["dtype"] = dtype
+    if device:
+        options["device"] = device
+    return options
+
+
+_backend_options = [
+    click.option("--backend", type=click.Choice(["transformers", "openai", "mlx"]), default=None, help="default: the gate's baseline backend"),
+    click.option("--base-url", default=None, help="OpenAI-compatible server URL (--backend openai)"),
+    click.option("--model-name", default=None, help="served model name (--backend openai)"),
+    click.option("--dtype", default=None, help="float32, bfloat16, float16 or auto (transformers)"),
+    click.option("--device", default=None, help="cpu, cuda, mps or auto (transformers)"),
+]
+
+
+def backend_options(func):
+    for option in reversed(_backend_options):
+        func = option(func)
+    return func
+
+
+@click.group()
+def baseline() -> None:
+    """Stored baselines."""
+
+
+@baseline.command("record")
+@click.option("--gate", "gate_path", required=True, type=click.Path(path_type=Path), help="gate file")
+@click.option("--model", default=None, help="override the gate's baseline model")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="override the gate's baseline dir")
+@backend_options
+def record(gate_path: Path, model: str | None, out: Path | None, backend, base_url, model_name, dtype, device) -> None:
+    """Run the gate's suites on the baseline model and store its per-item records."""
+    config = load_gate(gate_path)
+    spec = config.baseline
+    if model or backend or base_url or model_name or dtype or device:
+        options = {**spec.options, **_model_options(backend or spec.backend, base_url, model_name, dtype, device)}
+        spec = ModelSpec(model=model or spec.model, backend=backend or spec.backend, options=options)
+    manifest = record_baseline(config, model=spec, out=out)
+    Console().print(f"baseline recorded: {len(manifest.suites)} suites, fingerprint {manifest.fingerprint[:16]}")
+
+
+def default_run_dir(gate_name: str, candidate: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(candidate.rstrip("/")).name or "candidate")[:48]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path("reports") / gate_name / f"{stamp}-{slug}"
+
+
+@click.command()
+@click.option("--gate", "gate_path", required=True, type=click.Path(path_type=Path), help="gate file")
+@click.option("--candidate", required=True, help="candidate checkpoint: path, hub id, or served model name")
+@click.option("--report-dir", default=None, type=click.Path(path_type=Path), help="default: reports/<gate>/<time>-<candidate>")
+@backend_options
+def run(gate_path: Path, candidate: str, report_dir: Path | None, backend, base_url, model_name, dtype, device) -> None:
+    """Gate a candidate against the stored baseline: exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE, 2 bad input."""
+    config = load_gate(gate_path)
+    kind = backend or config.baseline.backend
+    spec = ModelSpec(model=candidate, backend=kind, options=_model_options(kind, base_url, model_name, dtype, device))
+    run_dir = report_dir or default_run_dir(config.name, candidate)
+    outcome = gate_candidate(config, spec, run_dir)
+    print_outcome(outcome)
+    sys.exit(verdict_exit_code(outcome.verdict.overall))
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--gate", "gate_path", required=True, type=click.Path(path_type=Path), help="gate file (budgets may differ from the run's)")
+def verdict(run_dir: Path, gate_path: Path) -> None:
+    """Recompute the verdict and reports of a stored run from its records (no model is loaded)."""
+    config = load_gate(gate_path)
+    outcome = decide(config, run_dir)
+    print_outcome(outcome)
+    sys.exit(verdict_exit_code(outcome.verdict.overall))
