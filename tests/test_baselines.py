@@ -1,0 +1,100 @@
+"""Stored runs: round trip, hand-edit detection, comparability checks, atomic replacement."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.baselines import (
+    MANIFEST,
+    check_comparable,
+    check_same_data,
+    environment,
+    load_store,
+    read_manifest,
+    write_store,
+)
+from harness.errors import UserError
+from harness.suites import SUITES
+from tests.gate_toys import ToySettings, acc_run, register_toys
+
+
+@pytest.fixture(autouse=True)
+def toys():
+    saved = register_toys()
+    yield
+    SUITES.restore(saved)
+
+
+def _store(tmp_path: Path) -> Path:
+    run = acc_run([1, 0, 1, 1])
+    run.settings = ToySettings().model_dump(mode="json")
+    run.data_sha256 = {"toy.jsonl": "a" * 64}
+    write_store(tmp_path / "b", {"toy": run}, model="m", backend="transformers", fingerprint="f" * 64)
+    return tmp_path / "b"
+
+
+def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    manifest, runs = load_store(store)
+    assert manifest.fingerprint == "f" * 64
+    assert manifest.environment == environment()
+    assert {"python", "torch", "transformers", "platform"} <= set(manifest.environment)
+    assert manifest.suites["toy"].n_items == 4
+    assert runs["toy"] == acc_run([1, 0, 1, 1]).model_copy(
+        update={"settings": ToySettings().model_dump(mode="json"), "data_sha256": {"toy.jsonl": "a" * 64}}
+    )
+    assert (store / "records" / "toy.jsonl.gz").is_file()
+
+
+def test_hand_edit_is_detected(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    path = store / "records" / "toy.jsonl.gz"
+    lines = gzip.decompress(path.read_bytes()).decode().replace('"acc": 0.0', '"acc": 1.0')
+    path.write_bytes(gzip.compress(lines.encode()))
+    with pytest.raises(UserError, match="edited by hand"):
+        load_store(store)
+
+
+def test_missing_or_corrupt_manifest(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="baseline record"):
+        load_store(tmp_path)
+    store = _store(tmp_path)
+    (store / MANIFEST).write_text("{not json", encoding="utf-8")
+    with pytest.raises(UserError, match="not a valid moegate manifest"):
+        read_manifest(store)
+
+
+def test_settings_mismatch_is_refused_environment_is_warned(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    manifest = read_manifest(store)
+    assert check_comparable(manifest, {"toy": ToySettings()}, store=store) == []
+    with pytest.raises(UserError, match=r"'toy' settings differ from the baseline's \(n_items\)"):
+        check_comparable(manifest, {"toy": ToySettings(n_items=3)}, store=store)
+    with pytest.raises(UserError, match="no records for suite 'toy_crash'"):
+        check_comparable(manifest, {"toy_crash": ToySettings()}, store=store)
+    manifest.environment["torch"] = "0.0.1"
+    warnings = check_comparable(manifest, {"toy": ToySettings()}, store=store)
+    assert len(warnings) == 1 and "torch 0.0.1 ->" in warnings[0]
+
+
+def test_different_data_is_refused(tmp_path: Path) -> None:
+    manifest = read_manifest(_store(tmp_path))
+    run = acc_run([1])
+    run.data_sha256 = {"toy.jsonl": "b" * 64}
+    with pytest.raises(UserError, match="read different data"):
+        check_same_data(manifest, {"toy": run})
+    run.data_sha256 = {"toy.jsonl": "a" * 64}
+    check_same_data(manifest, {"toy": run})
+
+
+def test_rewrite_replaces_the_store_whole(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    write_store(store, {"other": acc_run([1], suite="other")}, model="m2", backend="openai", fingerprint="g")
+    manifest, runs = load_store(store)
+    assert set(runs) == {"other"} and manifest.model == "m2"
+    assert not (store / "records" / "toy.jsonl.gz").exists()
+    assert json.loads((store / MANIFEST).read_text())["suites"]["other"]["n_items"] == 1
