@@ -1,0 +1,67 @@
+"""The heavy half: suites on a real tiny model through the request cache; crashes become errors; flags."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from harness.cache import CachedBackend
+from harness.gate.config import ModelSpec
+from harness.gate.flags import detector_flags
+from harness.pipeline import open_model, resolve_model, run_suites
+from harness.records import ItemRecord, SuiteRun
+from harness.suites import SUITES, SuiteSettings
+from tests.gate_toys import ToySettings, register_toys
+from tests.tiny_models import build_tiny_moe
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_moe("qwen2_moe", tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(autouse=True)
+def toys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MOEGATE_CACHE_DIR", str(tmp_path / "cache"))
+    saved = register_toys()
+    yield
+    SUITES.restore(saved)
+
+
+def test_suites_run_through_the_cache_and_a_crash_is_recorded(tiny: Path) -> None:
+    backend = open_model(ModelSpec(model=str(tiny)))
+    assert isinstance(backend, CachedBackend)
+    lines: list[str] = []
+    runs = run_suites(backend, {"toy": ToySettings(), "toy_crash": SuiteSettings()}, log=lines.append)
+    toy, crash = runs["toy"], runs["toy_crash"]
+    assert toy.error is None and len(toy.records) == 6
+    assert all(math.isfinite(r.scores["logprob"]) and r.scores["logprob"] < 0 for r in toy.records)
+    assert crash.error == "RuntimeError: toy suite exploded" and crash.records == []
+    assert crash.settings == SuiteSettings().model_dump(mode="json")
+    assert any("toy_crash: ERROR RuntimeError" in line for line in lines)
+    again = run_suites(open_model(ModelSpec(model=str(tiny))), {"toy": ToySettings()})["toy"]
+    assert [r.scores for r in again.records] == [r.scores for r in toy.records]
+
+
+def test_model_specs_other_than_the_keyword_pass_through() -> None:
+    assert resolve_model("some/hub-id") == "some/hub-id"
+
+
+def _translation(item: str, text: str) -> SuiteRun:
+    record = ItemRecord(suite="flores", item_id=item, prompt="Translate into Spanish: The beach is beautiful today.",
+                        output=text, lang="spa")
+    mc = ItemRecord(suite="flores", item_id="mc", prompt="pick", scores={"acc": 1.0})
+    return SuiteRun(suite="flores", settings={}, records=[record, mc])
+
+
+def test_detector_flags_compare_candidate_text_with_the_baseline() -> None:
+    base = {"flores": _translation("x", "La playa es muy bonita hoy, y el mar también.")}
+    cand = {"flores": _translation("x", "La playa es muy bonita hoy, 海滩 y el mar también.")}
+    flags = detector_flags(base, cand)
+    assert set(flags) == {"flores"} and set(flags["flores"]) == {"x"}  # no text, nothing to read
+    base_flags, cand_flags = flags["flores"]["x"]
+    assert base_flags == set() and "script_mixing" in cand_flags
+    same = detector_flags(base, base)["flores"]["x"]
+    assert same == (set(), set())
