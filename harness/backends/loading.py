@@ -243,11 +243,15 @@ def _quiet_transformers() -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # moegate shows its own progress; a per-tensor bar is noise
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_model_and_tokenizer(source: ModelSource, *, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any, str]:

@@ -31,7 +31,7 @@ def print_outcome(outcome: GateOutcome, console: Console | None = None) -> None:
         console.print(f"  report ({kind}): {path}", highlight=False)
 
 
-def _model_options(backend: str, base_url: str | None, model_name: str | None, dtype: str | None, device: str | None) -> dict:
+def model_options(backend: str, base_url: str | None, model_name: str | None, dtype: str | None, device: str | None) -> dict:
     options: dict = {}
     if base_url:
         options["base_url"] = base_url
@@ -74,7 +74,7 @@ def record(gate_path: Path, model: str | None, out: Path | None, backend, base_u
     config = load_gate(gate_path)
     spec = config.baseline
     if model or backend or base_url or model_name or dtype or device:
-        options = {**spec.options, **_model_options(backend or spec.backend, base_url, model_name, dtype, device)}
+        options = {**spec.options, **model_options(backend or spec.backend, base_url, model_name, dtype, device)}
         spec = ModelSpec(model=model or spec.model, backend=backend or spec.backend, options=options)
     manifest = record_baseline(config, model=spec, out=out)
     Console().print(f"baseline recorded: {len(manifest.suites)} suites, fingerprint {manifest.fingerprint[:16]}")
@@ -95,7 +95,7 @@ def run(gate_path: Path, candidate: str, report_dir: Path | None, backend, base_
     """Gate a candidate against the stored baseline: exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE, 2 bad input."""
     config = load_gate(gate_path)
     kind = backend or config.baseline.backend
-    spec = ModelSpec(model=candidate, backend=kind, options=_model_options(kind, base_url, model_name, dtype, device))
+    spec = ModelSpec(model=candidate, backend=kind, options=model_options(kind, base_url, model_name, dtype, device))
     run_dir = report_dir or default_run_dir(config.name, candidate)
     outcome = gate_candidate(config, spec, run_dir)
     print_outcome(outcome)

@@ -1,0 +1,65 @@
+"""``moegate eval MODEL --suite NAME ...``: run suites on one model and store its item records.
+
+No gate, no baseline: the records and a metric table, e.g. to look at a model before writing a gate.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from harness.cli.gate import backend_options, model_options
+from harness.gate.config import ModelSpec
+from harness.records import MetricSpec, SuiteRun
+from harness.suites import suite_settings
+
+
+def metric_value(run: SuiteRun, spec: MetricSpec) -> float | None:
+    """The suite-level value of ``spec`` over the run's records (mean, or corpus perplexity)."""
+    if spec.kind == "perplexity":
+        nll = sum(r.scores.get("nll", 0.0) for r in run.records)
+        tokens = sum(r.scores.get("tokens", 0.0) for r in run.records)
+        return math.exp(nll / tokens) if tokens else None
+    values = [r.scores[spec.name] for r in run.records if spec.name in r.scores]
+    return spec.scale * sum(values) / len(values) if values else None
+
+
+@click.command()
+@click.argument("model")
+@click.option("--suite", "suites", multiple=True, required=True, help="suite name (repeatable); see `moegate suites list`")
+@click.option("--profile", type=click.Choice(["ci", "full"]), default="ci", show_default=True)
+@click.option("--limit", type=int, default=None, help="override every suite's item count")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="store the records here (as a baseline store)")
+@backend_options
+def evaluate(model: str, suites: tuple[str, ...], profile: str, limit: int | None, out: Path | None, backend, base_url, model_name, dtype, device) -> None:
+    """Run suites on MODEL and print each metric; with --out, store the per-item records."""
+    from harness.baselines import write_store
+    from harness.pipeline import open_model, run_suites
+
+    kind = backend or "transformers"
+    settings = {name: suite_settings(name, profile, {"limit": limit} if limit else None) for name in suites}
+    spec = ModelSpec(model=model, backend=kind, options=model_options(kind, base_url, model_name, dtype, device))
+    console = Console(stderr=True)
+    backend_obj = open_model(spec, log=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
+    runs = run_suites(backend_obj, settings, log=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
+    table = Table(title=f"{model} ({profile})")
+    for column in ("suite", "metric", "value", "items", "seconds"):
+        table.add_column(column)
+    for name, run in runs.items():
+        if run.error:
+            table.add_row(name, "[red]error[/]", run.error, "0", f"{run.seconds:.0f}")
+            continue
+        for spec_ in run.metrics:
+            value = metric_value(run, spec_)
+            shown = "n/a" if value is None else f"{value:.4g}"
+            table.add_row(name, spec_.name, shown, str(len(run.records)), f"{run.seconds:.0f}")
+    Console().print(table)
+    if out:
+        write_store(out, runs, model=model, backend=kind, fingerprint=backend_obj.fingerprint())
+        Console().print(f"records stored in {out}")
+    if any(run.error for run in runs.values()):
+        raise SystemExit(1)
