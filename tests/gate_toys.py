@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import ClassVar
 
 from harness.backends.base import Backend, LoglikelihoodRequest
 from harness.records import ItemRecord, MetricSpec, SuiteRun
@@ -35,7 +36,7 @@ class ToySettings(SuiteSettings):
 class ToySuite:
     name = "toy"
     Settings = ToySettings
-    metrics = [LOGPROB]
+    metrics: ClassVar[list[MetricSpec]] = [LOGPROB]
 
     def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
         assert isinstance(settings, ToySettings)
@@ -54,7 +55,7 @@ class ToySuite:
 class CrashSuite:
     name = "toy_crash"
     Settings = SuiteSettings
-    metrics = [LOGPROB]
+    metrics: ClassVar[list[MetricSpec]] = [LOGPROB]
 
     def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
         raise RuntimeError("toy suite exploded")

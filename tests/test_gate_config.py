@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.gate_toys import register_toys, write_gate
 from harness.errors import UserError
 from harness.gate.config import load_gate
 from harness.resources import gates_dir
 from harness.suites import SUITES
+from tests.gate_toys import register_toys, write_gate
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,121 @@
+"""``moegate baseline record``, ``run`` and ``verdict`` end to end: exit codes, stored runs, refusals.
+
+The trustworthiness check goes through ``moegate verdict`` on stored records: over 10 seeds a benign
+candidate (the baseline's records copied) never FAILs and a clearly broken one FAILs every time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.baselines import write_store
+from harness.cli import main
+from harness.suites import SUITES
+from tests.gate_toys import acc_run, register_toys, write_gate
+from tests.tiny_models import build_tiny_moe
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_moe("qwen2_moe", tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(autouse=True)
+def toys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MOEGATE_CACHE_DIR", str(tmp_path / "cache"))
+    saved = register_toys()
+    yield
+    SUITES.restore(saved)
+
+
+def moegate(*args: str) -> int:
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    return int(info.value.code)
+
+
+def test_record_run_verdict_on_a_tiny_model(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    gate = write_gate(tmp_path, str(tiny))
+    assert moegate("baseline", "record", "--gate", gate) == 0
+    assert (tmp_path / "baselines" / "toy" / "manifest.json").is_file()
+
+    candidate = tmp_path / "candidate-copy"
+    shutil.copytree(tiny, candidate)
+    run_dir = tmp_path / "run"
+    capsys.readouterr()
+    assert moegate("run", "--gate", gate, "--candidate", candidate, "--report-dir", run_dir) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "report.html" in out
+    assert (run_dir / "candidate" / "manifest.json").is_file()
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["overall"] == "PASS" and report["exit_code"] == 0
+
+    shutil.rmtree(candidate)  # verdict needs the stored records only, never the model
+    assert moegate("verdict", run_dir, "--gate", gate) == 0
+    stricter = gate.read_text().replace("max = 0.5", "max = -1.0")
+    gate.write_text(stricter)
+    assert moegate("verdict", run_dir, "--gate", gate) == 2  # a negative drop budget is refused
+
+
+def test_refusals_are_one_line_exit_2(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    gate = write_gate(tmp_path, str(tiny))
+    assert moegate("run", "--gate", gate, "--candidate", tiny, "--report-dir", tmp_path / "r0") == 2
+    assert "baseline record" in capsys.readouterr().err
+    assert moegate("baseline", "record", "--gate", gate) == 0
+    gate.write_text(gate.read_text().replace("n_items = 6", "n_items = 5"))
+    capsys.readouterr()
+    assert moegate("run", "--gate", gate, "--candidate", tiny, "--report-dir", tmp_path / "r1") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "settings differ from the baseline's (n_items)" in err
+    assert not (tmp_path / "r1").exists()  # nothing half-written
+
+
+def test_a_crashing_suite_fails_the_gate(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    body = textwrap.dedent(
+        """
+        [suites.toy_crash]
+        [[budgets]]
+        suite = "toy_crash"
+        metric = "logprob"
+        kind = "drop"
+        max = 1.0
+        """
+    )
+    gate = write_gate(tmp_path, str(tiny), body=body)
+    assert moegate("baseline", "record", "--gate", gate) == 0
+    capsys.readouterr()
+    assert moegate("run", "--gate", gate, "--candidate", tiny, "--report-dir", tmp_path / "run") == 1
+    assert "toy suite exploded" in capsys.readouterr().out
+
+
+TRUST_BODY = textwrap.dedent(
+    """
+    [suites.toy]
+    n_items = 6
+    [[budgets]]
+    suite = "toy"
+    metric = "acc"
+    kind = "drop"
+    max = 2.0
+    """
+)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_stored_verdicts_are_trustworthy(seed: int, tmp_path: Path) -> None:
+    gate = write_gate(tmp_path, "stored-only", body=TRUST_BODY)
+    rng = np.random.default_rng(seed)
+    base = (rng.random(300) < 0.7).astype(int).tolist()
+    broken = [c if rng.random() < 0.6 else 0 for c in base]  # loses ~40% of its right answers
+    write_store(tmp_path / "baselines" / "toy", {"toy": acc_run(base)}, model="b", backend="transformers", fingerprint="b")
+    for name, records in {"benign": base, "broken": broken}.items():
+        write_store(tmp_path / name / "candidate", {"toy": acc_run(records)}, model=name, backend="transformers",
+                    fingerprint=name)
+    assert moegate("verdict", tmp_path / "benign", "--gate", gate) == 0
+    assert moegate("verdict", tmp_path / "broken", "--gate", gate) == 1
