@@ -157,3 +157,21 @@ def test_bad_gate_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], text
     assert _exit_code(["verdict", str(tmp_path), "--gate", str(gate)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
+
+
+def test_pytest_plugin_one_test_per_capability(pytester: pytest.Pytester, project: dict[str, Path], recorded: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    junit = project["root"] / "junit.xml"
+    result = pytester.runpytest_inprocess(
+        "--moegate-gate", str(project["gate"]),
+        "--moegate-candidate", str(project["broken"]),
+        "--moegate-report-dir", str(project["root"] / "run-plugin"),
+        f"--junitxml={junit}", "-p", "no:cacheprovider",
+    )
+    cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
+    assert set(cases) == {"moegate[wikitext2/ppl]", "moegate[collapse/any]"}
+    failure = cases["moegate[wikitext2/ppl]"].find("failure")
+    assert failure is not None and "budget" in (failure.get("message", "") + (failure.text or ""))
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*moegate gate*", "FAIL*"])
