@@ -1,107 +1,146 @@
-"""pytest plugin (entry point ``pytest11``): a gate run as one test per capability.
+"""pytest plugin (entry point ``pytest11``): ``--moegate-gate`` / ``--moegate-candidate``.
 
-``pytest --moegate-gate gates/x.toml --moegate-candidate DIR`` adds one item per budget; the gate
-runs once, lazily, when the first item runs. Failures carry the change, its interval, the budget and
-the worst flipped items, so ``--junitxml`` output reads well in any CI. Without the options the
-plugin does nothing and imports nothing heavy.
+``pytest --moegate-gate gates/x.toml --moegate-candidate DIR`` adds one test per capability (budget)
+of the gate, so CI systems that read JUnit XML see each capability pass or fail on its own. The gate
+runs once per session, lazily, when the first capability test runs. Imports nothing heavy unless the
+options are used.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-_OUTCOME = pytest.StashKey[dict[str, Any]]()
+if TYPE_CHECKING:
+    from harness.gate.run import GateOutcome
+
+_OUTCOME = pytest.StashKey["GateOutcome | Exception"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("moegate", "moegate regression gate")
     group.addoption("--moegate-gate", default=None, help="gate file (gates/<model>.toml): one test per capability")
-    group.addoption("--moegate-candidate", default=None, help="candidate checkpoint (path, hub id or served model)")
+    group.addoption("--moegate-candidate", default=None, help="candidate checkpoint (path, hub id or server URL)")
     group.addoption("--moegate-report-dir", default=None, help="where to write the gate's reports")
-    group.addoption("--moegate-backend", default=None, help="candidate backend (default: the gate's baseline backend)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--moegate-gate") and not config.getoption("--moegate-candidate"):
+        raise pytest.UsageError("--moegate-gate needs --moegate-candidate DIR (the checkpoint to gate)")
+
+
+class CapabilityFailed(Exception):
+    """A capability that did not PASS; the message is the whole explanation."""
+
+
+class GateFile(pytest.File):
+    """The gate file as a collector: its budgets become the capability tests."""
+
+    def collect(self):
+        from harness.errors import UserError
+        from harness.gate.config import load_gate
+
+        try:
+            gate = load_gate(self.path)
+        except UserError as exc:
+            raise pytest.UsageError(f"moegate: {exc.line()}") from exc
+        for index, budget in enumerate(gate.budgets):
+            yield CapabilityItem.from_parent(self, name=budget.display_label, index=index)
 
 
 class CapabilityItem(pytest.Item):
-    """One budget of the gate; passes, fails or skips on that capability's verdict."""
-
-    def __init__(self, *, label: str, **kwargs: Any) -> None:
+    def __init__(self, *, index: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.label = label
+        self.index = index
 
     def runtest(self) -> None:
-        state = _run_gate_once(self.config)
-        cap = next(c for c in state["verdict"].capabilities if c.label == self.label)
-        if cap.status == "PASS":
+        outcome = _gate_outcome(self.config)
+        if isinstance(outcome, Exception):
+            raise outcome
+        cap = outcome.verdict.capabilities[self.index]
+        policy = outcome.verdict.policy
+        if cap.status == "PASS" or (cap.status == "INCONCLUSIVE" and policy.inconclusive == "pass"):
             return
-        if cap.status == "INCONCLUSIVE" and state["verdict"].policy.inconclusive == "pass":
-            pytest.skip(f"INCONCLUSIVE (tolerated by the gate's policy): {cap.reason}")
-        raise CapabilityFailure(cap.explain())
+        raise CapabilityFailed(_failure_message(cap, outcome))
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        if isinstance(excinfo.value, CapabilityFailure):
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
+        if isinstance(excinfo.value, CapabilityFailed):
             return str(excinfo.value)
-        return super().repr_failure(excinfo, style=style)  # type: ignore[arg-type]
+        from harness.errors import UserError
 
-    def reportinfo(self) -> tuple[Path, int, str]:
-        return Path(self.config.getoption("--moegate-gate")), 0, f"moegate capability: {self.label}"
+        if isinstance(excinfo.value, UserError):
+            return f"moegate: {excinfo.value.line()}"
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"moegate capability: {self.name}"
 
 
-class CapabilityFailure(Exception):
-    """A capability that did not pass (its message is the explanation shown by pytest)."""
+def _failure_message(cap: Any, outcome: GateOutcome) -> str:
+    interval = f"[{cap.ci_low:.4g}, {cap.ci_high:.4g}]" if cap.ci_low is not None and cap.ci_high is not None else "n/a"
+    change = f"{cap.change:.4g}" if cap.change is not None else "n/a"
+    lines = [
+        cap.explain(max_items=5),
+        f"change {change} ({cap.kind}), interval {interval}, budget {cap.budget:g}",
+        f"report: {outcome.reports.get('html', outcome.run_dir)}",
+    ]
+    return "\n".join(lines)
+
+
+def _gate_outcome(config: pytest.Config) -> GateOutcome | Exception:
+    """Run the gate once per session; later capability tests reuse the outcome (or the error)."""
+    if _OUTCOME in config.stash:
+        return config.stash[_OUTCOME]
+    from harness.cli.gate import default_run_dir
+    from harness.errors import UserError
+    from harness.gate.config import ModelSpec, load_gate
+    from harness.gate.run import gate_candidate
+
+    try:
+        gate = load_gate(config.getoption("--moegate-gate"))
+        candidate = config.getoption("--moegate-candidate")
+        spec = ModelSpec(model=candidate, backend=gate.baseline.backend, options=dict(gate.baseline.options))
+        report_dir = config.getoption("--moegate-report-dir")
+        run_dir = Path(report_dir) if report_dir else default_run_dir(gate.name, candidate)
+        result: GateOutcome | Exception = gate_candidate(gate, spec, run_dir)
+    except UserError as exc:
+        result = exc
+    config.stash[_OUTCOME] = result
+    return result
+
+
+def _gate_path(config: pytest.Config) -> Path | None:
+    option = config.getoption("--moegate-gate")
+    return Path(option).expanduser().resolve() if option else None
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> GateFile | None:
+    """``pytest gates/x.toml --moegate-gate gates/x.toml ...`` collects the gate file itself."""
+    if file_path.resolve() == _gate_path(parent.config):
+        return GateFile.from_parent(parent, path=file_path)
+    return None
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    gate_path = config.getoption("--moegate-gate")
-    if not gate_path:
+    """Add the capability tests when the gate file was not among the collected paths."""
+    gate_path = _gate_path(config)
+    if gate_path is None or any(isinstance(item, CapabilityItem) for item in items):
         return
-    if not config.getoption("--moegate-candidate"):
-        raise pytest.UsageError("--moegate-gate needs --moegate-candidate (the checkpoint to gate)")
-    from harness.errors import UserError
-    from harness.gate.config import load_gate
-
-    try:
-        gate = load_gate(gate_path)
-    except UserError as exc:
-        raise pytest.UsageError(exc.line()) from exc
-    config.stash[_OUTCOME] = {"gate": gate}
-    for budget in gate.budgets:
-        items.append(CapabilityItem.from_parent(session, name=f"moegate[{budget.display_label}]", label=budget.display_label))
-
-
-def _run_gate_once(config: pytest.Config) -> dict[str, Any]:
-    state = config.stash[_OUTCOME]
-    if "verdict" in state:
-        return state
-    if "error" in state:
-        raise CapabilityFailure(state["error"])
-    from harness.cli.gate import default_run_dir
-    from harness.errors import UserError
-    from harness.gate.config import ModelSpec
-    from harness.gate.run import gate_candidate
-
-    gate = state["gate"]
-    candidate = config.getoption("--moegate-candidate")
-    backend = config.getoption("--moegate-backend") or gate.baseline.backend
-    report_dir = config.getoption("--moegate-report-dir")
-    run_dir = Path(report_dir) if report_dir else default_run_dir(gate.name, candidate)
-    try:
-        outcome = gate_candidate(gate, ModelSpec(model=candidate, backend=backend), run_dir)
-    except UserError as exc:
-        state["error"] = f"gate could not run: {exc.line()}"
-        raise CapabilityFailure(state["error"]) from exc
-    state["verdict"] = outcome.verdict
-    state["reports"] = outcome.reports
-    return state
+    if not gate_path.is_file():
+        raise pytest.UsageError(f"moegate: gate file {gate_path} not found")
+    items.extend(GateFile.from_parent(session, path=gate_path).collect())
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    state = config.stash.get(_OUTCOME, None)
-    if not state or "verdict" not in state:
+    outcome = config.stash.get(_OUTCOME, None)
+    if outcome is None:
         return
     terminalreporter.section("moegate gate")
-    terminalreporter.write_line(state["verdict"].summary())
-    for kind, path in state["reports"].items():
+    if isinstance(outcome, Exception):
+        terminalreporter.write_line(f"error: {outcome}")
+        return
+    terminalreporter.write_line(outcome.verdict.summary())
+    for kind, path in outcome.reports.items():
         terminalreporter.write_line(f"report ({kind}): {path}")
