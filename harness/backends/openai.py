@@ -1,0 +1,380 @@
+"""OpenAI-compatible HTTP backend: vLLM, SGLang, llama.cpp, mlx_lm.server, transformers serve.
+
+For models that need a cluster: the engine scales (tensor/expert parallel), moegate stays the client.
+
+- ``generate`` goes through ``/v1/completions`` (or ``/v1/chat/completions`` when ``chat=True``) with
+  temperature 0 and a seed; stop strings are sent to the server and applied again locally.
+- ``loglikelihood`` and ``loglikelihood_rolling`` need *prompt* log-probabilities: ``echo: true`` with
+  ``logprobs`` on ``/v1/completions`` (vLLM, the legacy OpenAI API). The server's ``text_offset`` per
+  token locates the continuation by character offset, so no local tokenizer is needed; a token that
+  straddles the context/continuation boundary counts as continuation. ``is_greedy`` comes from
+  ``top_logprobs``. A server that does not give them is refused with a one-line ``UserError``, never
+  scored wrongly (``capabilities()`` probes this once).
+- ``check_alignment(reference)`` scores a short text on the server and on a local reference backend
+  and reports whether the server's prompt log-probs are shifted (one llama.cpp build returned them one
+  position off); ``logprob_shift`` corrects a known shift.
+
+A server cannot prove which weights it serves: the fingerprint hashes the base URL, the model name,
+what ``/v1/models`` reveals about it (id, root, max_model_len...) and the settings, nothing more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.backends._http import RETRY_STATUS, HttpError, JsonClient, RetryPolicy
+from harness.backends.base import (
+    Backend,
+    GenerateRequest,
+    Generation,
+    Loglikelihood,
+    LoglikelihoodRequest,
+    RollingRequest,
+    RollingResult,
+    WindowScore,
+)
+from harness.errors import UserError
+
+PROBE_TEXT = "The capital of France is Paris. The capital of Italy is Rome."
+VOLATILE_MODEL_KEYS = frozenset({"created", "object", "permission"})
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the server showed it can do when probed."""
+
+    models: tuple[str, ...]
+    completions: bool
+    prompt_logprobs: bool
+    """``echo`` + ``logprobs`` on /v1/completions returns per-token log-probs and offsets of the prompt."""
+    chat: bool
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Server prompt log-probs vs a local reference on the same text."""
+
+    shift: int
+    """The offset s for which server[k + s] best matches reference[k]; 0 when aligned."""
+    mean_abs_diff: dict[int, float] = field(default_factory=dict)
+    """Mean |server[k + s] - reference[k]| per tried shift s."""
+    max_abs_diff: float = 0.0
+    """Largest per-token difference at the best shift."""
+    tokens: int = 0
+
+    def ok(self, tol: float = 1e-2) -> bool:
+        return self.shift == 0 and self.max_abs_diff <= tol
+
+
+@dataclass(frozen=True)
+class _Echo:
+    """Per prompt token: start offset, log-prob (None for the first), and whether it was the top-1 token."""
+
+    offsets: tuple[int, ...]
+    logprobs: tuple[float | None, ...]
+    greedy: tuple[bool, ...]
+
+
+class OpenAIBackend:
+    """Client for one model on an OpenAI-compatible server.
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8000/v1`` (``/v1`` is added when missing).
+        model_name: the served model id; default the only one ``/v1/models`` lists.
+        api_key: sent as a bearer token when given.
+        concurrency: requests in flight at once.
+        timeout_s: per-request timeout.
+        max_retries: retries on 429/5xx/timeouts/connection errors, with exponential backoff and jitter.
+        seed: sent with every request (servers that honour it become reproducible when sampling).
+        logprob_shift: correct a server whose prompt log-probs are shifted (see ``check_alignment``).
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str | None = None,
+        *,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        timeout_s: float = 300.0,
+        max_retries: int = 5,
+        seed: int = 0,
+        logprob_shift: int = 0,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        base = base_url.rstrip("/")
+        if not base.startswith(("http://", "https://")):
+            raise UserError(f"base URL {base_url!r} is not http(s)", "give e.g. --base-url http://127.0.0.1:8000/v1")
+        self.base_url = base if base.endswith("/v1") else base + "/v1"
+        kwargs: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
+        self.client = JsonClient(self.base_url, api_key=api_key, timeout_s=timeout_s,
+                                 retry=RetryPolicy(max_retries=max_retries), **kwargs)
+        self.concurrency = max(1, int(concurrency))
+        self.seed = seed
+        self.logprob_shift = int(logprob_shift)
+        self._models: list[dict[str, Any]] | None = None
+        self.model_name = model_name or self._only_model()
+        self._caps: Capabilities | None = None
+
+    # ------------------------------------------------------------------ server facts
+    def _call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        try:
+            return self.client.get(path) if method == "GET" else self.client.post(path, payload or {})
+        except HttpError as err:
+            raise UserError(f"server {self.base_url} failed: {err}", "check that the server is up and serves this model") from None
+
+    def models(self) -> list[dict[str, Any]]:
+        """The /v1/models entries; empty when the server answers that route with nothing usable (mlx_lm.server may)."""
+        if self._models is None:
+            try:
+                data = self.client.get("/models")
+            except HttpError as err:
+                if err.status not in (200, 404):
+                    raise UserError(f"server {self.base_url} failed: {err}", "check that the server is up") from None
+                data = {}
+            items = data.get("data") if isinstance(data, dict) else None
+            self._models = [m for m in (items or []) if isinstance(m, dict)]
+        return self._models
+
+    def _only_model(self) -> str:
+        ids = [str(m.get("id")) for m in self.models()]
+        if len(ids) != 1:
+            raise UserError(f"server {self.base_url} serves {len(ids)} models ({', '.join(ids[:5])})", "choose one with --model NAME")
+        return ids[0]
+
+    def capabilities(self) -> Capabilities:
+        """Probe once: listed models, plain completions, prompt log-probs (echo), chat."""
+        if self._caps is not None:
+            return self._caps
+        try:
+            self._caps = self._probe()
+        except HttpError as err:  # busy or down (retries spent), not "unsupported"
+            raise UserError(f"server {self.base_url} failed while probed: {err}", "check that the server is up") from None
+        return self._caps
+
+    def _probe(self) -> Capabilities:
+        notes: list[str] = []
+        base = {"model": self.model_name, "max_tokens": 1, "temperature": 0.0, "seed": self.seed}
+        completions = prompt_lp = chat = False
+        try:
+            self.client.post("/completions", {**base, "prompt": "Hello"})
+            completions = True
+        except HttpError as err:
+            _unsupported_or_raise(err)
+            notes.append(f"completions: {err}")
+        if completions:
+            try:
+                echo = _parse_echo(self.client.post("/completions", self._echo_payload(PROBE_TEXT)), PROBE_TEXT)
+                prompt_lp = len(echo.offsets) >= 2 and any(lp is not None for lp in echo.logprobs)
+            except (HttpError, ValueError) as err:
+                if isinstance(err, HttpError):
+                    _unsupported_or_raise(err)
+                notes.append(f"echo+logprobs: {err}")
+        try:
+            self.client.post("/chat/completions", {**base, "messages": [{"role": "user", "content": "Hello"}]})
+            chat = True
+        except HttpError as err:
+            _unsupported_or_raise(err)
+            notes.append(f"chat: {err}")
+        return Capabilities(tuple(str(m.get("id")) for m in self.models()), completions, prompt_lp, chat, tuple(notes))
+
+    def fingerprint(self) -> str:
+        """Hash of base URL, model name, the server's /v1/models entry and settings (weights cannot be proven)."""
+        entry = next((m for m in self.models() if m.get("id") == self.model_name), {})
+        facts = {
+            "backend": self.name,
+            "base_url": self.base_url,
+            "model": self.model_name,
+            "entry": {k: v for k, v in entry.items() if k not in VOLATILE_MODEL_KEYS},
+            "logprob_shift": self.logprob_shift,
+            "seed": self.seed,
+        }
+        return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+    def max_model_len(self) -> int | None:
+        entry = next((m for m in self.models() if m.get("id") == self.model_name), {})
+        for key in ("max_model_len", "context_length", "max_context_length"):
+            if isinstance(entry.get(key), int):
+                return int(entry[key])
+        return None
+
+    # ------------------------------------------------------------------ prompt log-probs
+    def _require(self, what: str, ok: Callable[[Capabilities], bool], fix: str) -> None:
+        if not ok(self.capabilities()):
+            raise UserError(f"server {self.base_url} ({self.model_name}) does not support {what}", fix)
+
+    def _echo_payload(self, prompt: str) -> dict[str, Any]:
+        return {"model": self.model_name, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+                "seed": self.seed, "echo": True, "logprobs": 1}
+
+    def _echo_many(self, prompts: Sequence[str], raw: bool = False) -> dict[str, _Echo]:
+        self._require(
+            "prompt log-probs (echo + logprobs on /v1/completions)", lambda c: c.prompt_logprobs,
+            "serve the model with vLLM (or another server with echo+logprobs), or run generation-only suites",
+        )
+        unique = list(dict.fromkeys(prompts))
+        answers = self._map(lambda p: self._call("POST", "/completions", self._echo_payload(p)), unique)
+        out = {}
+        for prompt, answer in zip(unique, answers, strict=True):
+            try:
+                out[prompt] = _parse_echo(answer, prompt, 0 if raw else self.logprob_shift)
+            except ValueError as err:
+                raise UserError(f"server {self.base_url} returned unusable prompt log-probs: {err}", "check the server's echo support") from None
+        return out
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
+        splits = []
+        for req in requests:
+            context, continuation = req.context, req.continuation
+            n_spaces = len(context) - len(context.rstrip())
+            if n_spaces:  # lm-eval: trailing context spaces belong to the continuation
+                context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+            if not continuation:
+                raise UserError(f"continuation {req.continuation!r} is empty", "give a non-empty continuation")
+            splits.append((context + continuation, len(context)))
+        echoes = self._echo_many([p for p, _ in splits])
+        results = []
+        for prompt, boundary in splits:
+            echo = echoes[prompt]
+            ends = [*list(echo.offsets[1:]), len(prompt)]
+            picked = [i for i, end in enumerate(ends) if end > boundary]
+            lps = [echo.logprobs[i] for i in picked]
+            if not picked or any(lp is None for lp in lps):
+                raise UserError("the server gives no log-prob for the first prompt token", "give every request a non-empty context")
+            results.append(Loglikelihood(logprob=float(sum(lps)), is_greedy=all(echo.greedy[i] for i in picked)))
+        return results
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
+        """Whole text in one request; when it has more tokens than the window, windows cut at the server's token offsets."""
+        echoes = self._echo_many([r.text for r in requests])
+        chunks: list[tuple[int, str]] = []
+        for index, req in enumerate(requests):
+            window = req.window or self.max_model_len()
+            echo = echoes[req.text]
+            if window is None or len(echo.offsets) <= window:
+                chunks.append((index, req.text))
+                continue
+            if window < 2:
+                raise UserError(f"rolling window {window} is too small", "use a window of at least 2 tokens")
+            starts = [*list(echo.offsets[::window]), len(req.text)]
+            chunks.extend((index, req.text[a:b]) for a, b in itertools.pairwise(starts) if b > a)
+        chunk_echoes = self._echo_many([t for _, t in chunks if t not in echoes]) | echoes
+        windows: list[list[WindowScore]] = [[] for _ in requests]
+        for index, text in chunks:
+            lps = [lp for lp in chunk_echoes[text].logprobs[1:] if lp is not None]
+            if lps:
+                windows[index].append(WindowScore(logprob=float(sum(lps)), tokens=len(lps)))
+        return [RollingResult(windows=tuple(w)) for w in windows]
+
+    def check_alignment(self, reference: Backend, text: str = PROBE_TEXT) -> Alignment:
+        """Compare per-token prompt log-probs with ``reference`` (e.g. the transformers backend on the same model)."""
+        echo = self._echo_many([text], raw=True)[text]  # judge the server as it answers
+        offsets = [*list(echo.offsets), len(text)]
+        reqs = [LoglikelihoodRequest(text[: offsets[k]], text[offsets[k]: offsets[k + 1]]) for k in range(1, len(echo.offsets))]
+        ref = [None, *(r.logprob for r in reference.loglikelihood(reqs))]
+        diffs: dict[int, list[float]] = {}
+        for shift in (-1, 0, 1):
+            raw = echo.logprobs
+            diffs[shift] = [abs(raw[k + shift] - ref[k]) for k in range(1, len(ref))
+                            if 0 <= k + shift < len(raw) and raw[k + shift] is not None and ref[k] is not None]
+        means = {s: sum(d) / len(d) for s, d in diffs.items() if d}
+        best = min(means, key=lambda s: (means[s], abs(s)))
+        return Alignment(shift=best, mean_abs_diff=means, max_abs_diff=max(diffs[best]), tokens=len(ref) - 1)
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
+        if any(r.chat for r in requests):
+            self._require("chat completions", lambda c: c.chat, "use chat=false or a server with /v1/chat/completions")
+        if any(not r.chat for r in requests):
+            self._require("completions", lambda c: c.completions, "use chat=true or a server with /v1/completions")
+        unique = list(dict.fromkeys(requests))
+        outs = dict(zip(unique, self._map(self._generate_one, unique), strict=True))
+        return [outs[r] for r in requests]
+
+    def _generate_one(self, req: GenerateRequest) -> Generation:
+        payload: dict[str, Any] = {"model": self.model_name, "max_tokens": req.max_tokens,
+                                   "temperature": req.temperature, "seed": req.seed if req.temperature > 0 else self.seed}
+        stops = [s for s in req.stop if s]
+        if stops:
+            payload["stop"] = stops
+        if req.chat:
+            payload["messages"] = [{"role": "user", "content": req.prompt}]
+            answer = self._call("POST", "/chat/completions", payload)
+        else:
+            payload["prompt"] = req.prompt
+            answer = self._call("POST", "/completions", payload)
+        choice = (answer.get("choices") or [{}])[0]
+        text = choice.get("text") if not req.chat else (choice.get("message") or {}).get("content")
+        text = text or ""
+        reason = "stop" if choice.get("finish_reason") in ("stop", "eos", "stop_sequence") else "length"
+        cuts = [text.find(s) for s in stops if s in text]
+        if cuts:
+            text, reason = text[: min(cuts)], "stop"
+        tokens = int(((answer.get("usage") or {}).get("completion_tokens")) or 0)
+        return Generation(text=text, tokens=tokens, finish_reason=reason)
+
+    def _map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        if len(items) <= 1 or self.concurrency == 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+
+def _unsupported_or_raise(err: HttpError) -> None:
+    """A 4xx answer to a probe means "not supported"; a spent retry budget or a 5xx means the server failed."""
+    if err.status == 0 or err.status in RETRY_STATUS or err.status >= 500:
+        raise err
+
+
+def _parse_echo(answer: dict[str, Any], prompt: str, shift: int = 0) -> _Echo:
+    """Prompt tokens (offset < len(prompt)) of an echo+logprobs answer in the legacy completions format.
+
+    With ``shift`` s the log-prob of prompt token k is read at position k + s of the answer's list (which
+    also holds the generated token, so a late-by-one server still yields the last prompt token).
+    """
+    choice = (answer.get("choices") or [None])[0]
+    lp = choice.get("logprobs") if isinstance(choice, dict) else None
+    if not isinstance(lp, dict) or not isinstance(lp.get("text_offset"), list) or not isinstance(lp.get("token_logprobs"), list):
+        raise ValueError("no logprobs.text_offset / token_logprobs in the answer")
+    if isinstance(choice.get("text"), str) and not choice["text"].startswith(prompt):
+        raise ValueError("the answer's text does not start with the prompt (echo ignored)")
+    offsets, logprobs, tops = lp["text_offset"], lp["token_logprobs"], lp.get("top_logprobs") or []
+    keep = [i for i, off in enumerate(offsets) if off < len(prompt)]
+    if not keep or offsets[keep[0]] != 0:
+        raise ValueError("prompt token offsets do not start at 0 (echo ignored)")
+    values: list[float | None] = []
+    greedy: list[bool] = []
+    for k in keep:
+        i = k + shift
+        value = logprobs[i] if 0 < i < len(logprobs) else None
+        top = tops[i] if 0 < i < len(tops) and isinstance(tops[i], dict) else {}
+        values.append(value)
+        greedy.append(value is not None and (not top or value >= max(top.values()) - 1e-5))
+    return _Echo(tuple(offsets[k] for k in keep), tuple(values), tuple(greedy))
+
+
+def open_openai(model: str, **options: Any) -> OpenAIBackend:
+    """Registry factory for ``kind="openai"``: ``model`` is the served model name, or the base URL when
+    ``base_url`` is not given."""
+    allowed = {"base_url", "model_name", "api_key", "concurrency", "timeout_s", "max_retries", "seed", "logprob_shift"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise UserError(f"unknown openai backend option(s): {', '.join(unknown)}", f"known: {', '.join(sorted(allowed))}")
+    base_url = options.pop("base_url", None)
+    name = options.pop("model_name", None)
+    if base_url is None:
+        if not model.startswith(("http://", "https://")):
+            raise UserError(f"no server URL for model {model!r}", "give --base-url http://HOST:PORT/v1")
+        base_url = model
+    elif name is None and model:
+        name = model
+    return OpenAIBackend(base_url, name, **options)

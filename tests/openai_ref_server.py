@@ -1,0 +1,158 @@
+"""A small reference OpenAI-compatible server over a transformers model, for the openai backend's tests.
+
+Why it exists: neither mlx_lm.server nor ``transformers serve`` returns *prompt* log-probs (``echo`` with
+``logprobs`` on /v1/completions, as vLLM does), so the scoring path is tested against this server, which
+implements exactly that legacy format (tokens, token_logprobs, top_logprobs, text_offset) with the
+tokenizer's offsets. Generation through a third-party server is tested with mlx_lm.server.
+
+Test knobs: ``--shift 1`` returns prompt log-probs one position late (as one llama.cpp build did);
+``--no-echo`` ignores ``echo`` like servers without prompt log-probs; ``--fail-first N`` answers the
+first N POSTs with 429 (then 503) to exercise retries.
+
+Run: ``python tests/openai_ref_server.py --model DIR --port 8000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class State:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.lock = threading.Lock()
+        self.failures_left = args.fail_first
+        self.posts = 0
+        self.model = self.tokenizer = None
+        if args.model:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            torch.set_num_threads(1)
+            self.tokenizer = AutoTokenizer.from_pretrained(args.model)
+            self.model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+
+    def complete(self, body: dict[str, Any], prompt: str) -> tuple[str, list[int], str]:
+        """Greedy continuation of ``prompt``: text, token ids, finish reason."""
+        import torch
+
+        tok = self.tokenizer
+        ids = tok(prompt, return_tensors="pt").input_ids
+        max_tokens = int(body.get("max_tokens") or 16)
+        with torch.inference_mode():
+            out = self.model.generate(ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.eos_token_id,
+                                      eos_token_id=tok.eos_token_id)
+        new = out[0, ids.shape[1]:].tolist()
+        reason = "length"
+        if tok.eos_token_id in new:
+            new, reason = new[: new.index(tok.eos_token_id)], "stop"
+        text = tok.decode(new, skip_special_tokens=True)
+        stops = body.get("stop") or []
+        stops = [stops] if isinstance(stops, str) else stops
+        cuts = [text.find(s) for s in stops if s and s in text]
+        if cuts:
+            text, reason = text[: min(cuts)], "stop"
+        return text, new, reason
+
+    def echo_logprobs(self, prompt: str, generated: list[int]) -> dict[str, Any]:
+        """Legacy-format log-probs of the prompt tokens followed by the generated ones."""
+        import torch
+
+        enc = self.tokenizer(prompt, return_offsets_mapping=True)
+        ids = list(enc["input_ids"]) + generated
+        with torch.inference_mode():
+            logp = self.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        lps: list[float | None] = [None] + [float(logp[i - 1, ids[i]]) for i in range(1, len(ids))]
+        tops: list[dict[str, float] | None] = [None]
+        for i in range(1, len(ids)):
+            best = int(logp[i - 1].argmax())
+            tops.append({self.tokenizer.convert_ids_to_tokens(best): float(logp[i - 1, best])})
+        if self.args.shift:
+            lps = [None, *lps[:-1]]
+            tops = [None, *tops[:-1]]
+        offsets = [int(a) for a, _ in enc["offset_mapping"]]
+        offsets += [len(prompt) + len(self.tokenizer.decode(generated[:j])) for j in range(len(generated))]
+        return {"tokens": self.tokenizer.convert_ids_to_tokens(ids), "token_logprobs": lps, "top_logprobs": tops,
+                "text_offset": offsets}
+
+
+def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:  # quiet
+            pass
+
+        def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") == "/v1/models":
+                self._send(200, {"object": "list", "data": [
+                    {"id": state.args.name, "object": "model", "created": 0, "max_model_len": state.args.max_len}]})
+            else:
+                self._send(404, {"error": "not found"})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            with state.lock:
+                state.posts += 1
+                fail = state.failures_left > 0
+                if fail:
+                    state.failures_left -= 1
+                    status = 429 if state.failures_left % 2 == 1 or state.args.fail_first == 1 else 503
+            if fail:
+                self._send(status, {"error": "busy"}, {"Retry-After": "0"} if status == 429 else None)
+                return
+            path = self.path.rstrip("/")
+            if state.model is None:
+                self._send(200, {"choices": [{"text": "ok", "finish_reason": "length"}], "usage": {"completion_tokens": 1}})
+                return
+            with state.lock:  # one forward at a time (torch threads are already few)
+                if path == "/v1/completions":
+                    prompt = body["prompt"]
+                    text, new, reason = state.complete(body, prompt)
+                    choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
+                    if body.get("echo") and not state.args.no_echo:
+                        choice["text"] = prompt + text
+                        if body.get("logprobs") is not None:
+                            choice["logprobs"] = state.echo_logprobs(prompt, new)
+                elif path == "/v1/chat/completions":
+                    prompt = state.tokenizer.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
+                    text, new, reason = state.complete(body, prompt)
+                    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+                else:
+                    self._send(404, {"error": "not found"})
+                    return
+            self._send(200, {"object": "text_completion", "model": state.args.name, "choices": [choice],
+                             "usage": {"completion_tokens": len(new)}})
+
+    return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="", help="HF model folder (empty: a model-less server for retry tests)")
+    parser.add_argument("--name", default="ref")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--max-len", type=int, default=512)
+    parser.add_argument("--shift", type=int, default=0)
+    parser.add_argument("--no-echo", action="store_true")
+    parser.add_argument("--fail-first", type=int, default=0)
+    args = parser.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(State(args)))
+    print("ready", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
