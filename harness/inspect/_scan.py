@@ -1,0 +1,192 @@
+"""Per-tensor scans of safetensors files straight from disk: no model, no torch, bounded memory.
+
+Each tensor is read through ``mmap`` in chunks of whole leading rows (at most ``CHUNK_BYTES`` at a
+time), hashed, and decoded with numpy (bfloat16 and float8 from their bit patterns, since numpy has
+no such dtypes). Routers and stacked ``[E, ...]`` expert tensors also get per-row facts: which rows
+are all zero (a zeroed expert) and which are masked (every value <= ``MASK_THRESHOLD``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from harness.backends.loading import read_safetensors_header
+
+CHUNK_BYTES = 32 << 20
+MASK_THRESHOLD = -1e4
+"""A router logit at or below this can never win a top-k against real logits: the row is masked."""
+
+EXPERT = re.compile(r"\.layers\.(?P<layer>\d+)\.(?:[\w]+\.)*?experts\.(?P<expert>\d+)\.")
+"""Per-expert tensors (``mlp.experts.3.down_proj.weight``); ``shared_experts.0`` does not match (``_experts``)."""
+FUSED = re.compile(r"\.layers\.(?P<layer>\d+)\.(?:[\w]+\.)*?experts\.[A-Za-z_]+(?:\.weight)?$")
+"""Stacked expert tensors ``[E, ...]`` (transformers 5 ``experts.gate_up_proj``, GPT-OSS ``experts.down_proj_bias``)."""
+ROUTER = re.compile(r"\.layers\.(?P<layer>\d+)\.(?:[\w]+\.)*?(?:gate|router)\.(?:weight|bias|e_score_correction_bias)$")
+"""Router logits (``mlp.gate.weight``, ``block_sparse_moe.gate.weight``, ``mlp.router.bias``)."""
+
+_NATIVE = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32,
+           "U64": np.uint64, "BOOL": np.bool_}
+_BITS = {"BF16": np.uint16, "F8_E4M3": np.uint8, "F8_E5M2": np.uint8, "F8_E8M0": np.uint8, "F4": np.uint8}
+
+
+class TensorStat(BaseModel):
+    """What one tensor holds, from its header and one streamed pass over its bytes."""
+
+    name: str
+    file: str
+    dtype: str
+    shape: list[int]
+    nbytes: int
+    blake2b: str
+    """Hash of the raw bytes: equal hashes mean bit-identical tensors."""
+    nan: int = 0
+    inf: int = 0
+    all_zero: bool = False
+    role: str = "other"
+    """``expert`` (per-expert), ``fused_experts`` (stacked [E, ...]), ``router`` or ``other``."""
+    layer: int | None = None
+    expert: int | None = None
+    zero_rows: list[int] = Field(default_factory=list)
+    """Leading-dim rows that are all zero (fused experts, routers)."""
+    masked_rows: list[int] = Field(default_factory=list)
+    """Leading-dim rows whose values are all <= MASK_THRESHOLD (routers)."""
+    unmasked_inf: int = 0
+    """Infinities outside fully masked router rows (a ``-inf`` mask is not damage)."""
+
+
+def classify(name: str) -> tuple[str, int | None, int | None]:
+    """(role, layer, expert) from a tensor name; shared experts count as ``other``."""
+    if "shared_expert" in name:
+        return "other", None, None
+    if m := EXPERT.search(name):
+        return "expert", int(m["layer"]), int(m["expert"])
+    if m := FUSED.search(name):
+        return "fused_experts", int(m["layer"]), None
+    if m := ROUTER.search(name):
+        return "router", int(m["layer"]), None
+    return "other", None, None
+
+
+def decode(raw: np.ndarray, dtype: str) -> np.ndarray | None:
+    """Values as a float array (``None`` for dtypes without NaN/Inf semantics worth decoding)."""
+    if dtype == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    if dtype in ("F64", "F32", "F16"):
+        return raw
+    return None
+
+
+def _special_counts(raw: np.ndarray, dtype: str, values: np.ndarray | None) -> tuple[int, int]:
+    """(NaN count, Inf count) of one chunk."""
+    if values is not None:
+        return int(np.isnan(values).sum()), int(np.isinf(values).sum())
+    if dtype == "F8_E4M3":
+        return int(((raw & 0x7F) == 0x7F).sum()), 0
+    if dtype == "F8_E5M2":
+        special = (raw & 0x7C) == 0x7C
+        return int((special & ((raw & 0x03) != 0)).sum()), int((special & ((raw & 0x03) == 0)).sum())
+    if dtype == "F8_E8M0":
+        return int((raw == 0xFF).sum()), 0
+    return 0, 0
+
+
+def _zero_mask(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Elementwise "is zero" (negative zero included for float bit patterns)."""
+    if dtype == "BF16":
+        return (raw & 0x7FFF) == 0
+    if dtype in ("F8_E4M3", "F8_E5M2"):
+        return (raw & 0x7F) == 0
+    return raw == 0
+
+
+def _chunks(rows: int, row_bytes: int) -> Iterator[tuple[int, int]]:
+    per = max(1, CHUNK_BYTES // max(row_bytes, 1))
+    for r0 in range(0, rows, per):
+        yield r0, min(rows, r0 + per)
+
+
+def scan_tensor(buffer: Any, offset: int, name: str, info: dict[str, Any], file: str) -> TensorStat:
+    """Stream one tensor from ``buffer`` (an mmap) starting at absolute byte ``offset``."""
+    dtype, shape = str(info["dtype"]), [int(d) for d in info["shape"]]
+    begin, end = (int(x) for x in info["data_offsets"])
+    role, layer, expert = classify(name)
+    size = end - begin
+    storage = _NATIVE.get(dtype) or _BITS.get(dtype) or np.uint8
+    width = np.dtype(storage).itemsize
+    rows = shape[0] if len(shape) >= 1 else 1
+    per_row = role in ("router", "fused_experts") and rows > 0 and size % max(rows, 1) == 0
+    if not per_row or size % max(rows, 1) or (size // max(rows, 1)) % width or dtype == "F4":
+        rows, per_row = 1, False
+    row_bytes = size // rows if rows else 0
+    digest = hashlib.blake2b(digest_size=16)
+    nan = inf = unmasked_inf = 0
+    any_nonzero = False
+    zero_rows: list[int] = []
+    masked_rows: list[int] = []
+    view = memoryview(buffer)
+    try:
+        for r0, r1 in _chunks(rows, row_bytes):
+            chunk = view[offset + begin + r0 * row_bytes: offset + begin + r1 * row_bytes]
+            digest.update(chunk)
+            raw = np.frombuffer(chunk, dtype=storage if size % width == 0 else np.uint8)
+            values = decode(raw, dtype)
+            n, i = _special_counts(raw, dtype if size % width == 0 else "U8", values)
+            nan, inf = nan + n, inf + i
+            zeros = _zero_mask(raw, dtype)
+            any_nonzero = any_nonzero or not bool(zeros.all())
+            if per_row and raw.size:
+                k = r1 - r0
+                zero_rows += [r0 + j for j in np.flatnonzero(zeros.reshape(k, -1).all(axis=1)).tolist()]
+                if values is not None:
+                    grid = values.reshape(k, -1)
+                    masked = (grid <= MASK_THRESHOLD).all(axis=1)
+                    masked_rows += [r0 + j for j in np.flatnonzero(masked).tolist()]
+                    unmasked_inf += int(np.isinf(grid[~masked]).sum())
+            del raw, values, zeros, chunk
+    finally:
+        view.release()
+    if not per_row or decode(np.zeros(0, dtype=storage), dtype) is None:
+        unmasked_inf = inf
+    return TensorStat(
+        name=name, file=file, dtype=dtype, shape=shape, nbytes=size, blake2b=digest.hexdigest(),
+        nan=nan, inf=inf, all_zero=size > 0 and not any_nonzero, role=role, layer=layer, expert=expert,
+        zero_rows=zero_rows if role == "fused_experts" else [], masked_rows=masked_rows if role == "router" else [],
+        unmasked_inf=unmasked_inf,
+    )
+
+
+def scan_file(file: Path) -> list[TensorStat]:
+    """Every tensor of one safetensors file (header already checked by ``check_safetensors``)."""
+    header, start = read_safetensors_header(file)
+    stats: list[TensorStat] = []
+    if file.stat().st_size == start:
+        return [scan_tensor(b"", start, n, i, file.name) for n, i in header.items() if n != "__metadata__"]
+    with file.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+        for name, info in sorted(header.items(), key=lambda kv: kv[0]):
+            if name == "__metadata__":
+                continue
+            stats.append(scan_tensor(buffer, start, name, info, file.name))
+    return stats
+
+
+def read_values(file: Path, name: str) -> np.ndarray:
+    """One tensor's values as float64 (for diffing two versions of a damaged tensor; bounded by its size)."""
+    header, start = read_safetensors_header(file)
+    info = header[name]
+    begin, end = (int(x) for x in info["data_offsets"])
+    dtype = str(info["dtype"])
+    with file.open("rb") as handle:
+        handle.seek(start + begin)
+        blob = handle.read(end - begin)
+    storage = _NATIVE.get(dtype) or _BITS.get(dtype) or np.uint8
+    raw = np.frombuffer(blob, dtype=storage)
+    values = decode(raw, dtype)
+    return (raw if values is None else values).astype(np.float64)
