@@ -17,7 +17,7 @@ def testbed() -> None:
               help="Output folder (default: moegate's cache, keyed by the settings).")
 @click.option("--experts", type=int, default=8, show_default=True, help="Routed experts per layer.")
 @click.option("--top-k", type=int, default=2, show_default=True, help="Routed experts per token (< experts).")
-@click.option("--shared-fraction", type=float, default=0.5, show_default=True,
+@click.option("--shared-fraction", type=float, default=0.75, show_default=True,
               help="Fraction of each MLP's neurons in the always-on shared expert.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def build(out: Path | None, experts: int, top_k: int, shared_fraction: float, seed: int) -> None:

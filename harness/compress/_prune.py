@@ -110,11 +110,13 @@ def prune(
     calib: str | Path | None = None,
     max_tokens: int = 512,
     seed: int = 0,
+    scores: np.ndarray | None = None,
 ) -> Path:
     """Prune ``fraction`` of the routed experts of the checkpoint at ``model`` into ``out``.
 
     Scores come from a calibration pass over ``calib`` (criterion frequency|soft|ean|reap) or from a
-    seeded RNG (``random``). Writes the checkpoint plus ``pruning.json`` (what, per layer, and why).
+    seeded RNG (``random``). ``scores`` [n_moe_layers, n_experts] skips that pass (reuse one profile
+    for several fractions). Writes the checkpoint plus ``pruning.json`` (what, per layer, and why).
     """
     if not 0.0 < fraction < 1.0:
         raise UserError(f"--fraction {fraction} is outside (0, 1)", "pass e.g. --fraction 0.1 for 10% of the experts")
@@ -124,9 +126,12 @@ def prune(
     if scope not in ("layer", "global"):
         raise UserError(f"unknown scope {scope!r}", "use --scope layer or --scope global")
     ckpt = open_checkpoint(model)
-    calib_path = check_calib(calib, required=criterion != "random")
+    calib_path = check_calib(calib, required=criterion != "random" and scores is None)
     top_k = top_k_of(ckpt.config)
-    scores = importance(ckpt, criterion, calib_path, max_tokens=max_tokens, seed=seed)
+    if scores is None:
+        scores = importance(ckpt, criterion, calib_path, max_tokens=max_tokens, seed=seed)
+    elif np.shape(scores) != (len(ckpt.layers), ckpt.num_experts):
+        raise ValueError(f"scores shape {np.shape(scores)} != ({len(ckpt.layers)}, {ckpt.num_experts})")
     pruned = select_experts(scores, fraction, scope, keep_min=top_k)
     record = {
         "source": str(ckpt.path),

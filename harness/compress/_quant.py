@@ -34,19 +34,20 @@ def fake_quantize(weight: torch.Tensor, bits: int, group_size: int, scheme: Sche
     rows, cols = weight.shape
     w = weight.to(torch.float32)
     pad = (-cols) % group_size
-    if pad:
-        w = torch.nn.functional.pad(w, (0, pad))
+    if pad:  # repeat the last column so the padding never widens a group's range
+        w = torch.nn.functional.pad(w.unsqueeze(0), (0, pad), mode="replicate").squeeze(0)
     g = w.view(rows, -1, group_size)
     if scheme == "sym":
         qmax = 2 ** (bits - 1) - 1
         scale = g.abs().amax(dim=-1, keepdim=True) / max(qmax, 1)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        deq = torch.clamp(torch.round(g / scale), -qmax - 1 if bits > 1 else -1, qmax if bits > 1 else 0) * scale
+        deq = torch.clamp(torch.round(g / scale), -qmax - 1, qmax) * scale
     else:
         qmax = 2**bits - 1
         lo, hi = g.amin(dim=-1, keepdim=True), g.amax(dim=-1, keepdim=True)
         scale = (hi - lo) / qmax
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        flat = torch.where(hi.abs() > 0, hi.abs() / qmax, torch.ones_like(hi))  # constant group: exact
+        scale = torch.where(scale > 0, scale, flat)
         zero = torch.round(-lo / scale)
         deq = (torch.clamp(torch.round(g / scale) + zero, 0, qmax) - zero) * scale
     return deq.reshape(rows, -1)[:, :cols].to(weight.dtype)
@@ -87,11 +88,13 @@ def quantize(
     scheme: Scheme = "asym",
     calib: str | Path | None = None,
     max_tokens: int = 512,
+    usage: np.ndarray | None = None,
 ) -> Path:
     """Fake-quantize every routed expert of ``model`` per ``plan`` into ``out`` (+ ``quantization.json``).
 
     Only routed-expert projection weights change; routers, shared experts, attention, embeddings and
-    norms stay bit-identical. ``tiered`` needs ``calib`` (usage is measured by routing frequency).
+    norms stay bit-identical. ``tiered`` needs ``calib`` (usage is measured by routing frequency) or a
+    precomputed ``usage`` [n_moe_layers, n_experts].
     """
     uniform_bits = parse_plan(plan)
     if group_size < 1:
@@ -99,11 +102,12 @@ def quantize(
     if scheme not in ("sym", "asym"):
         raise UserError(f"unknown scheme {scheme!r}", "use sym or asym")
     ckpt = open_checkpoint(model)
-    calib_path = check_calib(calib, required=uniform_bits is None)
+    calib_path = check_calib(calib, required=uniform_bits is None and usage is None)
     shape = (len(ckpt.layers), ckpt.num_experts)
     if uniform_bits is None:
-        usage = importance(ckpt, "frequency", calib_path, max_tokens=max_tokens)
-        bits = tiered_bits(usage)
+        if usage is None:
+            usage = importance(ckpt, "frequency", calib_path, max_tokens=max_tokens)
+        bits = tiered_bits(np.asarray(usage))
     else:
         usage = None
         bits = np.full(shape, uniform_bits, dtype=np.int64)

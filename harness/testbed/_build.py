@@ -70,6 +70,7 @@ def fit_moe_layers(
             seed=settings.seed + index,
             logit_std=settings.logit_std,
             ridge=settings.ridge,
+            skew=settings.skew,
         )
         fitted.append(weights)
         hidden = hidden + moe_forward(x, weights, settings.top_k).view_as(hidden)

@@ -73,10 +73,15 @@ def expert_outputs_norm(act: torch.Tensor, down: torch.Tensor, experts: list[tor
     return torch.stack([(act[:, idx] @ down[:, idx].T).norm(dim=1) for idx in experts], dim=1)
 
 
-def fit_router(x: torch.Tensor, norms: torch.Tensor, *, logit_std: float, ridge: float) -> torch.Tensor:
-    """Linear router [E, H] whose logits track each expert's log output norm (centred per token)."""
+def fit_router(x: torch.Tensor, norms: torch.Tensor, *, logit_std: float, ridge: float, skew: float = 0.0) -> torch.Tensor:
+    """Linear router [E, H] whose logits track each expert's log output norm (centred per token).
+
+    ``skew`` amplifies each expert's average log norm in the target, so generally busy experts win more
+    often: usage becomes uneven, as in trained MoE models, and usage-based pruning has something to find.
+    """
     target = torch.log(norms.double() + 1e-6)
     target = target - target.mean(dim=1, keepdim=True)
+    target = target + skew * (target.mean(dim=0, keepdim=True) / target.mean(dim=0).std().clamp_min(1e-12))
     xd = x.double()
     gram = xd.T @ xd
     gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
@@ -141,12 +146,13 @@ def fit_layer(
     seed: int,
     logit_std: float = 1.0,
     ridge: float = 1e-3,
+    skew: float = 0.0,
 ) -> MoeLayerWeights:
     """Fit one MoE block to a dense SwiGLU MLP on calibration inputs ``x`` [T, H]."""
     act = dense_intermediate(x, gate, up)
     target = act @ down.T
     shared, experts = split_neurons(act, down, n_shared, n_experts, seed=seed)
-    router = fit_router(x, expert_outputs_norm(act, down, experts), logit_std=logit_std, ridge=ridge)
+    router = fit_router(x, expert_outputs_norm(act, down, experts), logit_std=logit_std, ridge=ridge, skew=skew)
     weights = route(x, router, top_k)
     shared_down, expert_down = refit_down(act, target, weights, down, shared, experts, ridge=ridge)
     hidden = x.shape[1]

@@ -22,20 +22,24 @@ class TestbedSettings:
         shared_fraction: fraction of each MLP's neurons in the always-on shared expert.
         seed: seeds the clustering and everything else random.
         calib_seqs, seq_len: calibration windows of C4 text (tokens = calib_seqs * seq_len).
-        logit_std: spread of router logits across experts (sets how peaked routing weights are).
+        logit_std: spread of router logits across experts. Small, so the top-k routing weights are
+            nearly equal per token and the refitted down projections can absorb them; selection is
+            unaffected (top-k of softmax is scale-invariant).
         ridge: relative ridge strength of the router and down-projection fits.
+        skew: how strongly generally busy experts are favoured (uneven usage, as in trained MoEs).
     """
 
     __test__ = False  # not a pytest class despite the name
 
     experts: int = 8
     top_k: int = 2
-    shared_fraction: float = 0.5
+    shared_fraction: float = 0.75
     seed: int = 0
     calib_seqs: int = 32
     seq_len: int = 256
-    logit_std: float = 1.0
-    ridge: float = 1e-3
+    logit_std: float = 0.05
+    ridge: float = 1.0
+    skew: float = 0.3
 
     def __post_init__(self) -> None:
         if self.experts < 2:
