@@ -14,6 +14,8 @@ from harness.registry import Registry
 BACKENDS: Registry[Any] = Registry("backend")
 """kind -> a callable ``(model: str, **options) -> Backend``."""
 BACKENDS.register("transformers", "harness.backends.transformers:open_transformers")
+BACKENDS.register("openai", "harness.backends.openai:open_openai")
+BACKENDS.register("mlx", "harness.backends.mlx:open_mlx")
 
 
 def open_backend(model: str, kind: str = "transformers", **options: Any) -> Backend:
