@@ -24,6 +24,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--moegate-gate", default=None, help="gate file (gates/<model>.toml): one test per capability")
     group.addoption("--moegate-candidate", default=None, help="candidate checkpoint (path, hub id or server URL)")
     group.addoption("--moegate-report-dir", default=None, help="where to write the gate's reports")
+    group.addoption("--moegate-backend", default=None, help="candidate backend (default: the gate's baseline backend)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,7 +48,7 @@ class GateFile(pytest.File):
         except UserError as exc:
             raise pytest.UsageError(f"moegate: {exc.line()}") from exc
         for index, budget in enumerate(gate.budgets):
-            yield CapabilityItem.from_parent(self, name=budget.display_label, index=index)
+            yield CapabilityItem.from_parent(self, name=f"moegate[{budget.display_label}]", index=index)
 
 
 class CapabilityItem(pytest.Item):
@@ -101,7 +102,9 @@ def _gate_outcome(config: pytest.Config) -> GateOutcome | Exception:
     try:
         gate = load_gate(config.getoption("--moegate-gate"))
         candidate = config.getoption("--moegate-candidate")
-        spec = ModelSpec(model=candidate, backend=gate.baseline.backend, options=dict(gate.baseline.options))
+        backend = config.getoption("--moegate-backend")
+        options = dict(gate.baseline.options) if backend in (None, gate.baseline.backend) else {}
+        spec = ModelSpec(model=candidate, backend=backend or gate.baseline.backend, options=options)
         report_dir = config.getoption("--moegate-report-dir")
         run_dir = Path(report_dir) if report_dir else default_run_dir(gate.name, candidate)
         result: GateOutcome | Exception = gate_candidate(gate, spec, run_dir)

@@ -15,8 +15,6 @@ from harness.suites import SUITES
 from tests.gate_toys import register_toys, write_gate
 from tests.tiny_models import build_tiny_moe
 
-pytest_plugins = ["pytester"]
-
 BODY = textwrap.dedent(
     """
     [suites.toy]
@@ -68,9 +66,9 @@ def test_one_test_per_capability_with_junit(tiny: Path, pytester: pytest.Pyteste
     assert "interval [" in text and "budget -1000" in text
     assert "moegate gate" in text and "report (html)" in text
     cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
-    assert set(cases) == {"toy log-likelihood", "impossible mean"}
-    assert cases["impossible mean"].find("failure") is not None
-    assert cases["toy log-likelihood"].find("failure") is None
+    assert set(cases) == {"moegate[toy log-likelihood]", "moegate[impossible mean]"}
+    assert cases["moegate[impossible mean]"].find("failure") is not None
+    assert cases["moegate[toy log-likelihood]"].find("failure") is None
 
 
 def test_a_missing_baseline_fails_every_capability_with_one_line(tiny: Path, pytester: pytest.Pytester) -> None:
