@@ -47,3 +47,10 @@ def baseline(session: nox.Session, gate: str) -> None:
     """Record the stored baseline of a gate: nox -s "baseline(gate='testbed')"."""
     _install(session)
     session.run("moegate", "baseline", "record", "--gate", f"gates/{gate}.toml", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The README's demo: build the test bed, gate a pruned (FAIL) and a quantized (PASS) candidate."""
+    _install(session)
+    session.run("moegate", "demo", *session.posargs, env={"HF_HUB_OFFLINE": "1"})

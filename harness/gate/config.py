@@ -135,7 +135,7 @@ def load_gate(path: str | Path) -> GateConfig:
     for name in gate_file.suites:
         SUITES.get(name)  # unknown suite -> UserError with a did-you-mean
     for budget in gate_file.budgets:
-        if budget.suite not in gate_file.suites and budget.suite != "divergence":
+        if budget.suite not in gate_file.suites:
             raise UserError(
                 f"gate file {path}: budget '{budget.display_label}' names suite '{budget.suite}', which [suites] does not run",
                 f"add [suites.{budget.suite}] or remove the budget",
