@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.atomic import atomic_write_text
 from harness.baselines import Manifest, check_comparable, check_same_data, load_store, write_store
 from harness.errors import UserError
 from harness.gate.budgets import Budget
@@ -74,8 +75,8 @@ def gate_candidate(
     candidate_runs = run_suites(backend, config.settings, log=log)
     check_same_data(manifest, candidate_runs)
     write_store(run_dir / CANDIDATE_STORE, candidate_runs, model=candidate.model, backend=candidate.backend, fingerprint=fingerprint)
-    info = {"gate": str(config.path), "baseline_dir": str(store), "candidate": candidate.model_dump(mode="json")}
-    (run_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    info = {"gate": str(config.path), "baseline_dir": str(Path(store).resolve()), "candidate": candidate.model_dump(mode="json")}
+    atomic_write_text(run_dir / RUN_INFO, json.dumps(info, indent=2) + "\n")
     return decide(config, run_dir, baseline_dir=store, warnings=warnings)
 
 
