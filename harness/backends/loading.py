@@ -97,6 +97,11 @@ def resolve_model(spec: str | os.PathLike[str], *, trust_pickle: bool = False, g
         hint = f"it holds {len(ggufs)} .gguf files: pass one of them" if ggufs else "pass a Hugging Face model directory"
         raise UserError(f"model directory {spec} has no config.json", hint)
     read_config(path)  # validates JSON and architecture
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(
+            f"model directory {spec} has no tokenizer files (tokenizer.json, tokenizer_config.json...)",
+            "copy the tokenizer files of the original checkpoint next to config.json",
+        )
     safetensors = _safetensors_files(path)
     if safetensors:
         for file in safetensors:
