@@ -61,6 +61,9 @@ def run_suites(backend: Backend, suites: dict[str, SuiteSettings], *, log: Log |
             run = SuiteRun(suite=name, settings=settings.model_dump(mode="json"), error=detail)
             if log:
                 log(f"suite {name}: ERROR {detail}")
+        if run.error is None and not run.records:
+            raise UserError(f"suite {name} produced no items (settings {settings.model_dump(mode='json')})",
+                            "check its data files and its limit/n_items settings in the gate file")
         run.seconds = round(time.perf_counter() - start, 2)
         runs[name] = run
         if log and run.error is None:
