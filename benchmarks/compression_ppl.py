@@ -28,7 +28,9 @@ WINDOW = 512
 
 def wikitext_windows(tokenizer, n: int) -> list[torch.Tensor]:
     rows = [json.loads(line)["text"] for line in data_file("wikitext2_raw_test.jsonl").open()]
-    ids = tokenizer("\n\n".join(rows)[: 400 * n * 5], add_special_tokens=False)["input_ids"]
+    ids = tokenizer("\n\n".join(rows)[: 4000 * n], add_special_tokens=False)["input_ids"]
+    if len(ids) < n * WINDOW:
+        raise SystemExit(f"only {len(ids)} WikiText-2 tokens for {n} windows")
     return [torch.tensor(ids[i * WINDOW : (i + 1) * WINDOW]).unsqueeze(0) for i in range(n)]
 
 

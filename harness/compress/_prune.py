@@ -18,6 +18,11 @@ from harness.errors import UserError
 Scope = Literal["layer", "global"]
 Mode = Literal["mask", "zero", "mask+zero"]
 MODES: tuple[str, ...] = ("mask", "zero", "mask+zero")
+# The published recipe writes -1e9 into the pruned expert's router row. With a router *bias* (GPT-OSS-style)
+# moegate writes it into the bias, which masks exactly. A bias-free router (Qwen2/3-MoE, Mixtral, OLMoE) has
+# no exact static mask: the logit is row . x, so a -1e9 row excludes the expert only for tokens whose router
+# input sums positive and hands it nearly all routing weight elsewhere. That is what the recipe does to such
+# models (pruning.json says "mask_exact": false); mode "zero" removes an expert's contribution cleanly.
 MASK_VALUE = -1e9
 
 
@@ -150,6 +155,7 @@ def prune(
             {
                 "layer": layer,
                 "router": ckpt.routers[layer][1] or ckpt.routers[layer][0],
+                "mask_exact": ckpt.routers[layer][1] is not None,
                 "pruned": experts,
                 "scores": [float(s) for s in row],
             }
