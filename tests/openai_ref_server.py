@@ -5,9 +5,11 @@ Why it exists: neither mlx_lm.server nor ``transformers serve`` returns *prompt*
 implements exactly that legacy format (tokens, token_logprobs, top_logprobs, text_offset) with the
 tokenizer's offsets. Generation through a third-party server is tested with mlx_lm.server.
 
-Test knobs: ``--shift 1`` returns prompt log-probs one position late (as one llama.cpp build did);
-``--no-echo`` ignores ``echo`` like servers without prompt log-probs; ``--fail-first N`` answers the
-first N POSTs with 429 (then 503) to exercise retries.
+Test knobs, so one server process covers every case: the same weights are also served as
+``<name>-shifted`` (prompt log-probs one position late, as one llama.cpp build returned them) and
+``<name>-noecho`` (``echo`` ignored, like servers without prompt log-probs); ``--shift 1`` and
+``--no-echo`` do the same for every name; ``--fail-first N`` answers the first N POSTs with 429
+(then 503) to exercise retries.
 
 Run: ``python tests/openai_ref_server.py --model DIR --port 8000``.
 """
@@ -58,7 +60,7 @@ class State:
             text, reason = text[: min(cuts)], "stop"
         return text, new, reason
 
-    def echo_logprobs(self, prompt: str, generated: list[int]) -> dict[str, Any]:
+    def echo_logprobs(self, prompt: str, generated: list[int], shift: bool) -> dict[str, Any]:
         """Legacy-format log-probs of the prompt tokens followed by the generated ones."""
         import torch
 
@@ -71,7 +73,7 @@ class State:
         for i in range(1, len(ids)):
             best = int(logp[i - 1].argmax())
             tops.append({self.tokenizer.convert_ids_to_tokens(best): float(logp[i - 1, best])})
-        if self.args.shift:
+        if shift:
             lps = [None, *lps[:-1]]
             tops = [None, *tops[:-1]]
         offsets = [int(a) for a, _ in enc["offset_mapping"]]
@@ -97,8 +99,9 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/v1/models":
+                names = [state.args.name] + ([f"{state.args.name}-shifted", f"{state.args.name}-noecho"] if state.model else [])
                 self._send(200, {"object": "list", "data": [
-                    {"id": state.args.name, "object": "model", "created": 0, "max_model_len": state.args.max_len}]})
+                    {"id": n, "object": "model", "created": 0, "max_model_len": state.args.max_len} for n in names]})
             else:
                 self._send(404, {"error": "not found"})
 
@@ -122,10 +125,12 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                     prompt = body["prompt"]
                     text, new, reason = state.complete(body, prompt)
                     choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
-                    if body.get("echo") and not state.args.no_echo:
+                    name = str(body.get("model", ""))
+                    if body.get("echo") and not (state.args.no_echo or name.endswith("-noecho")):
                         choice["text"] = prompt + text
                         if body.get("logprobs") is not None:
-                            choice["logprobs"] = state.echo_logprobs(prompt, new)
+                            shift = bool(state.args.shift) or name.endswith("-shifted")
+                            choice["logprobs"] = state.echo_logprobs(prompt, new, shift)
                 elif path == "/v1/chat/completions":
                     prompt = state.tokenizer.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
                     text, new, reason = state.complete(body, prompt)

@@ -43,6 +43,14 @@ def free_port() -> int:
 def start_server(cmd: list[str], port: int, timeout_s: float = 120) -> subprocess.Popen[bytes]:
     """Start ``cmd`` and wait (bounded) until GET /v1/models answers."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        return _wait_ready(proc, port, timeout_s)
+    except BaseException:
+        stop_server(proc)
+        raise
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -53,7 +61,6 @@ def start_server(cmd: list[str], port: int, timeout_s: float = 120) -> subproces
                     return proc
         except OSError:
             time.sleep(0.3)
-    stop_server(proc)
     raise RuntimeError(f"server on port {port} not ready within {timeout_s} s")
 
 
@@ -94,7 +101,7 @@ def reference(tiny: Path):
 def test_scoring_matches_transformers(server: str, reference) -> None:
     backend = open_backend("ref", kind="openai", base_url=server, concurrency=4)
     caps = backend.capabilities()
-    assert caps.prompt_logprobs and caps.completions and caps.chat and caps.models == ("ref",)
+    assert caps.prompt_logprobs and caps.completions and caps.chat and caps.models[0] == "ref"
     got, want = backend.loglikelihood(PAIRS), reference.loglikelihood(PAIRS)
     for g, w in zip(got, want, strict=True):
         assert g.logprob == pytest.approx(w.logprob, rel=1e-4, abs=1e-4)
@@ -110,39 +117,40 @@ def test_scoring_matches_transformers(server: str, reference) -> None:
 
 
 def test_generate_matches_transformers(server: str, reference) -> None:
-    backend = OpenAIBackend(server)
+    backend = OpenAIBackend(server, "ref")
     reqs = [GenerateRequest("Once upon a time", max_tokens=6), GenerateRequest("Hi", max_tokens=5, chat=True)]
     for g, w in zip(backend.generate(reqs), reference.generate(reqs), strict=True):
         assert g.text == w.text
 
 
 def test_fingerprint_names_server_and_model(server: str) -> None:
-    a = OpenAIBackend(server)
+    a = OpenAIBackend(server, "ref")
     assert a.fingerprint() == OpenAIBackend(server, "ref", concurrency=1).fingerprint()
-    assert a.fingerprint() != OpenAIBackend(server, logprob_shift=1).fingerprint()
+    assert a.fingerprint() != OpenAIBackend(server, "ref", logprob_shift=1).fingerprint()
+    assert a.fingerprint() != OpenAIBackend(server, "ref-shifted").fingerprint()
+    with pytest.raises(UserError, match="serves 3 models"):
+        OpenAIBackend(server)
     assert a.max_model_len() == 512
 
 
-def test_shifted_server_is_detected_and_corrected(tiny: Path, reference) -> None:
-    for url in ref_server(tiny, "--shift", "1"):
-        raw = OpenAIBackend(url)
-        alignment = raw.check_alignment(reference)
-        assert alignment.shift == 1 and not alignment.ok()
-        assert alignment.mean_abs_diff[1] < 1e-3 < alignment.mean_abs_diff[0]
-        fixed = OpenAIBackend(url, logprob_shift=1).loglikelihood(PAIRS)
-        for g, w in zip(fixed, reference.loglikelihood(PAIRS), strict=True):
-            assert g.logprob == pytest.approx(w.logprob, rel=1e-4, abs=1e-4)
+def test_shifted_server_is_detected_and_corrected(server: str, reference) -> None:
+    raw = OpenAIBackend(server, "ref-shifted")
+    alignment = raw.check_alignment(reference)
+    assert alignment.shift == 1 and not alignment.ok()
+    assert alignment.mean_abs_diff[1] < 1e-3 < alignment.mean_abs_diff[0]
+    fixed = OpenAIBackend(server, "ref-shifted", logprob_shift=1).loglikelihood(PAIRS)
+    for g, w in zip(fixed, reference.loglikelihood(PAIRS), strict=True):
+        assert g.logprob == pytest.approx(w.logprob, rel=1e-4, abs=1e-4)
 
 
-def test_server_without_prompt_logprobs_is_refused(tiny: Path) -> None:
-    for url in ref_server(tiny, "--no-echo"):
-        backend = OpenAIBackend(url)
-        assert not backend.capabilities().prompt_logprobs
-        with pytest.raises(UserError, match="does not support prompt log-probs"):
-            backend.loglikelihood(PAIRS[:1])
-        with pytest.raises(UserError, match="does not support prompt log-probs"):
-            backend.loglikelihood_rolling([RollingRequest(TEXTS[0])])
-        assert backend.generate([GenerateRequest("Hi", max_tokens=2)])[0].tokens == 2
+def test_server_without_prompt_logprobs_is_refused(server: str) -> None:
+    backend = OpenAIBackend(server, "ref-noecho")
+    assert not backend.capabilities().prompt_logprobs
+    with pytest.raises(UserError, match="does not support prompt log-probs"):
+        backend.loglikelihood(PAIRS[:1])
+    with pytest.raises(UserError, match="does not support prompt log-probs"):
+        backend.loglikelihood_rolling([RollingRequest(TEXTS[0])])
+    assert backend.generate([GenerateRequest("Hi", max_tokens=2)])[0].tokens == 2
 
 
 def test_retries_on_429_and_503_then_gives_up(tmp_path: Path) -> None:

@@ -82,12 +82,12 @@ class MlxBackend:
         for batch in self._batches(order, lengths):
             width = max(lengths[i] for i in batch)
             rows = [list(unique[i][0][:-1]) + [0] * (width - lengths[i]) for i in batch]  # right padding: causal
-            logits = self.model(mx.array(rows)).astype(mx.float32)
-            logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            logits = self.model(mx.array(rows))
             for row, i in enumerate(batch):
                 seq, n = unique[i]
                 start = lengths[i] - n
-                part = logp[row, start:start + n]
+                part = logits[row, start:start + n].astype(mx.float32)  # only the scored rows get a softmax
+                part = part - mx.logsumexp(part, axis=-1, keepdims=True)
                 target = mx.array(seq[-n:])
                 lp = mx.take_along_axis(part, target[:, None], axis=-1).sum().item()
                 greedy = bool(mx.all(mx.argmax(part, axis=-1) == target).item())
