@@ -158,7 +158,8 @@ def test_tokenizer_differs_or_missing(tiny: Path, tmp_path: Path) -> None:
     bare = shutil.copytree(tiny, tmp_path / "no_tok")
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         (bare / name).unlink(missing_ok=True)
-    assert any("no tokenizer" in p for p in inspect_checkpoint(bare).problems)
+    with pytest.raises(UserError, match="no tokenizer files"):
+        inspect_checkpoint(bare)
 
 
 def test_another_model_as_baseline_fails(tiny: Path, tmp_path: Path) -> None:

@@ -51,6 +51,10 @@ class InspectReport(BaseModel):
     """Changed tensors that compression must not touch, with what changed."""
     problems: list[str] = Field(default_factory=list)
     """Findings that must fail a gate."""
+    fatal: list[str] = Field(default_factory=list)
+    """Problems that make any suite meaningless (NaN/Inf, weights that contradict the config, no tokenizer)."""
+    incomparable: list[str] = Field(default_factory=list)
+    """Problems saying the baseline is not this checkpoint's origin (other model, other tokenizer)."""
     notes: list[str] = Field(default_factory=list)
 
     @computed_field  # type: ignore[prop-decorator]
@@ -177,7 +181,7 @@ def _compare(report: InspectReport, stats: list[TensorStat], where: dict[str, Pa
     for label, names in (("missing", removed), ("not in the baseline", added)):
         other = [n for n in names if new.get(n, old.get(n)).role not in COMPRESSIBLE]
         if other:
-            report.problems.append(f"{len(other)} tensor(s) {label}, e.g. {other[0]} (not a checkpoint of the baseline model?)")
+            report.incomparable.append(f"{len(other)} tensor(s) {label}, e.g. {other[0]} (not a checkpoint of the baseline model?)")
         elif names:
             report.notes.append(f"{len(names)} expert/router tensor(s) {label}")
     for name in sorted(set(new) & set(old)):
@@ -192,9 +196,10 @@ def _compare(report: InspectReport, stats: list[TensorStat], where: dict[str, Pa
     layout_new, layout_old = moe_layout_from_config(report.config), moe_layout_from_config(base_config)
     if (layout_new and layout_old and layout_new.routed_experts != layout_old.routed_experts) or (
             (layout_new is None) != (layout_old is None)):
-        report.problems.append("config's expert count differs from the baseline's (another model?)")
+        report.incomparable.append("config's expert count differs from the baseline's (another model?)")
     if report.tokenizer_sha256 != base.tokenizer_sha256 and report.tokenizer_sha256 and base.tokenizer_sha256:
-        report.problems.append("tokenizer files differ from the baseline's (scores would not be comparable)")
+        report.incomparable.append("tokenizer files differ from the baseline's (scores would not be comparable)")
+    report.problems += report.incomparable
     zeros_old, masks_old = _expert_zeros(base.tensors), _router_masks(base.tensors)
     report.zeroed_experts = {k: sorted(v - zeros_old.get(k, set())) for k, v in sorted(_expert_zeros(stats).items())
                              if v - zeros_old.get(k, set())}
@@ -224,8 +229,7 @@ def inspect_checkpoint(path: str | Path, against: str | Path | None = None) -> I
         if s.unmasked_inf:
             report.problems.append(f"{s.name} holds {s.unmasked_inf} infinite value(s)")
     report.problems += _consistency(config, stats)
-    if report.tokenizer_sha256 is None:
-        report.problems.append(f"{folder} holds no tokenizer files (tokenizer.json, tokenizer_config.json...)")
+    report.fatal = list(report.problems)
     if against is None:
         report.zeroed_experts = {k: sorted(v) for k, v in sorted(_expert_zeros(stats).items()) if v}
         report.masked_router_rows = {k: sorted(v) for k, v in sorted(_router_masks(stats).items()) if v}
