@@ -68,6 +68,10 @@ def gate_candidate(
     warnings = check_comparable(manifest, config.settings, store=store)
     for warning in warnings:
         log(f"warning: {warning}")
+    if candidate.backend == "transformers" and config.baseline.backend == "transformers":
+        audit = _audit_first(config, candidate, store, run_dir, warnings, log)
+        if audit is not None:
+            return audit
     backend = open_model(candidate, log=log)
     fingerprint = backend.fingerprint()
     if fingerprint == manifest.fingerprint:
@@ -78,6 +82,27 @@ def gate_candidate(
     info = {"gate": str(config.path), "baseline_dir": str(Path(store).resolve()), "candidate": candidate.model_dump(mode="json")}
     atomic_write_text(run_dir / RUN_INFO, json.dumps(info, indent=2) + "\n")
     return decide(config, run_dir, baseline_dir=store, warnings=warnings)
+
+
+def _audit_first(config: GateConfig, candidate: ModelSpec, store: Path, run_dir: Path, warnings: list[str], log: Log) -> GateOutcome | None:
+    """``moegate inspect`` against the baseline's weights; NaN/Inf or config-contradicting weights FAIL before any suite."""
+    from harness.atomic import atomic_write_text
+    from harness.inspect import AUDIT_FILE, audit_extra, audit_for_gate, audit_verdict
+    from harness.pipeline import resolve_model
+    from harness.reports import write_reports
+
+    audit = audit_for_gate(resolve_model(candidate.model, log), resolve_model(config.baseline.model, log))
+    if audit is None:
+        return None
+    log(audit.summary())
+    atomic_write_text(run_dir / AUDIT_FILE, json.dumps(audit_extra(audit), indent=2) + "\n")
+    if not audit.fatal:  # other problems (damaged tensors) FAIL in decide(), next to what the suites measured
+        return None
+    _, baseline_runs = load_store(store)
+    verdict = audit_verdict(audit, config.policy())
+    extra = {"gate": {"name": config.name, "file": str(config.path)}, "warnings": warnings, "inspect": audit_extra(audit)}
+    reports = write_reports(verdict, baseline_runs, {}, run_dir, extra=extra)
+    return GateOutcome(verdict=verdict, reports=reports, run_dir=run_dir, warnings=warnings)
 
 
 def decide(config: GateConfig, run_dir: Path, *, baseline_dir: Path | None = None, warnings: list[str] | None = None) -> GateOutcome:
@@ -97,6 +122,11 @@ def decide(config: GateConfig, run_dir: Path, *, baseline_dir: Path | None = Non
         "candidate": {"model": cand_manifest.model, "fingerprint": cand_manifest.fingerprint},
         "warnings": warnings or [],
     }
+    if (run_dir / "inspect.json").is_file():
+        from harness.inspect import with_audit
+
+        extra["inspect"] = json.loads((run_dir / "inspect.json").read_text(encoding="utf-8"))
+        verdict = with_audit(verdict, extra["inspect"])
     heatmap = expert_heatmap(Path(cand_manifest.model))
     if heatmap:
         extra["expert_heatmap"] = heatmap
