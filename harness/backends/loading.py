@@ -179,6 +179,7 @@ def check_safetensors(file: Path) -> dict[str, Any]:
     header, start = read_safetensors_header(file)
     data_size = file.stat().st_size - start
     end_max = 0
+    spans: list[tuple[int, int]] = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -188,11 +189,20 @@ def check_safetensors(file: Path) -> dict[str, Any]:
             for dim in info["shape"]:
                 count *= int(dim)
             width = SAFETENSORS_DTYPE_BYTES.get(info["dtype"])
+            valid = all(type(x) is int and x >= 0 for x in (begin, end, *info["shape"])) and begin <= end
         except (KeyError, TypeError, ValueError):
+            valid = False
+        if not valid:
             raise UserError(f"{file} has a corrupt entry for tensor {name} in its header", "re-download or re-copy the file") from None
+        spans.append((begin, end))
         if width is not None and info["dtype"] != "F4" and end - begin != count * width:
             raise UserError(f"{file}: tensor {name} has {end - begin} bytes for shape {info['shape']}", "re-download or re-copy the file")
         end_max = max(end_max, end)
+    position = 0
+    for begin, end in sorted(spans):  # the format packs tensors back to back: overlaps and holes are corruption
+        if begin != position:
+            raise UserError(f"{file} has overlapping or non-contiguous tensor data in its header", "re-download or re-copy the file")
+        position = end
     if end_max != data_size:
         what = "truncated" if data_size < end_max else "corrupt (trailing bytes)"
         raise UserError(
