@@ -163,3 +163,19 @@ def test_safetensors_garbage(blob: bytes) -> None:
         file = Path(tmp) / "model.safetensors"
         file.write_bytes(blob)
         _expect_user_error(lambda: (check_safetensors(file), scan_file(file)))
+
+
+@pytest.mark.parametrize("entries", [
+    {"model.layers.0.mlp.gate.weight": {"dtype": "F32", "shape": [-2, 2], "data_offsets": [0, -16]}},
+    {"a": {"dtype": "F32", "shape": [-2, -2], "data_offsets": [0, 16]}},
+    {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
+    {"a": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}},
+])
+def test_header_corruptions_found_by_fuzzing(entries: dict, tmp_path: Path) -> None:
+    """Each of these passed the size check before (negative sizes cancel, overlaps add up)."""
+    text = json.dumps(entries).encode()
+    end = max(info["data_offsets"][1] for info in entries.values())
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(struct.pack("<Q", len(text)) + text + bytes(max(end, 0)))
+    with pytest.raises(UserError, match=r"corrupt|overlapping"):
+        check_safetensors(file)
