@@ -121,7 +121,7 @@ def _install_audit_hook(allowed_dir, readable_dirs, denied_dirs):
 
     def hook(event, args):
         if event.startswith(blocked_prefixes) or (
-            event == "import" and args and args[0] in ("ctypes", "_ctypes")
+            event == "import" and args and args[0] in ("ctypes", "_ctypes", "_posixsubprocess")
         ):
             raise PermissionError(f"sandbox: {event} is not allowed")
         if event == "open":
