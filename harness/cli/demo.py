@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 from rich.console import Console
 
 from harness.atomic import atomic_write_text
@@ -60,17 +61,19 @@ def demo(report_dir: Path, gate_path: Path | None) -> None:
     record_baseline(config, model=ModelSpec(model=str(testbed)), out=baseline_dir, log=log)
 
     tag = testbed.name
-    candidates = {
-        "pruned-25pct-frequency": (work / f"{tag}-pruned-25pct-frequency", lambda out: prune(
-            testbed, out, fraction=0.25, criterion="frequency", scope="layer", mode="mask", calib=calib, max_tokens=CALIB_TOKENS)),
-        "quantized-tiered": (work / f"{tag}-quantized-tiered", lambda out: quantize(
-            testbed, out, plan="tiered", group_size=64, calib=calib, max_tokens=CALIB_TOKENS)),
-    }
+    pruned = work / f"{tag}-pruned-25pct-frequency"
+    quantized = work / f"{tag}-quantized-tiered"
+    if not pruned.is_dir():
+        log("candidate pruned-25pct-frequency: profiling expert usage on C4 and zeroing the least-used 25%")
+        # zero, not mask: a -1e9 router row is not an exact mask for a router without bias (pruning.json says so)
+        prune(testbed, pruned, fraction=0.25, criterion="frequency", scope="layer", mode="zero", calib=calib, max_tokens=CALIB_TOKENS)
+    if not quantized.is_dir():
+        log("candidate quantized-tiered: 8/4/2-bit experts by the same usage profile")
+        usage = np.array([row["scores"] for row in json.loads((pruned / "pruning.json").read_text())["layers"]])
+        quantize(testbed, quantized, plan="tiered", group_size=64, calib=calib, max_tokens=CALIB_TOKENS, usage=usage)
+    candidates = {"pruned-25pct-frequency": pruned, "quantized-tiered": quantized}
     outcomes = {}
-    for name, (path, make) in candidates.items():
-        if not path.is_dir():
-            log(f"candidate {name}: compressing the test bed")
-            make(path)
+    for name, path in candidates.items():
         log(f"candidate {name}: gating")
         outcomes[name] = gate_candidate(
             config, ModelSpec(model=str(path)), report_dir / name, baseline_dir=baseline_dir, log=log
