@@ -164,7 +164,9 @@ def _damage(name: str, new: TensorStat, old: TensorStat, new_file: Path, old_fil
         return f"{name} changed {how}{hint}"
     a, b = read_values(old_file, name), read_values(new_file, name)
     differ = np.flatnonzero(~((a == b) | (np.isnan(a) & np.isnan(b))))
-    worst = float(np.nanmax(np.abs(a[differ] - b[differ]))) if differ.size else 0.0
+    gaps = np.abs(a[differ] - b[differ])
+    gaps = gaps[~np.isnan(gaps)]  # a value that became NaN has no size of change
+    worst = float(gaps.max()) if gaps.size else float("nan")
     hint = ""
     if differ.size and old.dtype == "BF16":
         magnitude = np.abs(a[differ])
