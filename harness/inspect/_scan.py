@@ -1,6 +1,6 @@
 """Per-tensor scans of safetensors files straight from disk: no model, no torch, bounded memory.
 
-Each tensor is read through ``mmap`` in chunks of whole leading rows (at most ``CHUNK_BYTES`` at a
+Each tensor is read with ``os.pread`` in chunks of whole leading rows (at most ``CHUNK_BYTES`` at a
 time), hashed, and decoded with numpy (bfloat16 and float8 from their bit patterns, since numpy has
 no such dtypes). Routers and stacked ``[E, ...]`` expert tensors also get per-row facts: which rows
 are all zero (a zeroed expert) and which are masked (every value <= ``MASK_THRESHOLD``).
@@ -9,7 +9,7 @@ are all zero (a zeroed expert) and which are masked (every value <= ``MASK_THRES
 from __future__ import annotations
 
 import hashlib
-import mmap
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,8 +113,11 @@ def _chunks(rows: int, row_bytes: int) -> Iterator[tuple[int, int]]:
         yield r0, min(rows, r0 + per)
 
 
-def scan_tensor(buffer: Any, offset: int, name: str, info: dict[str, Any], file: str) -> TensorStat:
-    """Stream one tensor from ``buffer`` (an mmap) starting at absolute byte ``offset``."""
+def scan_tensor(fd: int, offset: int, name: str, info: dict[str, Any], file: str) -> TensorStat:
+    """Stream one tensor from the open file ``fd`` whose data section starts at byte ``offset``.
+
+    ``os.pread`` per chunk (not mmap) keeps the resident set at one chunk, whatever the file size.
+    """
     dtype, shape = str(info["dtype"]), [int(d) for d in info["shape"]]
     begin, end = (int(x) for x in info["data_offsets"])
     role, layer, expert = classify(name)
@@ -124,35 +127,35 @@ def scan_tensor(buffer: Any, offset: int, name: str, info: dict[str, Any], file:
     rows = shape[0] if len(shape) >= 1 else 1
     per_row = role in ("router", "fused_experts") and rows > 0 and size % max(rows, 1) == 0
     if not per_row or size % max(rows, 1) or (size // max(rows, 1)) % width or dtype == "F4":
-        rows, per_row = 1, False
-    row_bytes = size // rows if rows else 0
+        per_row = False
+    if per_row:
+        row_bytes = size // rows if rows else 0
+    else:  # element by element, so a chunk never exceeds CHUNK_BYTES
+        row_bytes = width if size % width == 0 and dtype != "F4" else 1
+        rows = size // row_bytes
     digest = hashlib.blake2b(digest_size=16)
     nan = inf = unmasked_inf = 0
     any_nonzero = False
     zero_rows: list[int] = []
     masked_rows: list[int] = []
-    view = memoryview(buffer)
-    try:
-        for r0, r1 in _chunks(rows, row_bytes):
-            chunk = view[offset + begin + r0 * row_bytes: offset + begin + r1 * row_bytes]
-            digest.update(chunk)
-            raw = np.frombuffer(chunk, dtype=storage if size % width == 0 else np.uint8)
-            values = decode(raw, dtype)
-            n, i = _special_counts(raw, dtype if size % width == 0 else "U8", values)
-            nan, inf = nan + n, inf + i
-            zeros = _zero_mask(raw, dtype)
-            any_nonzero = any_nonzero or not bool(zeros.all())
-            if per_row and raw.size:
-                k = r1 - r0
-                zero_rows += [r0 + j for j in np.flatnonzero(zeros.reshape(k, -1).all(axis=1)).tolist()]
-                if values is not None:
-                    grid = values.reshape(k, -1)
-                    masked = (grid <= MASK_THRESHOLD).all(axis=1)
-                    masked_rows += [r0 + j for j in np.flatnonzero(masked).tolist()]
-                    unmasked_inf += int(np.isinf(grid[~masked]).sum())
-            del raw, values, zeros, chunk
-    finally:
-        view.release()
+    for r0, r1 in _chunks(rows, row_bytes):
+        chunk = os.pread(fd, (r1 - r0) * row_bytes, offset + begin + r0 * row_bytes)
+        digest.update(chunk)
+        raw = np.frombuffer(chunk, dtype=storage if size % width == 0 else np.uint8)
+        values = decode(raw, dtype)
+        n, i = _special_counts(raw, dtype if size % width == 0 else "U8", values)
+        nan, inf = nan + n, inf + i
+        zeros = _zero_mask(raw, dtype)
+        any_nonzero = any_nonzero or not bool(zeros.all())
+        if per_row and raw.size:
+            k = r1 - r0
+            zero_rows += [r0 + j for j in np.flatnonzero(zeros.reshape(k, -1).all(axis=1)).tolist()]
+            if values is not None:
+                grid = values.reshape(k, -1)
+                masked = (grid <= MASK_THRESHOLD).all(axis=1)
+                masked_rows += [r0 + j for j in np.flatnonzero(masked).tolist()]
+                unmasked_inf += int(np.isinf(grid[~masked]).sum())
+        del raw, values, zeros, chunk
     if not per_row or decode(np.zeros(0, dtype=storage), dtype) is None:
         unmasked_inf = inf
     return TensorStat(
@@ -167,13 +170,11 @@ def scan_file(file: Path) -> list[TensorStat]:
     """Every tensor of one safetensors file (header already checked by ``check_safetensors``)."""
     header, start = read_safetensors_header(file)
     stats: list[TensorStat] = []
-    if file.stat().st_size == start:
-        return [scan_tensor(b"", start, n, i, file.name) for n, i in header.items() if n != "__metadata__"]
-    with file.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+    with file.open("rb") as handle:
         for name, info in sorted(header.items(), key=lambda kv: kv[0]):
             if name == "__metadata__":
                 continue
-            stats.append(scan_tensor(buffer, start, name, info, file.name))
+            stats.append(scan_tensor(handle.fileno(), start, name, info, file.name))
     return stats
 
 
