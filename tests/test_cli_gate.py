@@ -16,22 +16,9 @@ import pytest
 
 from harness.baselines import write_store
 from harness.cli import main
-from harness.suites import SUITES
-from tests.gate_toys import acc_run, register_toys, write_gate
-from tests.tiny_models import build_tiny_moe
+from tests.gate_toys import acc_run, write_gate
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_moe("qwen2_moe", tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(autouse=True)
-def toys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("MOEGATE_CACHE_DIR", str(tmp_path / "cache"))
-    saved = register_toys()
-    yield
-    SUITES.restore(saved)
+pytestmark = pytest.mark.usefixtures("gate_toys")
 
 
 def moegate(*args: str) -> int:

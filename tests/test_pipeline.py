@@ -12,22 +12,10 @@ from harness.gate.config import ModelSpec
 from harness.gate.flags import detector_flags
 from harness.pipeline import open_model, resolve_model, run_suites
 from harness.records import ItemRecord, SuiteRun
-from harness.suites import SUITES, SuiteSettings
-from tests.gate_toys import ToySettings, register_toys
-from tests.tiny_models import build_tiny_moe
+from harness.suites import SuiteSettings
+from tests.gate_toys import ToySettings
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_moe("qwen2_moe", tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(autouse=True)
-def toys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("MOEGATE_CACHE_DIR", str(tmp_path / "cache"))
-    saved = register_toys()
-    yield
-    SUITES.restore(saved)
+pytestmark = pytest.mark.usefixtures("gate_toys")
 
 
 def test_suites_run_through_the_cache_and_a_crash_is_recorded(tiny: Path) -> None:

@@ -11,9 +11,7 @@ import pytest
 
 from harness.gate.config import ModelSpec, load_gate
 from harness.gate.run import record_baseline
-from harness.suites import SUITES
-from tests.gate_toys import register_toys, write_gate
-from tests.tiny_models import build_tiny_moe
+from tests.gate_toys import write_gate
 
 BODY = textwrap.dedent(
     """
@@ -37,17 +35,7 @@ BODY = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_moe("qwen2_moe", tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(autouse=True)
-def toys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("MOEGATE_CACHE_DIR", str(tmp_path / "cache"))
-    saved = register_toys()
-    yield
-    SUITES.restore(saved)
+pytestmark = pytest.mark.usefixtures("gate_toys")
 
 
 def test_one_test_per_capability_with_junit(tiny: Path, pytester: pytest.Pytester) -> None:
