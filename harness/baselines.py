@@ -159,8 +159,9 @@ def check_comparable(manifest: Manifest, settings: dict[str, SuiteSettings], *, 
                 "re-record the baseline with this gate file (moegate baseline record)",
             )
         current = wanted.model_dump(mode="json")
-        if stored.settings != current:
-            keys = sorted(k for k in set(current) | set(stored.settings) if current.get(k) != stored.settings.get(k))
+        # a suite may record more than its settings (e.g. lm-eval task versions): that is checked after the run
+        keys = sorted(k for k in current if current[k] != stored.settings.get(k))
+        if keys:
             raise UserError(
                 f"suite '{name}' settings differ from the baseline's ({', '.join(keys)})",
                 "use the settings the baseline recorded or re-record the baseline",
@@ -174,9 +175,15 @@ def check_comparable(manifest: Manifest, settings: dict[str, SuiteSettings], *, 
 
 
 def check_same_data(manifest: Manifest, runs: dict[str, SuiteRun]) -> None:
-    """The candidate must have read byte-identical data files."""
+    """The candidate must have read byte-identical data files, with what the suite recorded beside its settings."""
     for name, run in runs.items():
         stored = manifest.suites.get(name)
+        recorded = sorted(k for k in run.settings if stored and k in stored.settings and run.settings[k] != stored.settings[k])
+        if recorded:
+            raise UserError(
+                f"suite '{name}' ran with {', '.join(recorded)} different from the baseline's",
+                "use the library versions the baseline was recorded with, or re-record the baseline",
+            )
         if stored and stored.data_sha256 and run.data_sha256 and stored.data_sha256 != run.data_sha256:
             raise UserError(
                 f"suite '{name}' read different data than the baseline (sha256 differs)",

@@ -98,3 +98,21 @@ def test_rewrite_replaces_the_store_whole(tmp_path: Path) -> None:
     assert set(runs) == {"other"} and manifest.model == "m2"
     assert not (store / "records" / "toy.jsonl.gz").exists()
     assert json.loads((store / MANIFEST).read_text())["suites"]["other"]["n_items"] == 1
+
+
+def test_keys_a_suite_records_beside_its_settings_are_compared_after_the_run(tmp_path: Path) -> None:
+    """lm-eval suites record task versions beside their settings; a baseline with them stays comparable,
+    and a candidate run with other versions is refused."""
+    from harness.baselines import check_comparable, check_same_data, read_manifest, write_store
+    from harness.records import SuiteRun
+    from harness.suites.base import SuiteSettings
+
+    settings = SuiteSettings(limit=3)
+    recorded = {**settings.model_dump(mode="json"), "lm_eval_tasks": {"arc": "1.0"}}
+    write_store(tmp_path / "b", {"s": SuiteRun(suite="s", settings=recorded)}, model="m", backend="transformers", fingerprint="f")
+    manifest = read_manifest(tmp_path / "b")
+    check_comparable(manifest, {"s": settings}, store=tmp_path / "b")
+    check_same_data(manifest, {"s": SuiteRun(suite="s", settings=recorded)})
+    other = {**recorded, "lm_eval_tasks": {"arc": "2.0"}}
+    with pytest.raises(UserError, match="lm_eval_tasks"):
+        check_same_data(manifest, {"s": SuiteRun(suite="s", settings=other)})
