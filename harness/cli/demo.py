@@ -64,9 +64,10 @@ def demo(report_dir: Path, gate_path: Path | None) -> None:
     pruned = work / f"{tag}-pruned-25pct-frequency"
     quantized = work / f"{tag}-quantized-tiered"
     if not pruned.is_dir():
-        log("candidate pruned-25pct-frequency: profiling expert usage on C4 and zeroing the least-used 25%")
-        # zero, not mask: a -1e9 router row is not an exact mask for a router without bias (pruning.json says so)
-        prune(testbed, pruned, fraction=0.25, criterion="frequency", scope="layer", mode="zero", calib=calib, max_tokens=CALIB_TOKENS)
+        log("candidate pruned-25pct-frequency: profiling expert usage on C4, masking the least-used 25% of router rows")
+        # The published technique: router rows set to -1e9. Without a router bias that is no exact mask
+        # (pruning.json records mask_exact=false), which is one of the ways pruning breaks real models.
+        prune(testbed, pruned, fraction=0.25, criterion="frequency", scope="layer", mode="mask", calib=calib, max_tokens=CALIB_TOKENS)
     if not quantized.is_dir():
         log("candidate quantized-tiered: 8/4/2-bit experts by the same usage profile")
         usage = np.array([row["scores"] for row in json.loads((pruned / "pruning.json").read_text())["layers"]])
