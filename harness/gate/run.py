@@ -100,7 +100,7 @@ def _audit_first(config: GateConfig, candidate: ModelSpec, store: Path, run_dir:
         return None
     _, baseline_runs = load_store(store)
     verdict = audit_verdict(audit, config.policy())
-    extra = {"gate": {"name": config.name, "file": str(config.path)}, "warnings": warnings, "inspect": audit_extra(audit)}
+    extra = {"gate": config.name, "gate file": str(config.path), "warnings": warnings, "inspect": audit_extra(audit)}
     reports = write_reports(verdict, baseline_runs, {}, run_dir, extra=extra)
     return GateOutcome(verdict=verdict, reports=reports, run_dir=run_dir, warnings=warnings)
 
@@ -117,9 +117,10 @@ def decide(config: GateConfig, run_dir: Path, *, baseline_dir: Path | None = Non
         baseline_runs, candidate_runs, budgets, config.policy(), flags=detector_flags(baseline_runs, candidate_runs)
     )
     extra: dict[str, Any] = {
-        "gate": {"name": config.name, "file": str(config.path)},
-        "baseline": {"model": manifest.model, "fingerprint": manifest.fingerprint, "dir": str(store)},
-        "candidate": {"model": cand_manifest.model, "fingerprint": cand_manifest.fingerprint},
+        # shown as header lines of the reports: one readable string each
+        "gate": config.name, "gate file": str(config.path),
+        "baseline": f"{manifest.model} (fingerprint {manifest.fingerprint[:16]}, records in {store})",
+        "candidate": f"{cand_manifest.model} (fingerprint {cand_manifest.fingerprint[:16]})",
         "warnings": warnings or [],
     }
     if (run_dir / "inspect.json").is_file():
