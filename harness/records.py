@@ -6,6 +6,7 @@ so a verdict can be recomputed from stored records without loading a model.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,3 +77,18 @@ class SuiteRun(BaseModel):
     error: str | None = None
     """Set when the suite failed; the gate fails a suite with an error."""
     seconds: float = 0.0
+
+
+def metric_value(records: list[ItemRecord], spec: MetricSpec) -> float | None:
+    """The suite-level value of ``spec`` in display units: corpus perplexity, or the scaled mean.
+
+    None when no record carries the metric (perplexity: when any record lacks ``nll`` or ``tokens``).
+    """
+    if spec.kind == "perplexity":
+        nll = [r.scores.get("nll") for r in records]
+        tokens = [r.scores.get("tokens") for r in records]
+        if not records or None in nll or None in tokens or sum(tokens) <= 0:  # type: ignore[arg-type]
+            return None
+        return math.exp(sum(nll) / sum(tokens))  # type: ignore[arg-type]
+    values = [r.scores[spec.name] for r in records if spec.name in r.scores]
+    return spec.scale * sum(values) / len(values) if values else None

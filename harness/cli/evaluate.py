@@ -5,7 +5,6 @@ No gate, no baseline: the records and a metric table, e.g. to look at a model be
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
@@ -14,18 +13,8 @@ from rich.table import Table
 
 from harness.cli.gate import backend_options, model_options
 from harness.gate.config import ModelSpec
-from harness.records import MetricSpec, SuiteRun
+from harness.records import metric_value
 from harness.suites import suite_settings
-
-
-def metric_value(run: SuiteRun, spec: MetricSpec) -> float | None:
-    """The suite-level value of ``spec`` over the run's records (mean, or corpus perplexity)."""
-    if spec.kind == "perplexity":
-        nll = sum(r.scores.get("nll", 0.0) for r in run.records)
-        tokens = sum(r.scores.get("tokens", 0.0) for r in run.records)
-        return math.exp(nll / tokens) if tokens else None
-    values = [r.scores[spec.name] for r in run.records if spec.name in r.scores]
-    return spec.scale * sum(values) / len(values) if values else None
 
 
 @click.command()
@@ -54,7 +43,7 @@ def evaluate(model: str, suites: tuple[str, ...], profile: str, limit: int | Non
             table.add_row(name, "[red]error[/]", run.error, "0", f"{run.seconds:.0f}")
             continue
         for spec_ in run.metrics:
-            value = metric_value(run, spec_)
+            value = metric_value(run.records, spec_)
             shown = "n/a" if value is None else f"{value:.4g}"
             table.add_row(name, spec_.name, shown, str(len(run.records)), f"{run.seconds:.0f}")
     Console().print(table)

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from harness.gate._estimate import item_flags
 from harness.gate.verdict import CapabilityResult, GateVerdict, display_output
-from harness.records import ItemRecord, SuiteRun
+from harness.records import ItemRecord, SuiteRun, metric_value
 
 MAX_ITEMS_PER_CAPABILITY = 200
 """Items shown per capability in the HTML and JSON item lists (all ids stay in the verdict)."""
@@ -75,16 +75,7 @@ def suite_summary(run: SuiteRun) -> dict[str, Any]:
     """Aggregates of one run: item count, metric values in display units, flag counts, error."""
     metrics: dict[str, Any] = {}
     for spec in run.metrics:
-        value: float | None = None
-        if spec.kind == "perplexity":
-            nll = [r.scores.get("nll") for r in run.records]
-            tok = [r.scores.get("tokens") for r in run.records]
-            if run.records and None not in nll and None not in tok and sum(tok) > 0:  # type: ignore[arg-type]
-                value = math.exp(sum(nll) / sum(tok))  # type: ignore[arg-type]
-        else:
-            vals = [r.scores[spec.name] for r in run.records if spec.name in r.scores]
-            if vals:
-                value = float(np.mean(vals)) * spec.scale
+        value = metric_value(run.records, spec)
         metrics[spec.name] = {**spec.model_dump(), "value": value}
     flags: dict[str, int] = {}
     for r in run.records:
