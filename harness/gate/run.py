@@ -64,12 +64,13 @@ def gate_candidate(
     from harness.pipeline import open_model, run_suites
 
     store = baseline_dir or config.baseline_dir
-    manifest, _ = load_store(store)  # verify the baseline before spending time on the candidate
+    baseline = load_store(store)  # verified before any time is spent on the candidate, then reused
+    manifest = baseline[0]
     warnings = check_comparable(manifest, config.settings, store=store)
     for warning in warnings:
         log(f"warning: {warning}")
     if candidate.backend == "transformers" and config.baseline.backend == "transformers":
-        audit = _audit_first(config, candidate, store, run_dir, warnings, log)
+        audit = _audit_first(config, candidate, baseline[1], run_dir, warnings, log)
         if audit is not None:
             return audit
     backend = open_model(candidate, log=log)
@@ -81,10 +82,10 @@ def gate_candidate(
     write_store(run_dir / CANDIDATE_STORE, candidate_runs, model=candidate.model, backend=candidate.backend, fingerprint=fingerprint)
     info = {"gate": str(config.path), "baseline_dir": str(Path(store).resolve()), "candidate": candidate.model_dump(mode="json")}
     atomic_write_text(run_dir / RUN_INFO, json.dumps(info, indent=2) + "\n")
-    return decide(config, run_dir, baseline_dir=store, warnings=warnings)
+    return decide(config, run_dir, baseline_dir=store, warnings=warnings, baseline=baseline)
 
 
-def _audit_first(config: GateConfig, candidate: ModelSpec, store: Path, run_dir: Path, warnings: list[str], log: Log) -> GateOutcome | None:
+def _audit_first(config: GateConfig, candidate: ModelSpec, baseline_runs: dict[str, SuiteRun], run_dir: Path, warnings: list[str], log: Log) -> GateOutcome | None:
     """``moegate inspect`` against the baseline's weights; NaN/Inf or config-contradicting weights FAIL before any suite."""
     from harness.atomic import atomic_write_text
     from harness.inspect import AUDIT_FILE, audit_extra, audit_for_gate, audit_verdict
@@ -98,19 +99,29 @@ def _audit_first(config: GateConfig, candidate: ModelSpec, store: Path, run_dir:
     atomic_write_text(run_dir / AUDIT_FILE, json.dumps(audit_extra(audit), indent=2) + "\n")
     if not audit.fatal:  # other problems (damaged tensors) FAIL in decide(), next to what the suites measured
         return None
-    _, baseline_runs = load_store(store)
     verdict = audit_verdict(audit, config.policy())
     extra = {"gate": config.name, "gate file": str(config.path), "warnings": warnings, "inspect": audit_extra(audit)}
     reports = write_reports(verdict, baseline_runs, {}, run_dir, extra=extra)
     return GateOutcome(verdict=verdict, reports=reports, run_dir=run_dir, warnings=warnings)
 
 
-def decide(config: GateConfig, run_dir: Path, *, baseline_dir: Path | None = None, warnings: list[str] | None = None) -> GateOutcome:
-    """Recompute the verdict and reports of a stored run, without any model."""
+def decide(
+    config: GateConfig,
+    run_dir: Path,
+    *,
+    baseline_dir: Path | None = None,
+    warnings: list[str] | None = None,
+    baseline: tuple[Manifest, dict[str, SuiteRun]] | None = None,
+) -> GateOutcome:
+    """Recompute the verdict and reports of a stored run, without any model.
+
+    ``baseline``: the store already loaded (and verified) from ``baseline_dir`` by the caller.
+    """
+    from harness.inspect import AUDIT_FILE
     from harness.reports import write_reports
 
     store = baseline_dir or _stored_baseline_dir(run_dir) or config.baseline_dir
-    manifest, baseline_runs = load_store(store)
+    manifest, baseline_runs = baseline or load_store(store)
     cand_manifest, candidate_runs = load_store(run_dir / CANDIDATE_STORE)
     budgets = _budgets_for(config.budgets, candidate_runs)
     verdict = evaluate_gate(
@@ -123,10 +134,10 @@ def decide(config: GateConfig, run_dir: Path, *, baseline_dir: Path | None = Non
         "candidate": f"{cand_manifest.model} (fingerprint {cand_manifest.fingerprint[:16]})",
         "warnings": warnings or [],
     }
-    if (run_dir / "inspect.json").is_file():
+    if (run_dir / AUDIT_FILE).is_file():
         from harness.inspect import with_audit
 
-        extra["inspect"] = json.loads((run_dir / "inspect.json").read_text(encoding="utf-8"))
+        extra["inspect"] = json.loads((run_dir / AUDIT_FILE).read_text(encoding="utf-8"))
         verdict = with_audit(verdict, extra["inspect"])
     heatmap = expert_heatmap(Path(cand_manifest.model))
     if heatmap:
