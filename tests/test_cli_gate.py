@@ -1,14 +1,18 @@
 """``moegate baseline record``, ``run`` and ``verdict`` end to end: exit codes, stored runs, refusals.
 
+Two setups over the shared tiny MoE: the toy suites of tests/gate_toys.py for the CLI's paths, and real
+suites (wikitext2, collapse) against a candidate whose output head is scaled by 8, which must FAIL.
 The trustworthiness check goes through ``moegate verdict`` on stored records: over 10 seeds a benign
 candidate (the baseline's records copied) never FAILs and a clearly broken one FAILs every time.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import textwrap
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +25,13 @@ from tests.gate_toys import acc_run, write_gate
 pytestmark = pytest.mark.usefixtures("gate_toys")
 
 
-def moegate(*args: str) -> int:
+def moegate(*args: str | Path) -> int:
     with pytest.raises(SystemExit) as info:
         main([str(a) for a in args])
-    return int(info.value.code)
+    return int(info.value.code or 0)
 
 
+# ---------------------------------------------------------------------------------------- toy suites
 def test_record_run_verdict_on_a_tiny_model(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     gate = write_gate(tmp_path, str(tiny))
     assert moegate("baseline", "record", "--gate", gate) == 0
@@ -81,6 +86,23 @@ def test_a_crashing_suite_fails_the_gate(tiny: Path, tmp_path: Path, capsys: pyt
     assert "toy suite exploded" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[gate\nname=1", "not valid TOML"),
+        ('[gate]\nname = "x"\n[baseline]\nmodel="m"\ndir="d"\n[suites.wikitxt2]\n[[budgets]]\nsuite="wikitxt2"\nmetric="ppl"\nkind="ratio"\nmax=1.05\n', "did you mean 'wikitext2'"),
+        ('[gate]\nname = "x"\n[baseline]\nmodel="m"\ndir="d"\n[suites.wikitext2]\n[[budgets]]\nsuite="wikitext2"\nmetric="ppl"\nkind="ratio"\nmax="five"\n', "budgets.0.max"),
+        ('[gate]\nname = "x"\n[baseline]\nmodel="m"\ndir="d"\n[suites.wikitext2]\n[[budgets]]\nsuite="flores"\nmetric="chrf"\nkind="drop"\nmax=1\n', "does not run"),
+    ],
+)
+def test_bad_gate_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, needle: str) -> None:
+    gate = tmp_path / "g.toml"
+    gate.write_text(text)
+    assert moegate("verdict", tmp_path, "--gate", gate) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
 TRUST_BODY = textwrap.dedent(
     """
     [suites.toy]
@@ -106,3 +128,111 @@ def test_stored_verdicts_are_trustworthy(seed: int, tmp_path: Path) -> None:
                     fingerprint=name)
     assert moegate("verdict", tmp_path / "benign", "--gate", gate) == 0
     assert moegate("verdict", tmp_path / "broken", "--gate", gate) == 1
+
+
+# ---------------------------------------------------------------------------------------- real suites
+REAL_GATE = """
+[gate]
+name = "tiny"
+
+[baseline]
+model = "{model}"
+dir = "{baseline}"
+
+[suites.wikitext2]
+profile = "ci"
+limit = 3
+seq_len = 64
+
+[suites.collapse]
+profile = "ci"
+max_tokens = 8
+ids = ["translate-es-beach", "knowledge-monad"]
+
+[[budgets]]
+suite = "wikitext2"
+metric = "ppl"
+kind = "ratio"
+max = 1.05
+
+[[budgets]]
+suite = "collapse"
+metric = "any"
+kind = "new_flags"
+max = 0
+"""
+
+
+@pytest.fixture(scope="module")
+def project(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A gate over real suites with its baseline recorded on ``tiny``, and ``tiny`` with a broken head."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    root = tmp_path_factory.mktemp("gate")
+    broken = root / "broken"
+    shutil.copytree(tiny, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights["lm_head.weight"] = weights["lm_head.weight"] * 8.0
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    assert torch.equal(load_file(tiny / "model.safetensors")["lm_head.weight"] * 8.0, weights["lm_head.weight"])
+    (root / "gates").mkdir()
+    store = root / "baselines" / "tiny"
+    gate = root / "gates" / "tiny.toml"
+    gate.write_text(REAL_GATE.format(model=tiny, baseline=store))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MOEGATE_CACHE_DIR", str(root / "cache"))
+        assert moegate("baseline", "record", "--gate", gate) == 0
+    assert set(json.loads((store / "manifest.json").read_text())["suites"]) == {"wikitext2", "collapse"}
+    return {"root": root, "base": tiny, "broken": broken, "gate": gate, "store": store}
+
+
+def test_broken_head_fails_and_stored_run_redecides(project: dict[str, Path]) -> None:
+    bad = project["root"] / "run-broken"
+    assert moegate("run", "--gate", project["gate"], "--candidate", project["broken"], "--report-dir", bad) == 1
+    report = json.loads((bad / "report.json").read_text())
+    assert report["overall"] == "FAIL"
+    ppl = next(c for c in report["verdict"]["capabilities"] if c["metric"] == "ppl")
+    assert ppl["status"] == "FAIL" and ppl["candidate_value"] > ppl["baseline_value"] * 1.05
+    for name in ("report.md", "report.html"):
+        assert (bad / name).stat().st_size > 0
+
+    # re-deciding from stored records needs no model and gives the same verdict
+    (bad / "report.json").unlink()
+    assert moegate("verdict", bad, "--gate", project["gate"]) == 1
+    assert json.loads((bad / "report.json").read_text())["overall"] == "FAIL"
+
+
+def test_hand_edited_baseline_is_refused(project: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    tampered = project["root"] / "baselines" / "tampered"
+    shutil.copytree(project["store"], tampered)
+    records = tampered / "records" / "wikitext2.jsonl.gz"
+    lines = gzip.decompress(records.read_bytes()).decode().splitlines()
+    first = json.loads(lines[0])
+    first["scores"]["nll"] *= 0.5
+    lines[0] = json.dumps(first)
+    records.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    gate = project["root"] / "gates" / "tampered.toml"
+    gate.write_text(project["gate"].read_text().replace(str(project["store"]), str(tampered)))
+    report_dir = project["root"] / "r-t"
+    assert moegate("run", "--gate", gate, "--candidate", project["base"], "--report-dir", report_dir) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "edited by hand" in err[0]
+    assert not report_dir.exists()
+
+
+def test_pytest_plugin_one_test_per_capability(pytester: pytest.Pytester, project: dict[str, Path]) -> None:
+    """Without budget labels, each capability's test is named ``suite/metric``."""
+    junit = project["root"] / "junit.xml"
+    result = pytester.runpytest_inprocess(
+        "--moegate-gate", str(project["gate"]),
+        "--moegate-candidate", str(project["broken"]),
+        "--moegate-report-dir", str(project["root"] / "run-plugin"),
+        f"--junitxml={junit}", "-p", "no:cacheprovider",
+    )
+    cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
+    assert set(cases) == {"moegate[wikitext2/ppl]", "moegate[collapse/any]"}
+    failure = cases["moegate[wikitext2/ppl]"].find("failure")
+    assert failure is not None and "budget" in (failure.get("message", "") + (failure.text or ""))
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*moegate gate*", "FAIL*"])
