@@ -4,15 +4,18 @@ For models that need a cluster: the engine scales (tensor/expert parallel), moeg
 
 - ``generate`` goes through ``/v1/completions`` (or ``/v1/chat/completions`` when ``chat=True``) with
   temperature 0 and a seed; stop strings are sent to the server and applied again locally.
-- ``loglikelihood`` and ``loglikelihood_rolling`` need *prompt* log-probabilities: ``echo: true`` with
-  ``logprobs`` on ``/v1/completions`` (vLLM, the legacy OpenAI API). The server's ``text_offset`` per
-  token locates the continuation by character offset, so no local tokenizer is needed; a token that
-  straddles the context/continuation boundary counts as continuation. ``is_greedy`` comes from
-  ``top_logprobs``. A server that does not give them is refused with a one-line ``UserError``, never
-  scored wrongly (``capabilities()`` probes this once).
+- ``loglikelihood`` and ``loglikelihood_rolling`` need *prompt* log-probabilities, asked for in one of two
+  ways (``capabilities()`` probes both once; echo is used when both work): ``echo: true`` with
+  ``logprobs`` on ``/v1/completions`` (the legacy OpenAI API; vLLM, llama.cpp), or vLLM's
+  ``prompt_logprobs`` extension (see ``_logprobs.py`` for the format and how the prompt token of each
+  position is found exactly). Per-token character offsets locate the continuation, so no local tokenizer
+  is needed; a token that straddles the context/continuation boundary counts as continuation.
+  ``is_greedy`` comes from the top log-probs or the rank. A server that gives neither is refused with a
+  one-line ``UserError``, never scored wrongly.
 - ``check_alignment(reference)`` scores a short text on the server and on a local reference backend
   and reports whether the server's prompt log-probs are shifted (one llama.cpp build returned them one
-  position off); ``logprob_shift`` corrects a known shift.
+  position off), whichever way the log-probs are asked for; ``logprob_shift`` corrects a known shift
+  (a late ``prompt_logprobs`` answer has nothing for the last prompt token, so it is refused instead).
 
 A server cannot prove which weights it serves: the fingerprint hashes the base URL, the model name,
 what ``/v1/models`` reveals about it (id, root, max_model_len...) and the settings, nothing more.
@@ -23,12 +26,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from harness.backends._http import RETRY_STATUS, HttpError, JsonClient, RetryPolicy
+from harness.backends._logprobs import PromptScores, parse_echo, parse_prompt_logprobs, prompt_token_ids
 from harness.backends.base import (
     Backend,
     GenerateRequest,
@@ -51,10 +55,22 @@ class Capabilities:
 
     models: tuple[str, ...]
     completions: bool
-    prompt_logprobs: bool
+    echo_logprobs: bool
     """``echo`` + ``logprobs`` on /v1/completions returns per-token log-probs and offsets of the prompt."""
+    vllm_prompt_logprobs: bool
+    """vLLM's ``prompt_logprobs`` on /v1/completions returns them, with the prompt token ids."""
     chat: bool
     notes: tuple[str, ...] = ()
+
+    @property
+    def logprobs_via(self) -> str | None:
+        """How prompt log-probs are asked for: "echo" when it works, else "prompt_logprobs", else None."""
+        return "echo" if self.echo_logprobs else "prompt_logprobs" if self.vllm_prompt_logprobs else None
+
+    @property
+    def prompt_logprobs(self) -> bool:
+        """The server can score (loglikelihood, rolling) one way or the other."""
+        return self.logprobs_via is not None
 
 
 @dataclass(frozen=True)
@@ -71,15 +87,6 @@ class Alignment:
 
     def ok(self, tol: float = 1e-2) -> bool:
         return self.shift == 0 and self.max_abs_diff <= tol
-
-
-@dataclass(frozen=True)
-class _Echo:
-    """Per prompt token: start offset, log-prob (None for the first), and whether it was the top-1 token."""
-
-    offsets: tuple[int, ...]
-    logprobs: tuple[float | None, ...]
-    greedy: tuple[bool, ...]
 
 
 class OpenAIBackend:
@@ -118,6 +125,9 @@ class OpenAIBackend:
         kwargs: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
         self.client = JsonClient(self.base_url, api_key=api_key, timeout_s=timeout_s,
                                  retry=RetryPolicy(max_retries=max_retries), **kwargs)
+        self.root_client = JsonClient(self.base_url.removesuffix("/v1"), api_key=api_key, timeout_s=timeout_s,
+                                      retry=RetryPolicy(max_retries=max_retries), **kwargs)
+        """For vLLM's ``/tokenize``, which lives beside ``/v1``, not under it."""
         self.concurrency = max(1, int(concurrency))
         self.seed = seed
         self.logprob_shift = int(logprob_shift)
@@ -152,7 +162,7 @@ class OpenAIBackend:
         return ids[0]
 
     def capabilities(self) -> Capabilities:
-        """Probe once: listed models, plain completions, prompt log-probs (echo), chat."""
+        """Probe once: listed models, plain completions, prompt log-probs (echo; vLLM prompt_logprobs), chat."""
         if self._caps is not None:
             return self._caps
         try:
@@ -164,7 +174,7 @@ class OpenAIBackend:
     def _probe(self) -> Capabilities:
         notes: list[str] = []
         base = {"model": self.model_name, "max_tokens": 1, "temperature": 0.0, "seed": self.seed}
-        completions = prompt_lp = chat = False
+        completions = echo = vllm = chat = False
         try:
             self.client.post("/completions", {**base, "prompt": "Hello"})
             completions = True
@@ -172,20 +182,29 @@ class OpenAIBackend:
             _unsupported_or_raise(err)
             notes.append(f"completions: {err}")
         if completions:
-            try:
-                echo = _parse_echo(self.client.post("/completions", self._echo_payload(PROBE_TEXT)), PROBE_TEXT)
-                prompt_lp = len(echo.offsets) >= 2 and any(lp is not None for lp in echo.logprobs)
-            except (HttpError, ValueError) as err:
-                if isinstance(err, HttpError):
-                    _unsupported_or_raise(err)
-                notes.append(f"echo+logprobs: {err}")
+            echo = self._probe_logprobs("echo+logprobs", lambda: self._fetch_echo(PROBE_TEXT), notes)
+            vllm = self._probe_logprobs("prompt_logprobs", lambda: self._fetch_prompt_logprobs(PROBE_TEXT), notes)
         try:
             self.client.post("/chat/completions", {**base, "messages": [{"role": "user", "content": "Hello"}]})
             chat = True
         except HttpError as err:
             _unsupported_or_raise(err)
             notes.append(f"chat: {err}")
-        return Capabilities(tuple(str(m.get("id")) for m in self.models()), completions, prompt_lp, chat, tuple(notes))
+        return Capabilities(tuple(str(m.get("id")) for m in self.models()), completions, echo, vllm, chat, tuple(notes))
+
+    @staticmethod
+    def _probe_logprobs(what: str, fetch: Callable[[], PromptScores], notes: list[str]) -> bool:
+        """True when ``fetch`` gives log-probs for the probe text; a 4xx or an unusable answer means no."""
+        try:
+            scores = fetch()
+        except HttpError as err:
+            _unsupported_or_raise(err)
+            notes.append(f"{what}: {err}")
+            return False
+        except ValueError as err:
+            notes.append(f"{what}: {err}")
+            return False
+        return len(scores.offsets) >= 2 and any(lp is not None for lp in scores.logprobs)
 
     def fingerprint(self) -> str:
         """Hash of base URL, model name, the server's /v1/models entry and settings (weights cannot be proven)."""
@@ -212,24 +231,52 @@ class OpenAIBackend:
         if not ok(self.capabilities()):
             raise UserError(f"server {self.base_url} ({self.model_name}) does not support {what}", fix)
 
-    def _echo_payload(self, prompt: str) -> dict[str, Any]:
-        return {"model": self.model_name, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
-                "seed": self.seed, "echo": True, "logprobs": 1}
+    def _fetch_echo(self, prompt: str, shift: int = 0) -> PromptScores:
+        """``echo`` + ``logprobs``: raises HttpError, or ValueError for an unusable answer."""
+        payload = {"model": self.model_name, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+                   "seed": self.seed, "echo": True, "logprobs": 1}
+        return parse_echo(self.client.post("/completions", payload), prompt, shift)
 
-    def _echo_many(self, prompts: Sequence[str], raw: bool = False) -> dict[str, _Echo]:
+    def _fetch_prompt_logprobs(self, prompt: str, shift: int = 0) -> PromptScores:
+        """vLLM ``prompt_logprobs`` (top-1 besides the prompt token, so greediness is exact); the prompt token
+        ids come from the answer (``return_token_ids``, newer vLLM) or else from ``/tokenize``."""
+        payload = {"model": self.model_name, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+                   "seed": self.seed, "prompt_logprobs": 1, "return_token_ids": True}
+        answer = self.client.post("/completions", payload)
+        ids = prompt_token_ids(answer)
+        if ids is None:
+            try:
+                tokens = self.root_client.post("/tokenize", {"model": self.model_name, "prompt": prompt,
+                                                             "add_special_tokens": True})
+            except HttpError as err:
+                if err.status in (404, 405):
+                    raise ValueError("no prompt_token_ids in the answer and no /tokenize route") from None
+                raise
+            ids = tokens.get("tokens") if isinstance(tokens, dict) else None
+            if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+                raise ValueError("no prompt_token_ids in the answer and /tokenize gave no token ids")
+        return parse_prompt_logprobs(answer, prompt, ids, shift)
+
+    def _scores_many(self, prompts: Sequence[str], raw: bool = False) -> dict[str, PromptScores]:
+        """Prompt log-probs of each distinct prompt, the way the probe chose (``raw``: ignore ``logprob_shift``)."""
         self._require(
-            "prompt log-probs (echo + logprobs on /v1/completions)", lambda c: c.prompt_logprobs,
+            "prompt log-probs (echo + logprobs, or vLLM prompt_logprobs, on /v1/completions)", lambda c: c.prompt_logprobs,
             "serve the model with vLLM (or another server with echo+logprobs), or run generation-only suites",
         )
-        unique = list(dict.fromkeys(prompts))
-        answers = self._map(lambda p: self._call("POST", "/completions", self._echo_payload(p)), unique)
-        out = {}
-        for prompt, answer in zip(unique, answers, strict=True):
+        fetch = self._fetch_echo if self.capabilities().logprobs_via == "echo" else self._fetch_prompt_logprobs
+        shift = 0 if raw else self.logprob_shift
+
+        def one(prompt: str) -> PromptScores:
             try:
-                out[prompt] = _parse_echo(answer, prompt, 0 if raw else self.logprob_shift)
+                return fetch(prompt, shift)
+            except HttpError as err:
+                raise UserError(f"server {self.base_url} failed: {err}", "check that the server is up and serves this model") from None
             except ValueError as err:
-                raise UserError(f"server {self.base_url} returned unusable prompt log-probs: {err}", "check the server's echo support") from None
-        return out
+                raise UserError(f"server {self.base_url} ({self.model_name}) returned unusable prompt log-probs "
+                                f"({self.capabilities().logprobs_via}): {err}", "score this text on another server or backend") from None
+
+        unique = list(dict.fromkeys(prompts))
+        return dict(zip(unique, self._map(one, unique), strict=True))
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
         splits = []
@@ -241,49 +288,61 @@ class OpenAIBackend:
             if not continuation:
                 raise UserError(f"continuation {req.continuation!r} is empty", "give a non-empty continuation")
             splits.append((context + continuation, len(context)))
-        echoes = self._echo_many([p for p, _ in splits])
+        scores = self._scores_many([p for p, _ in splits])
         results = []
         for prompt, boundary in splits:
-            echo = echoes[prompt]
-            ends = [*list(echo.offsets[1:]), len(prompt)]
+            prompt_scores = scores[prompt]
+            ends = [*list(prompt_scores.offsets[1:]), len(prompt)]
             picked = [i for i, end in enumerate(ends) if end > boundary]
-            lps = [echo.logprobs[i] for i in picked]
-            if not picked or any(lp is None for lp in lps):
+            if not picked or picked[0] == 0:
                 raise UserError("the server gives no log-prob for the first prompt token", "give every request a non-empty context")
-            results.append(Loglikelihood(logprob=float(sum(lps)), is_greedy=all(echo.greedy[i] for i in picked)))
+            lps = self._values(prompt_scores, picked)
+            results.append(Loglikelihood(logprob=float(sum(lps)), is_greedy=all(prompt_scores.greedy[i] for i in picked)))
         return results
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
         """Whole text in one request; when it has more tokens than the window, windows cut at the server's token offsets."""
-        echoes = self._echo_many([r.text for r in requests])
+        scores = self._scores_many([r.text for r in requests])
         chunks: list[tuple[int, str]] = []
         for index, req in enumerate(requests):
             window = req.window or self.max_model_len()
-            echo = echoes[req.text]
-            if window is None or len(echo.offsets) <= window:
+            prompt_scores = scores[req.text]
+            if window is None or len(prompt_scores.offsets) <= window:
                 chunks.append((index, req.text))
                 continue
             if window < 2:
                 raise UserError(f"rolling window {window} is too small", "use a window of at least 2 tokens")
-            starts = [*list(echo.offsets[::window]), len(req.text)]
+            starts = [*list(prompt_scores.offsets[::window]), len(req.text)]
             chunks.extend((index, req.text[a:b]) for a, b in itertools.pairwise(starts) if b > a)
-        chunk_echoes = self._echo_many([t for _, t in chunks if t not in echoes]) | echoes
+        chunk_scores = self._scores_many([t for _, t in chunks if t not in scores]) | scores
         windows: list[list[WindowScore]] = [[] for _ in requests]
         for index, text in chunks:
-            lps = [lp for lp in chunk_echoes[text].logprobs[1:] if lp is not None]
+            lps = self._values(chunk_scores[text], range(1, len(chunk_scores[text].logprobs)))
             if lps:
                 windows[index].append(WindowScore(logprob=float(sum(lps)), tokens=len(lps)))
         return [RollingResult(windows=tuple(w)) for w in windows]
 
+    def _values(self, prompt_scores: PromptScores, picked: Iterable[int]) -> list[float]:
+        """The log-probs of the ``picked`` tokens; one the answer lacks (a shifted read past its end) is refused."""
+        values = []
+        for i in picked:
+            value = prompt_scores.logprobs[i]
+            if value is None:
+                raise UserError(f"server {self.base_url} ({self.model_name}) gives no log-prob for prompt token {i} "
+                                f"with logprob_shift={self.logprob_shift}",
+                                "vLLM prompt_logprobs hold no position after the prompt: use a server whose prompt log-probs are aligned (check_alignment)")
+            values.append(value)
+        return values
+
     def check_alignment(self, reference: Backend, text: str = PROBE_TEXT) -> Alignment:
         """Compare per-token prompt log-probs with ``reference`` (e.g. the transformers backend on the same model)."""
-        echo = self._echo_many([text], raw=True)[text]  # judge the server as it answers
-        offsets = [*list(echo.offsets), len(text)]
-        reqs = [LoglikelihoodRequest(text[: offsets[k]], text[offsets[k]: offsets[k + 1]]) for k in range(1, len(echo.offsets))]
+        prompt_scores = self._scores_many([text], raw=True)[text]  # judge the server as it answers
+        offsets = [*list(prompt_scores.offsets), len(text)]
+        reqs = [LoglikelihoodRequest(text[: offsets[k]], text[offsets[k]: offsets[k + 1]]) for k in range(1, len(prompt_scores.offsets))]
         ref = [None, *(r.logprob for r in reference.loglikelihood(reqs))]
         diffs: dict[int, list[float]] = {}
         for shift in (-1, 0, 1):
-            raw = echo.logprobs
+            raw = prompt_scores.logprobs
             diffs[shift] = [abs(raw[k + shift] - ref[k]) for k in range(1, len(ref))
                             if 0 <= k + shift < len(raw) and raw[k + shift] is not None and ref[k] is not None]
         means = {s: sum(d) / len(d) for s, d in diffs.items() if d}
@@ -333,33 +392,6 @@ def _unsupported_or_raise(err: HttpError) -> None:
     """A 4xx answer to a probe means "not supported"; a spent retry budget or a 5xx means the server failed."""
     if err.status == 0 or err.status in RETRY_STATUS or err.status >= 500:
         raise err
-
-
-def _parse_echo(answer: dict[str, Any], prompt: str, shift: int = 0) -> _Echo:
-    """Prompt tokens (offset < len(prompt)) of an echo+logprobs answer in the legacy completions format.
-
-    With ``shift`` s the log-prob of prompt token k is read at position k + s of the answer's list (which
-    also holds the generated token, so a late-by-one server still yields the last prompt token).
-    """
-    choice = (answer.get("choices") or [None])[0]
-    lp = choice.get("logprobs") if isinstance(choice, dict) else None
-    if not isinstance(lp, dict) or not isinstance(lp.get("text_offset"), list) or not isinstance(lp.get("token_logprobs"), list):
-        raise ValueError("no logprobs.text_offset / token_logprobs in the answer")
-    if isinstance(choice.get("text"), str) and not choice["text"].startswith(prompt):
-        raise ValueError("the answer's text does not start with the prompt (echo ignored)")
-    offsets, logprobs, tops = lp["text_offset"], lp["token_logprobs"], lp.get("top_logprobs") or []
-    keep = [i for i, off in enumerate(offsets) if off < len(prompt)]
-    if not keep or offsets[keep[0]] != 0:
-        raise ValueError("prompt token offsets do not start at 0 (echo ignored)")
-    values: list[float | None] = []
-    greedy: list[bool] = []
-    for k in keep:
-        i = k + shift
-        value = logprobs[i] if 0 < i < len(logprobs) else None
-        top = tops[i] if 0 < i < len(tops) and isinstance(tops[i], dict) else {}
-        values.append(value)
-        greedy.append(value is not None and (not top or value >= max(top.values()) - 1e-5))
-    return _Echo(tuple(offsets[k] for k in keep), tuple(values), tuple(greedy))
 
 
 def open_openai(model: str, **options: Any) -> OpenAIBackend:
