@@ -5,11 +5,19 @@ Why it exists: neither mlx_lm.server nor ``transformers serve`` returns *prompt*
 implements exactly that legacy format (tokens, token_logprobs, top_logprobs, text_offset) with the
 tokenizer's offsets. Generation through a third-party server is tested with mlx_lm.server.
 
+It also answers vLLM's ``prompt_logprobs`` extension in vLLM's format (``choices[0].prompt_logprobs``:
+``None`` then one dict per prompt token, keyed by token id, holding the prompt token with its rank in the
+vocabulary and the top-N with ranks 1..N, each ``{logprob, rank, decoded_token}``; ``prompt_token_ids``
+when ``return_token_ids`` is set) and vLLM's ``/tokenize`` route, so the plain name offers both ways.
+
 Test knobs, so one server process covers every case: the same weights are also served as
-``<name>-shifted`` (prompt log-probs one position late, as one llama.cpp build returned them) and
-``<name>-noecho`` (``echo`` ignored, like servers without prompt log-probs); ``--shift 1`` and
-``--no-echo`` do the same for every name; ``--fail-first N`` answers the first N POSTs with 429
-(then 503) to exercise retries.
+``<name>-shifted`` (prompt log-probs one position late, as one llama.cpp build returned them),
+``<name>-noecho`` (``echo`` and ``prompt_logprobs`` ignored, like servers without prompt log-probs),
+``<name>-vllm`` (``prompt_logprobs`` only, ``echo`` ignored), ``<name>-vllm-noids`` (also no
+``prompt_token_ids``, like vLLM before ``return_token_ids``: the ids come from ``/tokenize``) and
+``<name>-vllm-shifted`` (the prompt token's log-prob and rank one position late, the first kept);
+``--shift 1`` and ``--no-echo`` do the same for every name; ``--fail-first N`` answers the first N POSTs
+with 429 (then 503) to exercise retries.
 
 Run: ``python tests/openai_ref_server.py --model DIR --port 8000``.
 """
@@ -81,6 +89,30 @@ class State:
         return {"tokens": self.tokenizer.convert_ids_to_tokens(ids), "token_logprobs": lps, "top_logprobs": tops,
                 "text_offset": offsets}
 
+    def prompt_logprobs(self, prompt: str, top_n: int, shift: bool) -> tuple[list[int], list[dict[str, Any] | None]]:
+        """vLLM-format prompt log-probs: the prompt token first (its rank in the vocabulary), then the top-N."""
+        import torch
+
+        tok = self.tokenizer
+        ids = list(tok(prompt)["input_ids"])
+        with torch.inference_mode():
+            logp = self.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        entries: list[dict[str, Any] | None] = [None]
+        for i in range(1, len(ids)):
+            row, actual = logp[i - 1], ids[i]
+            value = float(row[actual])
+            entry = {str(actual): {"logprob": value, "rank": 1 + int((row > row[actual]).sum()),
+                                   "decoded_token": tok.decode([actual])}}
+            top = torch.topk(row, top_n)
+            for rank, (v, t) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True), start=1):
+                entry.setdefault(str(t), {"logprob": float(v), "rank": rank, "decoded_token": tok.decode([t])})
+            entries.append(entry)
+        if shift:  # value and rank of the prompt token one position late; keys and texts stay
+            late = [None, None, *[e[str(ids[i])] for i, e in enumerate(entries[1:-1], start=1) if e is not None]]
+            for i in range(2, len(ids)):
+                entries[i][str(ids[i])] = {**late[i], "decoded_token": entries[i][str(ids[i])]["decoded_token"]}
+        return ids, entries
+
 
 def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
@@ -99,7 +131,8 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/v1/models":
-                names = [state.args.name] + ([f"{state.args.name}-shifted", f"{state.args.name}-noecho"] if state.model else [])
+                knobs = ["shifted", "noecho", "vllm", "vllm-noids", "vllm-shifted"] if state.model else []
+                names = [state.args.name] + [f"{state.args.name}-{k}" for k in knobs]
                 self._send(200, {"object": "list", "data": [
                     {"id": n, "object": "model", "created": 0, "max_model_len": state.args.max_len} for n in names]})
             else:
@@ -117,6 +150,7 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                 self._send(status, {"error": "busy"}, {"Retry-After": "0"} if status == 429 else None)
                 return
             path = self.path.rstrip("/")
+            name = str(body.get("model", ""))
             if state.model is None:
                 self._send(200, {"choices": [{"text": "ok", "finish_reason": "length"}], "usage": {"completion_tokens": 1}})
                 return
@@ -125,12 +159,20 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                     prompt = body["prompt"]
                     text, new, reason = state.complete(body, prompt)
                     choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
-                    name = str(body.get("model", ""))
-                    if body.get("echo") and not (state.args.no_echo or name.endswith("-noecho")):
+                    no_echo = state.args.no_echo or name.endswith("-noecho") or "-vllm" in name
+                    shift = bool(state.args.shift) or name.endswith("-shifted")
+                    if body.get("echo") and not no_echo:
                         choice["text"] = prompt + text
                         if body.get("logprobs") is not None:
-                            shift = bool(state.args.shift) or name.endswith("-shifted")
                             choice["logprobs"] = state.echo_logprobs(prompt, new, shift)
+                    if body.get("prompt_logprobs") is not None and not name.endswith("-noecho"):
+                        ids, choice["prompt_logprobs"] = state.prompt_logprobs(prompt, int(body["prompt_logprobs"]), shift)
+                        if body.get("return_token_ids") and not name.endswith("-noids"):
+                            choice["prompt_token_ids"] = ids
+                elif path == "/tokenize" and not name.endswith("-noecho"):
+                    ids = state.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))["input_ids"]
+                    self._send(200, {"count": len(ids), "max_model_len": state.args.max_len, "tokens": list(ids)})
+                    return
                 elif path == "/v1/chat/completions":
                     prompt = state.tokenizer.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
                     text, new, reason = state.complete(body, prompt)

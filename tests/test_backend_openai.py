@@ -1,8 +1,8 @@
 """OpenAI-compatible backend against real server processes on 127.0.0.1.
 
-Scoring (echo + prompt logprobs) is checked against ``tests/openai_ref_server.py`` (a reference server
-over a transformers model: no installed third-party server returns prompt log-probs); generation and
-the refusal of scoring are checked against mlx_lm.server, a third-party server.
+Scoring (echo + logprobs, and vLLM's prompt_logprobs) is checked against ``tests/openai_ref_server.py``
+(a reference server over a transformers model: no installed third-party server returns prompt
+log-probs); generation and the refusal of scoring are checked against mlx_lm.server, a third-party server.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from harness.backends import open_backend
 from harness.backends._http import RetryPolicy
+from harness.backends._logprobs import _offsets, parse_prompt_logprobs
 from harness.backends.base import GenerateRequest, LoglikelihoodRequest, RollingRequest
 from harness.backends.openai import OpenAIBackend
 from harness.errors import UserError
@@ -102,6 +103,7 @@ def test_scoring_matches_transformers(server: str, reference) -> None:
     backend = open_backend("ref", kind="openai", base_url=server, concurrency=4)
     caps = backend.capabilities()
     assert caps.prompt_logprobs and caps.completions and caps.chat and caps.models[0] == "ref"
+    assert caps.echo_logprobs and caps.vllm_prompt_logprobs and caps.logprobs_via == "echo"  # both work: echo
     got, want = backend.loglikelihood(PAIRS), reference.loglikelihood(PAIRS)
     for g, w in zip(got, want, strict=True):
         assert g.logprob == pytest.approx(w.logprob, rel=1e-4, abs=1e-4)
@@ -128,7 +130,7 @@ def test_fingerprint_names_server_and_model(server: str) -> None:
     assert a.fingerprint() == OpenAIBackend(server, "ref", concurrency=1).fingerprint()
     assert a.fingerprint() != OpenAIBackend(server, "ref", logprob_shift=1).fingerprint()
     assert a.fingerprint() != OpenAIBackend(server, "ref-shifted").fingerprint()
-    with pytest.raises(UserError, match="serves 3 models"):
+    with pytest.raises(UserError, match="serves 6 models"):
         OpenAIBackend(server)
     assert a.max_model_len() == 512
 
@@ -145,12 +147,85 @@ def test_shifted_server_is_detected_and_corrected(server: str, reference) -> Non
 
 def test_server_without_prompt_logprobs_is_refused(server: str) -> None:
     backend = OpenAIBackend(server, "ref-noecho")
-    assert not backend.capabilities().prompt_logprobs
-    with pytest.raises(UserError, match="does not support prompt log-probs"):
+    caps = backend.capabilities()
+    assert not caps.prompt_logprobs and not caps.echo_logprobs and not caps.vllm_prompt_logprobs
+    assert caps.logprobs_via is None
+    with pytest.raises(UserError, match="does not support prompt log-probs") as refused:
         backend.loglikelihood(PAIRS[:1])
+    assert "\n" not in str(refused.value) and "prompt_logprobs" in str(refused.value)
     with pytest.raises(UserError, match="does not support prompt log-probs"):
         backend.loglikelihood_rolling([RollingRequest(TEXTS[0])])
     assert backend.generate([GenerateRequest("Hi", max_tokens=2)])[0].tokens == 2
+
+
+def test_vllm_prompt_logprobs_match_transformers(server: str, reference) -> None:
+    """prompt_logprobs only (echo ignored): the same scores, greedy flags and alignment as transformers."""
+    backend = OpenAIBackend(server, "ref-vllm", concurrency=2)
+    caps = backend.capabilities()
+    assert not caps.echo_logprobs and caps.vllm_prompt_logprobs and caps.logprobs_via == "prompt_logprobs"
+    words = TEXTS[1].split(" ")
+    contexts = [" ".join(words[:i]) for i in range(1, len(words))]
+    argmax = [g.text for g in reference.generate([GenerateRequest(c, max_tokens=1) for c in contexts])]
+    reqs = [*PAIRS, *(LoglikelihoodRequest(c, t) for c, t in zip(contexts, argmax, strict=True) if t.strip()),
+            *(LoglikelihoodRequest(c, " " + w) for c, w in zip(contexts, words[1:], strict=True))]
+    want = reference.loglikelihood(reqs)
+    assert {w.is_greedy for w in want} == {True, False}
+    for g, w in zip(backend.loglikelihood(reqs), want, strict=True):
+        assert g.logprob == pytest.approx(w.logprob, abs=1e-3)
+        assert g.is_greedy == w.is_greedy
+    rolling = [RollingRequest(t) for t in TEXTS]
+    for g, w in zip(backend.loglikelihood_rolling(rolling), reference.loglikelihood_rolling(rolling), strict=True):
+        assert g.tokens == w.tokens
+        assert g.logprob == pytest.approx(w.logprob, abs=1e-3)
+    windowed = backend.loglikelihood_rolling([RollingRequest(TEXTS[0], window=4)])[0]
+    assert len(windowed.windows) >= 3 and all(w.tokens <= 3 for w in windowed.windows)
+    alignment = backend.check_alignment(reference)
+    assert alignment.ok() and alignment.tokens >= 10
+
+
+def test_vllm_token_ids_from_tokenize_route(server: str, reference) -> None:
+    """Older vLLM (no prompt_token_ids in the answer): the ids come from /tokenize, the scores are the same."""
+    backend = OpenAIBackend(server, "ref-vllm-noids")
+    assert backend.capabilities().logprobs_via == "prompt_logprobs"
+    for g, w in zip(backend.loglikelihood(PAIRS), reference.loglikelihood(PAIRS), strict=True):
+        assert g.logprob == pytest.approx(w.logprob, abs=1e-3)
+
+
+def test_vllm_shifted_server_is_detected_and_not_scored(server: str, reference) -> None:
+    alignment = OpenAIBackend(server, "ref-vllm-shifted").check_alignment(reference)
+    assert alignment.shift == 1 and not alignment.ok()
+    assert alignment.mean_abs_diff[1] < 1e-3 < alignment.mean_abs_diff[0]
+    # a late prompt_logprobs answer holds nothing for the last prompt token: refused, not scored short
+    late = OpenAIBackend(server, "ref-vllm-shifted", logprob_shift=1)
+    with pytest.raises(UserError, match="no log-prob for prompt token"):
+        late.loglikelihood(PAIRS[:1])
+    with pytest.raises(UserError, match="no log-prob for prompt token"):
+        late.loglikelihood_rolling([RollingRequest(TEXTS[0])])
+
+
+def test_vllm_tokens_that_do_not_spell_the_prompt_are_refused(server: str) -> None:
+    """A character split into byte tokens decodes to U+FFFD piece by piece: no exact offsets, so refused."""
+    with pytest.raises(UserError, match=r"server http://127\.0\.0\.1:\d+/v1 \(ref-vllm\) returned unusable.*do not spell"):
+        OpenAIBackend(server, "ref-vllm").loglikelihood([LoglikelihoodRequest("A rare sign:", " \U0001d518")])
+
+
+@given(st.text(max_size=5), st.lists(st.text(min_size=1, max_size=5), max_size=8))
+def test_prompt_offsets_from_decoded_tokens(first: str, rest: list[str]) -> None:
+    prompt = first + "".join(rest)
+    ends = [len(first) + sum(len(t) for t in rest[:i]) for i in range(len(rest))]
+    assert _offsets(prompt, rest) == (0, *ends)
+    if rest:
+        with pytest.raises(ValueError, match="do not spell"):
+            _offsets(prompt + "x", [*rest[:-1], rest[-1] + "y"])
+
+
+def test_prompt_logprobs_need_the_prompt_token_entry() -> None:
+    answer = {"choices": [{"prompt_logprobs": [None, {"7": {"logprob": -1.0, "rank": 1, "decoded_token": "b"}}]}]}
+    assert parse_prompt_logprobs(answer, "ab", [3, 7]).logprobs == (None, -1.0)
+    with pytest.raises(ValueError, match="no entry for the prompt token id 8"):
+        parse_prompt_logprobs(answer, "ab", [3, 8])
+    with pytest.raises(ValueError, match="2 prompt_logprobs entries for 3 prompt tokens"):
+        parse_prompt_logprobs(answer, "ab", [3, 7, 9])
 
 
 def test_retries_on_429_and_503_then_gives_up(tmp_path: Path) -> None:
