@@ -187,3 +187,31 @@ def test_chunked_reads_give_the_same_answer(tiny: Path, tmp_path: Path, monkeypa
     chunked = inspect_checkpoint(pruned, against=tiny)
     assert chunked.model_dump() == whole.model_dump()
     assert whole.masked_router_rows == {0: [0], 1: [0]} and MASK_THRESHOLD == -1e4
+
+
+def test_scan_cache_reuses_a_settled_file_and_rescans_a_rewritten_one(tiny: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOEGATE_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(tiny, model)
+    file = next(model.glob("*.safetensors"))
+    calls: list[Path] = []
+    real_scan = scan_module.scan_file
+    monkeypatch.setattr(scan_module, "scan_file", lambda f: calls.append(f) or real_scan(f))
+
+    fresh = scan_module.scan_file_cached(file)  # just written: "racy", so scanned and not cached
+    assert scan_module.scan_file_cached(file) == fresh and len(calls) == 2
+
+    monkeypatch.setattr(scan_module, "RACY_SECONDS", 0)
+    scan_module.scan_file_cached(file)
+    assert scan_module.scan_file_cached(file) == fresh and len(calls) == 3  # the 4th came from the cache
+
+    tensors = {}
+    with safe_open(str(file), framework="pt") as handle:
+        for name in handle.keys():  # noqa: SIM118 — safe_open has no __iter__
+            tensors[name] = handle.get_tensor(name)
+    first = sorted(tensors)[0]
+    tensors[first] = torch.full_like(tensors[first], float("nan"))
+    save_file(tensors, str(file), metadata={"format": "pt"})
+    rescanned = scan_module.scan_file_cached(file)
+    assert len(calls) == 4 and next(s for s in rescanned if s.name == first).nan > 0

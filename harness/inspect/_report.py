@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, computed_field
 
 from harness.backends.loading import TOKENIZER_FILES, resolve_model
 from harness.errors import UserError
-from harness.inspect._scan import TensorStat, read_values, scan_file
+from harness.inspect._scan import TensorStat, read_values, scan_file_cached
 from harness.moe_layout import moe_layout_from_config
 
 COMPRESSIBLE = ("expert", "fused_experts", "router")
@@ -88,7 +88,7 @@ def _scan(path: str | Path) -> tuple[Path, dict[str, Any], list[TensorStat], dic
     stats: list[TensorStat] = []
     where: dict[str, Path] = {}
     for file in source.weight_files:
-        for stat in scan_file(file):
+        for stat in scan_file_cached(file):
             stats.append(stat)
             where[stat.name] = file
     return source.path, config, stats, where

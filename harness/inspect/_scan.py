@@ -8,9 +8,12 @@ are all zero (a zeroed expert) and which are masked (every value <= ``MASK_THRES
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from harness.backends.loading import read_safetensors_header
+from harness.errors import UserError
 
 CHUNK_BYTES = 32 << 20
 MASK_THRESHOLD = -1e4
@@ -175,6 +179,39 @@ def scan_file(file: Path) -> list[TensorStat]:
             if name == "__metadata__":
                 continue
             stats.append(scan_tensor(handle.fileno(), start, name, info, file.name))
+    return stats
+
+
+SCAN_CACHE_VERSION = 1
+"""Bump when ``TensorStat`` or the scan changes, so older cached scans are not reused."""
+RACY_SECONDS = 2
+
+
+def scan_file_cached(file: Path) -> list[TensorStat]:
+    """``scan_file`` behind a small on-disk cache keyed by path, size, mtime and inode.
+
+    Why: a gate audits the candidate against the *same* baseline checkpoint on every run; reading the
+    baseline's weights again each time doubled the audit. A file rewritten in place changes its mtime
+    and ctime, so its scan is redone. As in git's "racy clean" rule, a file changed in the last
+    ``RACY_SECONDS`` is never cached: a second write within the same clock tick could keep its
+    timestamps. An unwritable cache only costs the rescan.
+    """
+    from harness.atomic import atomic_write_text
+    from harness.resources import cache_dir
+
+    st = file.stat()
+    key = f"{SCAN_CACHE_VERSION}\0{file.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}"
+    try:
+        entry = cache_dir() / "scans" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+        if entry.is_file():
+            return [TensorStat.model_validate(item) for item in json.loads(entry.read_text(encoding="utf-8"))]
+    except (OSError, ValueError):
+        entry = None
+    stats = scan_file(file)
+    settled = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_SECONDS * 1e9
+    if entry is not None and settled:
+        with contextlib.suppress(UserError):  # a convenience: a full disk there must not fail the audit
+            atomic_write_text(entry, json.dumps([s.model_dump(mode="json") for s in stats]))
     return stats
 
 

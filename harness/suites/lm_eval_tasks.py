@@ -228,6 +228,7 @@ class _LmEvalSuite:
 
     name: ClassVar[str]
     Settings: ClassVar[type[LmEvalSettings]] = LmEvalSettings
+    item_ids_setting: ClassVar[str] = "item_ids"
     metrics: ClassVar[tuple[MetricSpec, ...]]
     tasks: ClassVar[tuple[str, ...]]
     item_id: ClassVar[Callable[[Mapping[str, Any]], str]]
