@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 from harness._version import __version__
 from harness.atomic import atomic_dir, atomic_write_text
 from harness.errors import UserError
-from harness.records import ItemRecord, MetricSpec, SuiteRun
+from harness.records import ItemRecord, MetricSpec, SequentialInfo, SuiteRun
 from harness.suites import SuiteSettings
 
 MANIFEST = "manifest.json"
@@ -37,6 +37,7 @@ class StoredSuite(BaseModel):
     records_file: str
     records_sha256: str
     n_items: int
+    sequential: SequentialInfo | None = None
 
 
 class Manifest(BaseModel):
@@ -88,6 +89,7 @@ def write_store(
                 records_file=rel,
                 records_sha256=hashlib.sha256(blob).hexdigest(),
                 n_items=len(run.records),
+                sequential=run.sequential,
             )
         manifest = Manifest(
             created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -142,6 +144,7 @@ def load_store(store: Path) -> tuple[Manifest, dict[str, SuiteRun]]:
             records=records,
             error=entry.error,
             seconds=entry.seconds,
+            sequential=entry.sequential,
         )
     return manifest, runs
 

@@ -64,6 +64,30 @@ class ItemRecord(BaseModel):
     """Anything else worth keeping (loglikelihoods per choice, token counts, extraction details)."""
 
 
+class SequentialInfo(BaseModel):
+    """How a suite was run in chunks with sequential early stopping (``[gate] sequential = true``).
+
+    The candidate answered the first ``items_used`` of the baseline's ``items_total`` items, in the
+    baseline's stored order; looks are planned on ``items_total`` (``harness.sequential.look_points``).
+    ``moegate verdict`` re-decides from the records with this plan, so only the plan is trusted here.
+    """
+
+    items_total: int
+    """Items the baseline has (N)."""
+    items_used: int
+    """Items the candidate was run on: a prefix of the baseline's records."""
+    looks: int
+    """Planned looks (the last one at all items)."""
+    spending: Literal["obf", "pocock"] = "obf"
+    """Alpha-spending function."""
+    min_items: int = 20
+    """No look before this many items."""
+    alpha: float
+    """One-sided alpha per capability the run stopped by (the gate's alpha / m with Holm); informative."""
+    decisions: dict[str, str] = Field(default_factory=dict)
+    """Budget label -> decision when the run stopped; informative (the verdict recomputes it)."""
+
+
 class SuiteRun(BaseModel):
     """One suite run on one model: its records and what produced them."""
 
@@ -77,6 +101,8 @@ class SuiteRun(BaseModel):
     error: str | None = None
     """Set when the suite failed; the gate fails a suite with an error."""
     seconds: float = 0.0
+    sequential: SequentialInfo | None = None
+    """Set when the suite ran in chunks and may have stopped early (candidate runs only)."""
 
 
 def metric_value(records: list[ItemRecord], spec: MetricSpec) -> float | None:

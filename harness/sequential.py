@@ -22,7 +22,7 @@ from typing import Literal
 
 from scipy import stats
 
-from harness.stats.mcnemar import tango_p_beyond, tango_p_within
+from harness.stats.mcnemar import tango_bounds, tango_p_beyond, tango_p_within
 
 Spending = Literal["obf", "pocock"]
 Decision = Literal["PASS", "FAIL", "INCONCLUSIVE"]
@@ -71,19 +71,45 @@ class SequentialResult:
         return self.items_used / self.items_total if self.items_total else 1.0
 
 
+def _mean_and_se(diffs: Sequence[float]) -> tuple[float, float]:
+    n = len(diffs)
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / max(1, n - 1)
+    # floor: one pseudo-pair at +-1 scale of the data, so an all-equal start cannot claim certainty
+    scale = max((abs(d) for d in diffs), default=0.0) or 1.0
+    return mean, math.sqrt(max(var, scale * scale / n) / n)
+
+
 def _p_values(diffs: Sequence[float], margin: float, binary: bool) -> tuple[float, float, float]:
     n = len(diffs)
     if binary:
         b = sum(1 for d in diffs if d > 0)
         c = sum(1 for d in diffs if d < 0)
         return (b - c) / n, tango_p_within(b, c, n, margin), tango_p_beyond(b, c, n, margin)
-    mean = sum(diffs) / n
-    var = sum((d - mean) ** 2 for d in diffs) / max(1, n - 1)
-    # floor: one pseudo-pair at +-1 scale of the data, so an all-equal start cannot claim certainty
-    scale = max((abs(d) for d in diffs), default=0.0) or 1.0
-    se = math.sqrt(max(var, scale * scale / n) / n)
+    mean, se = _mean_and_se(diffs)
     z = (mean - margin) / se
     return mean, float(stats.norm.cdf(z)), float(stats.norm.sf(z))
+
+
+def look_bounds(diffs: Sequence[float], alpha: float, binary: bool) -> tuple[float, float]:
+    """One-sided (1 - alpha) lower and upper bounds of the mean regression, by the same test a look uses.
+
+    At a look that spent ``alpha``, PASS means the upper bound is within the margin, FAIL that the
+    lower bound is beyond it (up to the root finding of Tango's bounds).
+    """
+    n = len(diffs)
+    if binary:
+        b = sum(1 for d in diffs if d > 0)
+        c = sum(1 for d in diffs if d < 0)
+        return tango_bounds(b, c, n, alpha)
+    mean, se = _mean_and_se(diffs)
+    z = float(stats.norm.isf(alpha))
+    return mean - z * se, mean + z * se
+
+
+def look_points(total: int, looks: int, min_items: int = 20) -> list[int]:
+    """Items seen at each planned look: equally spaced up to ``total``, none before ``min_items``."""
+    return sorted({max(min(total, min_items), math.ceil(total * k / looks)) for k in range(1, looks + 1)})
 
 
 def sequential_noninferiority(
@@ -95,6 +121,7 @@ def sequential_noninferiority(
     spending: Spending = "obf",
     binary: bool | None = None,
     min_items: int = 20,
+    items_total: int | None = None,
 ) -> SequentialResult:
     """Decide "regression < margin" (PASS) or "> margin" (FAIL) with up to ``looks`` equally spaced looks.
 
@@ -107,17 +134,23 @@ def sequential_noninferiority(
         spending: ``obf`` (O'Brien-Fleming-type) or ``pocock``-type alpha spending.
         binary: paired 0/1 outcomes (Tango); default: every diff is -1, 0 or 1.
         min_items: no look before this many items (asymptotic tests need some).
+        items_total: the planned item count when ``diffs`` holds only the first items seen (a run
+            stopped early): looks are planned on ``items_total``, and only those within ``diffs`` are
+            made; undecided by then is INCONCLUSIVE with ``items_used = len(diffs)``.
     """
-    total = len(diffs)
+    total = len(diffs) if items_total is None else items_total
     if total == 0:
         return SequentialResult("INCONCLUSIVE", 0, 0)
+    if len(diffs) > total:
+        raise ValueError(f"{len(diffs)} diffs for {total} planned items")
     if not 0 < alpha < 0.5 or looks < 1:
         raise ValueError(f"need 0 < alpha < 0.5 and looks >= 1, got alpha={alpha}, looks={looks}")
     if binary is None:
         binary = all(d in (-1, 0, 1) for d in diffs)
-    points = sorted({max(min(total, min_items), math.ceil(total * k / looks)) for k in range(1, looks + 1)})
     spent, done = 0.0, []
-    for n in points:
+    for n in look_points(total, looks, min_items):
+        if n > len(diffs):
+            return SequentialResult("INCONCLUSIVE", len(diffs), total, tuple(done))
         cumulative = spent_alpha(n / total, alpha, spending)
         step, spent = cumulative - spent, cumulative
         estimate, p_within, p_beyond = _p_values(diffs[:n], margin, binary)
@@ -142,13 +175,11 @@ def run_sequential(
     """
     looks = int(options.get("looks", 5))  # type: ignore[arg-type]
     min_items = int(options.get("min_items", 20))  # type: ignore[arg-type]
-    points = sorted({max(min(n_items, min_items), math.ceil(n_items * k / looks)) for k in range(1, looks + 1)})
     diffs: list[float] = []
     result = SequentialResult("INCONCLUSIVE", 0, n_items)
-    for n in points:
+    for n in look_points(n_items, looks, min_items):
         diffs.extend(score_chunk(range(len(diffs), n)))
-        padded = diffs + [0.0] * (n_items - n)  # looks only read the first n; the padding is never used
-        result = sequential_noninferiority(padded, margin, **options)  # type: ignore[arg-type]
-        if result.decision != "INCONCLUSIVE" and result.items_used <= n:
+        result = sequential_noninferiority(diffs, margin, items_total=n_items, **options)  # type: ignore[arg-type]
+        if result.decision != "INCONCLUSIVE":
             return result
     return result

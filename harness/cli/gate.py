@@ -90,14 +90,15 @@ def default_run_dir(gate_name: str, candidate: str) -> Path:
 @click.option("--gate", "gate_path", required=True, type=click.Path(path_type=Path), help="gate file")
 @click.option("--candidate", required=True, help="candidate checkpoint: path, hub id, or served model name")
 @click.option("--report-dir", default=None, type=click.Path(path_type=Path), help="default: reports/<gate>/<time>-<candidate>")
+@click.option("--sequential/--no-sequential", default=None, help="stop each suite once its budgets are decided (default: the gate's [gate] sequential)")
 @backend_options
-def run(gate_path: Path, candidate: str, report_dir: Path | None, backend, base_url, model_name, dtype, device) -> None:
+def run(gate_path: Path, candidate: str, report_dir: Path | None, sequential: bool | None, backend, base_url, model_name, dtype, device) -> None:
     """Gate a candidate against the stored baseline: exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE, 2 bad input."""
     config = load_gate(gate_path)
     kind = backend or config.baseline.backend
     spec = ModelSpec(model=candidate, backend=kind, options=model_options(kind, base_url, model_name, dtype, device))
     run_dir = report_dir or default_run_dir(config.name, candidate)
-    outcome = gate_candidate(config, spec, run_dir)
+    outcome = gate_candidate(config, spec, run_dir, sequential=sequential)
     print_outcome(outcome)
     sys.exit(verdict_exit_code(outcome.verdict.overall))
 

@@ -49,6 +49,15 @@ class GateSection(BaseModel):
     inconclusive: Literal["fail", "pass"] = "fail"
     bootstrap_resamples: int = Field(10_000, ge=1_000)
     seed: int = 0
+    sequential: bool = False
+    """Run suites whose budgets are all paired ``drop`` budgets in chunks and stop a capability as soon
+    as its verdict cannot change (group-sequential test, ``harness.sequential``)."""
+    looks: int = Field(5, ge=1, le=50)
+    """Planned looks of a sequential suite (the last at all items)."""
+    spending: Literal["obf", "pocock"] = "obf"
+    """Alpha spending across the looks: O'Brien-Fleming-type (little early) or Pocock-type (even)."""
+    min_items: int = Field(20, ge=1)
+    """No sequential look before this many items."""
 
 
 class SuiteEntry(BaseModel):

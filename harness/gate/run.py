@@ -15,6 +15,7 @@ from typing import Any
 from harness.atomic import atomic_write_text
 from harness.baselines import Manifest, check_comparable, check_same_data, load_store, write_store
 from harness.errors import UserError
+from harness.gate._sequential import SequentialPlan, plan_sequential
 from harness.gate.budgets import Budget
 from harness.gate.config import GateConfig, ModelSpec
 from harness.gate.flags import detector_flags
@@ -58,9 +59,14 @@ def gate_candidate(
     run_dir: Path,
     *,
     baseline_dir: Path | None = None,
+    sequential: bool | None = None,
     log: Log = _stderr,
 ) -> GateOutcome:
-    """Gate ``candidate`` against the stored baseline; store its records and write the reports."""
+    """Gate ``candidate`` against the stored baseline; store its records and write the reports.
+
+    ``sequential``: run suites in chunks and stop each once its budgets are decided (None: the gate
+    file's ``[gate] sequential``).
+    """
     from harness.pipeline import open_model, run_suites
 
     store = baseline_dir or config.baseline_dir
@@ -77,12 +83,20 @@ def gate_candidate(
     fingerprint = backend.fingerprint()
     if fingerprint == manifest.fingerprint:
         log("note: the candidate's fingerprint equals the baseline's (same weights and settings)")
-    candidate_runs = run_suites(backend, config.settings, log=log)
+    candidate_runs = run_suites(backend, config.settings, log=log, sequential=_plan(config, baseline[1], sequential))
     check_same_data(manifest, candidate_runs)
     write_store(run_dir / CANDIDATE_STORE, candidate_runs, model=candidate.model, backend=candidate.backend, fingerprint=fingerprint)
     info = {"gate": str(config.path), "baseline_dir": str(Path(store).resolve()), "candidate": candidate.model_dump(mode="json")}
     atomic_write_text(run_dir / RUN_INFO, json.dumps(info, indent=2) + "\n")
     return decide(config, run_dir, baseline_dir=store, warnings=warnings, baseline=baseline)
+
+
+def _plan(config: GateConfig, baseline_runs: dict[str, SuiteRun], sequential: bool | None) -> SequentialPlan | None:
+    g = config.file.gate
+    if not (g.sequential if sequential is None else sequential):
+        return None
+    return plan_sequential(config.budgets, baseline_runs, config.policy(), looks=g.looks, spending=g.spending,
+                           min_items=g.min_items)  # fmt: skip
 
 
 def _audit_first(config: GateConfig, candidate: ModelSpec, baseline_runs: dict[str, SuiteRun], run_dir: Path, warnings: list[str], log: Log) -> GateOutcome | None:

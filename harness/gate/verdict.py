@@ -16,6 +16,15 @@ from pydantic import BaseModel, Field
 
 from harness.errors import UserError
 from harness.gate._estimate import FlagOverrides, Measured, Refused, measure
+from harness.gate._sequential import (
+    SequentialLook,
+    SequentialSummary,
+    decide_budget,
+    not_covered,
+    remaining_alpha,
+    sequential_alpha,
+    stopped_early,
+)
 from harness.gate.budgets import ANY_FLAG, Budget, BudgetKind, GatePolicy
 from harness.records import ItemRecord, SuiteRun
 from harness.stats import holm, items_to_decide
@@ -76,6 +85,8 @@ class CapabilityResult(BaseModel):
     """Every flipped (right->wrong) or newly flagged item id."""
     items_to_decide: int | None = None
     """For INCONCLUSIVE: items (same effect and variance) at which the bound would clear the budget."""
+    sequential: SequentialSummary | None = None
+    """Set when the capability was decided by sequential looks; its status is their decision."""
 
     def explain(self, max_items: int = 5) -> str:
         """Several lines for a test failure or a log: the reason, then the worst items side by side."""
@@ -238,20 +249,24 @@ def evaluate_gate(
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise UserError(f"two budgets share the label {dup[0]!r}", "give each budget a distinct label")
+    sequential = _sequential_results(budgets, baseline, candidate, policy, flags)
     measured = [
+        None if i in sequential else
         measure(b, baseline, candidate, flags=flags, n_resamples=policy.bootstrap_resamples, seed=policy.seed)
-        for b in budgets
-    ]
-    results: list[CapabilityResult | None] = [None] * len(budgets)
+        for i, b in enumerate(budgets)
+    ]  # fmt: skip
+    results: list[CapabilityResult | None] = [sequential.get(i) for i in range(len(budgets))]
     family: list[int] = []
     for i, (budget, m) in enumerate(zip(budgets, measured, strict=True)):
+        if m is None:
+            continue
         if isinstance(m, Refused):
             results[i] = _result(budget, "FAIL", m, f"cannot compare: {m.reason}")
         elif m.estimator is None:
             results[i] = _decide_count(budget, m)
         else:
             family.append(i)
-    alpha = round(policy.alpha, 12)
+    alpha = round(remaining_alpha(budgets, policy, len(sequential)), 12)
     p_within = {i: measured[i].estimator.p_within(budgets[i].max) for i in family}  # type: ignore[union-attr]
     p_beyond = {i: measured[i].estimator.p_beyond(budgets[i].max) for i in family}  # type: ignore[union-attr]
     decisive = [min(p_within[i], p_beyond[i]) for i in family]
@@ -322,3 +337,62 @@ def _decide(
         )
     return _result(budget, status, m, reason, change=change, low=low, high=high,
                    p=p_in if p_in <= p_out else p_out, alpha=level, need=need)  # fmt: skip
+
+
+def _sequential_results(
+    budgets: list[Budget], baseline: dict[str, SuiteRun], candidate: dict[str, SuiteRun], policy: GatePolicy,
+    flags: FlagOverrides | None,
+) -> dict[int, CapabilityResult]:  # fmt: skip
+    """Budget index -> result, for budgets of suites the candidate ran sequentially.
+
+    A budget the sequential test covers gets the sequential decision; one it does not cover is
+    refused when the suite stopped early, and left to the usual test when every item was run.
+    """
+    alpha = sequential_alpha(budgets, policy)
+    out: dict[int, CapabilityResult] = {}
+    for i, budget in enumerate(budgets):
+        base, cand = baseline.get(budget.suite), candidate.get(budget.suite)
+        if base is None or cand is None or cand.sequential is None or cand.error or base.error:
+            continue
+        if stopped_early(cand) or not_covered(budget, base) is None:
+            out[i] = _decide_sequential(budget, base, cand, alpha, policy, flags)
+    return out
+
+
+def _decide_sequential(
+    budget: Budget, base: SuiteRun, cand: SuiteRun, alpha: float, policy: GatePolicy, flags: FlagOverrides | None
+) -> CapabilityResult:  # fmt: skip
+    d = decide_budget(budget, base, cand, alpha)
+    m = d if isinstance(d, Refused) else measure(
+        budget, {budget.suite: d.base_prefix}, {budget.suite: cand}, flags=flags,
+        n_resamples=policy.bootstrap_resamples, seed=policy.seed,
+    )  # fmt: skip
+    if isinstance(m, Refused) or isinstance(d, Refused):
+        return _result(budget, "FAIL", m, f"cannot compare: {m.reason}")
+    assert isinstance(m, Measured) and cand.sequential is not None
+    res, info = d.result, cand.sequential
+    hib, scale = _direction(budget, [base, cand])
+    what = _what(budget, m, d.estimate, hib, scale)
+    flips = f", {m.flips[0]} right→wrong / {m.flips[1]} wrong→right" if m.flips else ""
+    bounds = f"bounds {_num(d.low)}–{_num(d.high)} at {_pct(d.look_alpha)}" if d.look_alpha else "no look made"
+    outcome = {
+        "PASS": "upper bound within budget",
+        "FAIL": "confidently beyond budget",
+        "INCONCLUSIVE": "not decided after all items" if res.items_used == res.items_total
+        else "not decided when the suite stopped",
+    }[res.decision]
+    reason = (
+        f"{what} ({bounds}{flips}), budget {_num(budget.max)}: {outcome}; sequential look {len(res.looks)} of "
+        f"{info.looks}, {res.items_used}/{res.items_total} items (saved {res.items_saved})"
+    )
+    result = _result(budget, res.decision, m, reason, change=d.estimate, low=d.low, high=d.high, p=d.p_value,
+                     alpha=d.look_alpha)  # fmt: skip
+    test = "Tango score test" if m.flips else "z-test"
+    result.method = f"group-sequential {test}, {info.spending} alpha spending over {info.looks} looks"
+    result.n_items = res.items_used
+    result.sequential = SequentialSummary(
+        items_used=res.items_used, items_total=res.items_total, looks_planned=info.looks, spending=info.spending,
+        alpha=alpha, looks=[SequentialLook(n=k.n, estimate=k.estimate * (scale if m.flips else 1.0), alpha=k.alpha,
+                                           p_within=k.p_within, p_beyond=k.p_beyond) for k in res.looks],
+    )  # fmt: skip
+    return result

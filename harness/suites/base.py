@@ -2,6 +2,8 @@
 
 A suite is a small class: pinned settings (a pydantic model, defaults in ``suites/<name>.toml``),
 the metrics it reports, and ``run(backend, settings) -> SuiteRun``. Suites know nothing of the gate.
+A suite that can run exactly a given list of its items (by record ``item_id``, in that order) names
+that setting in an optional ``item_ids_setting`` class attribute; sequential gate runs need it.
 """
 
 from __future__ import annotations

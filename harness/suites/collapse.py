@@ -206,6 +206,7 @@ class CollapseSuite:
 
     name: ClassVar[str] = "collapse"
     Settings: ClassVar[type[CollapseSettings]] = CollapseSettings
+    item_ids_setting: ClassVar[str] = "ids"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (PASS_METRIC,)
 
     def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:

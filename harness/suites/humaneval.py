@@ -83,6 +83,7 @@ class HumanEvalSuite:
 
     name: ClassVar[str] = "humaneval"
     Settings: ClassVar[type[HumanEvalSettings]] = HumanEvalSettings
+    item_ids_setting: ClassVar[str] = "task_ids"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (PASS_AT_1,)
 
     def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
