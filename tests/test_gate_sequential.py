@@ -179,7 +179,9 @@ def test_gate_runs_stop_early_when_clear_and_verdict_redecides(
             assert asked <= N // 2
         report = json.loads((run_dir / "report.json").read_text())
         assert report["verdict"]["capabilities"][0]["sequential"]["items_saved"] == N - asked
-        assert f"{asked}/{N}" in (run_dir / "report.md").read_text()
+        assert report["sequential"]["items_saved"] == N - asked
+        assert f"items used {asked}/{N} (saved {N - asked})" in (run_dir / "report.md").read_text()
+        assert f"Items saved by sequential stopping: {N - asked} of {N}" in (run_dir / "report.html").read_text()
         again = decide(config, run_dir).verdict.capabilities[0]
         assert again.model_dump() == cap.model_dump()
         code = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}[expected]

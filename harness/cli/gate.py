@@ -27,6 +27,14 @@ def print_outcome(outcome: GateOutcome, console: Console | None = None) -> None:
         style = _STATUS_STYLE.get(cap.status, "")
         console.print(f"  [{style}]{cap.status:<12}[/] {cap.label}: {cap.reason}", highlight=False)
     console.print(f"[{_STATUS_STYLE[verdict.overall]}]{verdict.summary()}[/]", highlight=False)
+    used: dict[str, tuple[int, int]] = {}  # suite -> (items run, items planned) of sequentially run suites
+    for cap in verdict.capabilities:
+        if cap.sequential:
+            before = used.get(cap.suite, (0, cap.sequential.items_total))[0]
+            used[cap.suite] = (max(before, cap.sequential.items_used), cap.sequential.items_total)
+    if used:
+        saved, total = sum(t - u for u, t in used.values()), sum(t for _, t in used.values())
+        console.print(f"  sequential stopping: {saved} of {total} items saved", highlight=False)
     for kind, path in outcome.reports.items():
         console.print(f"  report ({kind}): {path}", highlight=False)
 

@@ -18,6 +18,8 @@ report.json schema (``schema_version`` 1)::
     items: [{label, suite, status, kind: "changed" | "worst", total,
              items: [{item_id, note, prompt, reference,
                       baseline: {output, scores, flags} | null, candidate: {...} | null}]}]
+    sequential: {items_saved, items_total, note,   # null unless a suite ran in chunks
+                 suites: {name: {items_used, items_total, items_saved, looks, spending}}} | null
     extra: {...}                 # caller's: gate, baseline, candidate, fingerprints, profile,
                                  # expert_heatmap {matrix, marked, title}, ...
 """

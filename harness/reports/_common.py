@@ -167,3 +167,35 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return list(obj)
     raise TypeError(f"cannot put {type(obj).__name__} into report.json")
+
+
+def sequential_totals(verdict: GateVerdict, candidate_runs: dict[str, SuiteRun]) -> dict[str, Any] | None:
+    """Items used and saved by sequential stopping, per suite and in total (None: no suite ran in chunks)."""
+    suites = {
+        name: {"items_used": info.items_used, "items_total": info.items_total,
+               "items_saved": info.items_total - info.items_used, "looks": info.looks, "spending": info.spending}
+        for name, run in sorted(candidate_runs.items()) if (info := run.sequential) is not None
+    }  # fmt: skip
+    if not suites:
+        return None
+    alphas = sorted({c.sequential.alpha for c in verdict.capabilities if c.sequential is not None})
+    saved = sum(s["items_saved"] for s in suites.values())
+    total = sum(s["items_total"] for s in suites.values())
+    level = ", ".join(f"{a:.3g}" for a in alphas) or "n/a"
+    note = (
+        f"each sequential capability is tested at one-sided alpha {level} over all its looks (the gate's "
+        "alpha / m: Bonferroni); the other capabilities by Holm on the rest of alpha"
+    )
+    return {"items_saved": saved, "items_total": total, "suites": suites, "note": note}
+
+
+def looks_text(cap: CapabilityResult) -> str:
+    """``items 80/200 (saved 120); looks at 40, 80 of 5`` for a sequentially decided capability, else ''."""
+    seq = cap.sequential
+    if seq is None:
+        return ""
+    looks = ", ".join(str(look.n) for look in seq.looks) or "none"
+    return (
+        f"items used {seq.items_used}/{seq.items_total} (saved {seq.items_saved}); "
+        f"looks at {looks} of {seq.looks_planned} planned ({seq.spending} spending)"
+    )

@@ -18,7 +18,9 @@ from harness.reports._common import (
     change_text,
     fmt,
     item_sections,
+    looks_text,
     overall_line,
+    sequential_totals,
     suite_summary,
     to_jsonable,
 )
@@ -55,6 +57,8 @@ def _cap_row(cap: CapabilityResult) -> str:
     decide = ""
     if cap.status == "INCONCLUSIVE" and cap.items_to_decide:
         decide = f'<div class="small">≈{cap.items_to_decide} items would decide it (has {cap.n_items})</div>'
+    if cap.sequential is not None:
+        decide += f'<div class="small muted">{_e(looks_text(cap))}</div>'
     level = f"{100 * (1 - cap.adjusted_alpha):.3g}%" if cap.adjusted_alpha is not None else "exact"
     p = f"{cap.p_value:.2g}" if cap.p_value is not None else "–"
     return (
@@ -171,6 +175,17 @@ def _suites(baseline_runs: dict[str, SuiteRun], candidate_runs: dict[str, SuiteR
     )
 
 
+def _sequential_note(verdict: GateVerdict, candidate_runs: dict[str, SuiteRun]) -> list[str]:
+    totals = sequential_totals(verdict, candidate_runs)
+    if not totals:
+        return []
+    per_suite = "; ".join(
+        f"{_e(name)} {s['items_used']}/{s['items_total']} (saved {s['items_saved']})" for name, s in totals["suites"].items()
+    )
+    return [f'<p class="small"><b>Items saved by sequential stopping: {totals["items_saved"]} of {totals["items_total"]}</b> '
+            f"({per_suite}). {_e(totals['note'])}.</p>"]  # fmt: skip
+
+
 def render_html(
     verdict: GateVerdict,
     baseline_runs: dict[str, SuiteRun],
@@ -188,6 +203,7 @@ def render_html(
         "one-sided confidence bounds at the level shown (after the multiple-testing correction): PASS when "
         "the upper bound is within the budget, FAIL when the lower bound is beyond it.</p>",
         _table(verdict),
+        *_sequential_note(verdict, candidate_runs),
         "<h2>Change against budget</h2>",
         '<p class="small muted">Each row is scaled so that no change and its budget line up; the bar is the '
         "interval, the dot the estimate, the red tick the budget.</p>",

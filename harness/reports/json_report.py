@@ -9,7 +9,7 @@ from typing import Any
 from harness._version import __version__
 from harness.gate.verdict import GateVerdict, verdict_exit_code
 from harness.records import SuiteRun
-from harness.reports._common import item_sections, suite_summary, to_jsonable
+from harness.reports._common import item_sections, sequential_totals, suite_summary, to_jsonable
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -50,6 +50,7 @@ def build_report(
             for name in names
         },
         "items": item_sections(verdict, baseline_runs, candidate_runs),
+        "sequential": sequential_totals(verdict, candidate_runs),
         "extra": extra or {},
     }
     # Round-trip through json with the converters so numpy arrays, paths and sets become plain JSON.

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from harness.gate.verdict import GateVerdict
 from harness.records import SuiteRun
-from harness.reports._common import bounds_text, change_text, fmt, item_sections, overall_line
+from harness.reports._common import (
+    bounds_text,
+    change_text,
+    fmt,
+    item_sections,
+    looks_text,
+    overall_line,
+    sequential_totals,
+)
 
 _ICON = {"PASS": "✅", "FAIL": "❌", "INCONCLUSIVE": "⚠️"}
 TOP_ITEMS = 10
@@ -40,6 +48,12 @@ def render_markdown(
             f"{fmt(cap.candidate_value)} | {change_text(cap)} | {bounds_text(cap)} | "
             f"{fmt(cap.budget, cap.kind)} | {_cell(cap.reason, 300)} |"
         )
+    totals = sequential_totals(verdict, candidate_runs)
+    if totals:
+        lines += ["", f"Sequential stopping: {totals['items_saved']} of {totals['items_total']} items saved "
+                  f"({len(totals['suites'])} suite(s)). "
+                  + "; ".join(f"{_cell(c.label)}: {looks_text(c)}" for c in verdict.capabilities if c.sequential)
+                  + f". _{totals['note']}._"]  # fmt: skip
     undecided = [c for c in verdict.capabilities if c.status == "INCONCLUSIVE" and c.items_to_decide]
     if undecided:
         lines += ["", "To decide the inconclusive capabilities: " + "; ".join(
