@@ -102,6 +102,24 @@ def test_sequential_capabilities_get_bonferroni_alpha_and_the_rest_holm_on_what_
     assert caps[1].sequential is None and caps[1].adjusted_alpha == pytest.approx(0.025)  # Holm over 1 at 0.05 / 2
 
 
+def test_continuous_scores_use_the_z_test_in_display_units() -> None:
+    from harness.records import ItemRecord, SuiteRun
+    from tests.gate_toys import LOGPROB
+
+    def run(values: list[float]) -> SuiteRun:
+        records = [ItemRecord(suite="toy", item_id=f"q{i}", scores={"logprob": v}) for i, v in enumerate(values)]
+        return SuiteRun(suite="toy", settings={}, metrics=[LOGPROB], records=records)
+
+    base = run([-1.0 - 0.01 * (i % 7) for i in range(N)])
+    budget = Budget(suite="toy", metric="logprob", kind="drop", max=0.5)
+    same = run([r.scores["logprob"] for r in base.records[:80]]).model_copy(update={"sequential": _info(80)})
+    cap = evaluate_gate({"toy": base}, {"toy": same}, [budget]).capabilities[0]
+    assert cap.status == "PASS" and "z-test" in cap.method and cap.sequential is not None
+    worse = run([r.scores["logprob"] - 2.0 for r in base.records[:80]]).model_copy(update={"sequential": _info(80)})
+    cap = evaluate_gate({"toy": base}, {"toy": worse}, [budget]).capabilities[0]
+    assert cap.status == "FAIL" and cap.change == pytest.approx(2.0)
+
+
 # --- chunked gate runs with a scripted backend ---------------------------------------------------
 
 
