@@ -9,7 +9,12 @@ cut at the first one, ``max_gen_toks`` defaults to 256, ``do_sample=False`` mean
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from lm_eval.api.model import LM
@@ -20,6 +25,16 @@ from harness.errors import UserError
 
 DEFAULT_MAX_GEN_TOKS = 256
 """lm-eval's ``HFLM`` default when a task names no ``max_gen_toks``."""
+
+LOG_LEVEL_VAR = "LMEVAL_LOG_LEVEL"
+"""lm-eval's own switch: when set (e.g. ``INFO``), moegate leaves lm-eval's logs and progress bars alone."""
+
+EXPECTED_WARNINGS = (
+    "Overwriting default num_fewshot of",  # a suite pins num_fewshot on purpose
+    "Custom kwargs can be passed to `--metadata`",  # moegate's tasks read their data paths from metadata
+    "specified through cli, these settings will update set parameters",  # pinned max_gen_toks / temperature
+)
+"""lm-eval warnings about choices moegate makes on purpose: not shown to the user."""
 
 _UNWRAP_ATTRS = ("backend", "inner", "wrapped")
 """Attributes under which wrapping backends (the request cache) keep the backend they wrap."""
@@ -147,6 +162,53 @@ class MoegateLM(LM):
         except jinja2.exceptions.TemplateError:
             history = [m for m in chat_history if m["role"] != "system"]
             return tokenizer.apply_chat_template(history, **kwargs)
+
+
+class _AsMoegateLines(logging.Handler):
+    """lm-eval's warnings as one-line ``moegate: lm-eval: ...`` lines on stderr (expected ones dropped)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = " ".join(record.getMessage().split())
+        if any(expected in message for expected in EXPECTED_WARNINGS):
+            return
+        if len(message) > 300:
+            message = message[:300] + " ..."
+        print(f"moegate: lm-eval {record.levelname.lower()}: {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def quiet_lm_eval() -> Iterator[None]:
+    """lm-eval's INFO logs and progress bars (and those of ``datasets``, which it reads with) off for the
+    block, its warnings as moegate's own lines; everything restored afterwards.
+
+    With ``LMEVAL_LOG_LEVEL`` set, lm-eval logs at that level in its own format and draws its bars.
+    """
+    if os.environ.get(LOG_LEVEL_VAR):
+        from lm_eval.utils import setup_logging
+
+        setup_logging()  # reads LMEVAL_LOG_LEVEL
+        yield
+        return
+    import datasets
+    import lm_eval.api.task
+
+    logger = logging.getLogger("lm_eval")
+    level, handlers, propagate = logger.level, logger.handlers[:], logger.propagate
+    task_tqdm, bars = lm_eval.api.task.tqdm, datasets.is_progress_bar_enabled()
+    logger.setLevel(logging.WARNING)
+    logger.handlers[:] = [_AsMoegateLines()]
+    logger.propagate = False
+    lm_eval.api.task.tqdm = partial(task_tqdm, disable=True)  # the "building contexts" bar has no switch
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        logger.setLevel(level)  # setLevel, not assignment: it clears the child loggers' cached levels
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+        lm_eval.api.task.tqdm = task_tqdm
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def _args(requests: Sequence[Any]) -> list[tuple[Any, ...]]:

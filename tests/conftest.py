@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,3 +36,25 @@ def gate_toys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     saved = register_toys()
     yield
     SUITES.restore(saved)
+
+
+class _PrintToStderr(logging.Handler):
+    """Prints to whatever ``sys.stderr`` is at the time, so capsys and capfd see it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+@pytest.fixture
+def loud_lm_eval(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """lm-eval's logger printing INFO on stderr, as lm-eval's own CLI leaves it; restored afterwards."""
+    from harness.lm_eval_adapter import LOG_LEVEL_VAR
+
+    monkeypatch.delenv(LOG_LEVEL_VAR, raising=False)
+    logger = logging.getLogger("lm_eval")
+    monkeypatch.setattr(logger, "handlers", [_PrintToStderr()])
+    monkeypatch.setattr(logger, "propagate", False)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield
+    logger.setLevel(level)

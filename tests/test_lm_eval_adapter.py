@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import pytest
@@ -17,7 +18,12 @@ from harness.backends.base import (
     WindowScore,
 )
 from harness.errors import UserError
-from harness.lm_eval_adapter import DEFAULT_MAX_GEN_TOKS, MoegateLM, backend_tokenizer
+from harness.lm_eval_adapter import (
+    DEFAULT_MAX_GEN_TOKS,
+    MoegateLM,
+    backend_tokenizer,
+    quiet_lm_eval,
+)
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -127,3 +133,22 @@ def test_chat_without_a_tokenizer_is_a_user_error() -> None:
     lm = MoegateLM(RecordingBackend())
     with pytest.raises(UserError, match="chat template"):
         lm.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.usefixtures("loud_lm_eval")
+def test_quiet_lm_eval_keeps_warnings_drops_info_and_bars_then_restores(capfd: pytest.CaptureFixture[str]) -> None:
+    """Where lm-eval's logging prints INFO (as its CLI sets it up), the block shows only unexpected
+    warnings, as moegate lines; afterwards lm-eval's handler, level and bars are back."""
+    import lm_eval.api.task
+
+    task_logger = logging.getLogger("lm_eval.api.task")
+    with quiet_lm_eval():
+        task_logger.info("Building contexts for t on rank 0...")
+        task_logger.warning("Overwriting default num_fewshot of t from None to 0")
+        task_logger.warning("[Task: t] Label index was not in within range\nSample: x")
+        list(lm_eval.api.task.tqdm(range(3)))
+    assert capfd.readouterr().err == "moegate: lm-eval warning: [Task: t] Label index was not in within range Sample: x\n"
+    task_logger.info("after the block")
+    list(lm_eval.api.task.tqdm(range(3)))
+    err = capfd.readouterr().err
+    assert "after the block" in err and "3/3" in err

@@ -275,3 +275,16 @@ def test_requests_go_through_moegates_cache(tiny_dir: Path, tmp_path: Path) -> N
     second = suite.run(cached, settings_)
     assert cached.stats.misses == 1 and cached.stats.hits == 1
     assert [r.model_dump() for r in first.records] == [r.model_dump() for r in second.records]
+
+
+@pytest.mark.usefixtures("loud_lm_eval")
+def test_a_suite_run_prints_no_lm_eval_info_or_bars(tiny_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """stderr keeps to moegate's lines, even where lm-eval's logging is set up to print INFO."""
+    from harness.backends import open_backend
+
+    backend = open_backend(str(tiny_dir), "transformers", dtype="float32", device="cpu")
+    capfd.readouterr()
+    run = SUITES.get("arc_challenge")().run(backend, suite_settings("arc_challenge", "ci", {"limit": 2}))
+    assert len(run.records) == 2
+    err = capfd.readouterr().err
+    assert "it/s" not in err and "%|" not in err and "Building contexts" not in err, err

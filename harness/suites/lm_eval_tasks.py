@@ -202,23 +202,24 @@ def run_lm_eval(backend: Backend, settings: LmEvalSettings, task_names: tuple[st
     """Run lm-eval tasks through ``backend``: (lm-eval's results dict, data sha256s, task versions)."""
     from lm_eval import evaluator
 
-    from harness.lm_eval_adapter import MoegateLM
+    from harness.lm_eval_adapter import MoegateLM, quiet_lm_eval
 
     shas = check_data_files(settings) if settings.source == "local" else {}
-    manager = task_manager(settings)
-    loaded = manager.load(list(task_names))["tasks"]
-    if settings.source == "local":
-        check_pinned(loaded, settings, suite)
-    samples = select_samples(loaded, item_id, limit=settings.limit, seed=settings.seed, item_ids=settings.item_ids)
-    # a task run whole needs no index list (lm-eval tests membership in a list per document)
-    partial = {name: idx for name, idx in samples.items() if len(idx) < len(loaded[name].eval_docs)}
-    results = evaluator.simple_evaluate(
-        model=MoegateLM(backend, seed=settings.seed),
-        tasks=[loaded[name] for name in loaded if name in samples],
-        samples=partial or None,
-        task_manager=manager,
-        **simple_evaluate_kwargs(settings),
-    )
+    with quiet_lm_eval():
+        manager = task_manager(settings)
+        loaded = manager.load(list(task_names))["tasks"]
+        if settings.source == "local":
+            check_pinned(loaded, settings, suite)
+        samples = select_samples(loaded, item_id, limit=settings.limit, seed=settings.seed, item_ids=settings.item_ids)
+        # a task run whole needs no index list (lm-eval tests membership in a list per document)
+        partial = {name: idx for name, idx in samples.items() if len(idx) < len(loaded[name].eval_docs)}
+        results = evaluator.simple_evaluate(
+            model=MoegateLM(backend, seed=settings.seed),
+            tasks=[loaded[name] for name in loaded if name in samples],
+            samples=partial or None,
+            task_manager=manager,
+            **simple_evaluate_kwargs(settings),
+        )
     versions = {name: str((loaded[name].config.metadata or {}).get("version")) for name in samples}
     return results, shas, versions
 
