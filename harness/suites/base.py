@@ -9,7 +9,7 @@ that setting in an optional ``item_ids_setting`` class attribute; sequential gat
 from __future__ import annotations
 
 import sys
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -33,6 +33,14 @@ class SuiteSettings(BaseModel):
     limit: int | None = None
     """Number of items (None: all). Items are chosen by ``seed`` when fewer than all."""
     seed: int = 1234
+
+
+S = TypeVar("S", bound=SuiteSettings)
+
+
+def as_settings(settings: SuiteSettings, cls: type[S]) -> S:
+    """``settings`` as the suite's own class: ``run`` takes any ``SuiteSettings`` and validates them again."""
+    return settings if isinstance(settings, cls) else cls.model_validate(settings.model_dump())
 
 
 class Suite(Protocol):

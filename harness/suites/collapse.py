@@ -37,7 +37,7 @@ from harness.errors import UserError
 from harness.records import ItemRecord, MetricSpec, SuiteRun
 from harness.resources import file_sha256, suites_dir
 from harness.suites._common import choose, finish_run
-from harness.suites.base import SuiteSettings
+from harness.suites.base import SuiteSettings, as_settings
 
 PROMPTS_FILE = "collapse_prompts.toml"
 PASS_METRIC = MetricSpec(
@@ -211,8 +211,7 @@ class CollapseSuite:
 
     def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
         started = time.monotonic()
-        if not isinstance(settings, CollapseSettings):
-            settings = CollapseSettings.model_validate(settings.model_dump())
+        settings = as_settings(settings, CollapseSettings)
         path = _prompts_path(settings.prompts_file)
         prompts = load_prompts(path)
         if settings.ids is not None:

@@ -24,7 +24,7 @@ from harness.progress import progress_bar
 from harness.records import ItemRecord, MetricSpec, SuiteRun
 from harness.sandbox import SandboxResult, run_sandboxed
 from harness.suites._common import choose, finish_run, load_rows
-from harness.suites.base import SuiteSettings
+from harness.suites.base import SuiteSettings, as_settings
 
 HUMANEVAL_FILE = "HumanEval.jsonl.gz"
 HUMANEVAL_SHA256 = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
@@ -88,8 +88,7 @@ class HumanEvalSuite:
 
     def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
         started = time.monotonic()
-        if not isinstance(settings, HumanEvalSettings):
-            settings = HumanEvalSettings.model_validate(settings.model_dump())
+        settings = as_settings(settings, HumanEvalSettings)
         fields = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
         rows, path = load_rows(settings.data_file, settings.data_sha256, required=fields)
         if settings.task_ids is not None:

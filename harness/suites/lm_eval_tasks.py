@@ -19,7 +19,7 @@ from harness.backends.base import Backend
 from harness.errors import UserError
 from harness.records import ItemRecord, MetricSpec, SuiteRun
 from harness.resources import data_dir, data_file, suites_dir
-from harness.suites.base import SuiteSettings
+from harness.suites.base import SuiteSettings, as_settings
 
 TASKS_DIR_NAME = "lm_eval"
 """``suites/lm_eval``: moegate's lm-eval task configs."""
@@ -240,8 +240,7 @@ class _LmEvalSuite:
         return None
 
     def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
-        if not isinstance(settings, LmEvalSettings):
-            settings = self.Settings(**settings.model_dump())
+        settings = as_settings(settings, self.Settings)
         start = time.perf_counter()
         item_id = type(self).item_id
         results, shas, versions = run_lm_eval(backend, settings, self.tasks, suite=self.name, item_id=item_id)

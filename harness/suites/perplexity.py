@@ -26,7 +26,7 @@ from harness.backends.base import Backend, RollingRequest, WindowScore
 from harness.errors import UserError
 from harness.records import ItemRecord, MetricSpec, SuiteRun
 from harness.suites._common import finish_run, load_rows
-from harness.suites.base import SuiteSettings
+from harness.suites.base import SuiteSettings, as_settings
 
 WIKITEXT2_FILE = "wikitext2_raw_test.jsonl"
 WIKITEXT2_SHA256 = "a26bd387e6f1d19e45ddbd7fe6fd5aef3f97f457863f0973e3327e68ac6daee8"
@@ -124,8 +124,7 @@ class _CorpusSuite:
 
     def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
         started = time.monotonic()
-        if not isinstance(settings, self.Settings):
-            settings = self.Settings.model_validate(settings.model_dump())
+        settings = as_settings(settings, self.Settings)
         rows, path = load_rows(settings.data_file, settings.data_sha256)
         text = corpus_text(rows, settings, path)
         windows, sent = score_windows(backend, text, settings.seq_len, settings.limit)

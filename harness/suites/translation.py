@@ -24,7 +24,7 @@ from harness.backends.base import Backend, GenerateRequest
 from harness.errors import UserError
 from harness.records import ItemRecord, MetricSpec, SuiteRun
 from harness.suites._common import choose, finish_run, load_rows
-from harness.suites.base import SuiteSettings
+from harness.suites.base import SuiteSettings, as_settings
 
 FLORES_FILE = "flores200_devtest.jsonl"
 FLORES_SHA256 = "c4453a3cfe1a85a9a4ad9357939ca04d8a73cf4c064e6c450401cb754f2db244"
@@ -136,8 +136,7 @@ class FloresSuite:
 
     def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
         started = time.monotonic()
-        if not isinstance(settings, FloresSettings):
-            settings = FloresSettings.model_validate(settings.model_dump())
+        settings = as_settings(settings, FloresSettings)
         columns = ["id"] + [column for column, _, _ in LANGUAGES.values()]
         rows, path = load_rows(settings.data_file, settings.data_sha256, required=columns)
         sentences = choose(rows, settings.limit, settings.seed)
