@@ -17,25 +17,24 @@ def repo_root() -> Path | None:
     return candidate if (candidate / "pyproject.toml").is_file() and (candidate / "suites").is_dir() else None
 
 
-def _first_existing(*candidates: Path) -> Path | None:
-    return next((c for c in candidates if c.is_dir()), None)
+def _definitions_dir(name: str) -> Path:
+    """``<name>/`` of the checkout, or its copy packed into the wheel as ``harness/_<name>``."""
+    root = repo_root()
+    candidates = ([root / name] if root else []) + [_PACKAGE_DIR / f"_{name}"]
+    found = next((c for c in candidates if c.is_dir()), None)
+    if found is None:
+        raise UserError(f"moegate's {name}/ directory is missing from this install", "reinstall moegate")
+    return found
 
 
 def suites_dir() -> Path:
-    """``suites/`` of the checkout, or the copy packed into the wheel."""
-    root = repo_root()
-    found = _first_existing(*(([root / "suites"] if root else []) + [_PACKAGE_DIR / "_suites"]))
-    if found is None:
-        raise UserError("moegate's suites/ directory is missing from this install", "reinstall moegate")
-    return found
+    """``suites/``: suite settings, collapse prompts, lm-eval task configs."""
+    return _definitions_dir("suites")
 
 
 def gates_dir() -> Path:
-    root = repo_root()
-    found = _first_existing(*(([root / "gates"] if root else []) + [_PACKAGE_DIR / "_gates"]))
-    if found is None:
-        raise UserError("moegate's gates/ directory is missing from this install", "reinstall moegate")
-    return found
+    """``gates/``: the gate files shipped with moegate."""
+    return _definitions_dir("gates")
 
 
 def data_dir() -> Path:
