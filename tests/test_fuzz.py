@@ -145,21 +145,18 @@ def test_safetensors_headers(header: tuple[bytes, int], noise: bytes, lie_about_
     text, data_len = header
     length = len(text) + (len(noise) if lie_about_length else 0)
     blob = struct.pack("<Q", length) + text + bytes(range(256)) * (data_len // 256) + bytes(data_len % 256)
-    with tempfile.TemporaryDirectory() as tmp:
-        file = Path(tmp) / "model.safetensors"
-        file.write_bytes(blob)
-
-        def read() -> None:
-            check_safetensors(file)
-            scan_file(file)
-
-        _expect_user_error(read)
+    _expect_user_error_reading_safetensors(blob)
 
 
 @FUZZ
 @given(st.binary(max_size=64))
 def test_safetensors_garbage(blob: bytes) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    _expect_user_error_reading_safetensors(blob)
+
+
+def _expect_user_error_reading_safetensors(blob: bytes) -> None:
+    """``blob`` as a model.safetensors: the header check and the tensor scan raise nothing but a UserError."""
+    with tempfile.TemporaryDirectory() as tmp:  # not tmp_path: hypothesis reruns the test in one fixture scope
         file = Path(tmp) / "model.safetensors"
         file.write_bytes(blob)
         _expect_user_error(lambda: (check_safetensors(file), scan_file(file)))
