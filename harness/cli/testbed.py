@@ -25,5 +25,5 @@ def build(out: Path | None, experts: int, top_k: int, shared_fraction: float, se
     from harness.testbed import TestbedSettings, ensure_testbed
 
     settings = TestbedSettings(experts=experts, top_k=top_k, shared_fraction=shared_fraction, seed=seed)
-    path = ensure_testbed(out, settings, progress=lambda msg: click.echo(f"fitting {msg}", err=True))
+    path = ensure_testbed(out, settings, progress=lambda msg: click.echo(msg, err=True))
     click.echo(str(path))

@@ -19,11 +19,17 @@ _TORCH_THREADS = 2  # fixed so BLAS partitions work identically on every rerun (
 
 
 def load_dense(gguf: Path):
-    """The dense SmolLM2 model and tokenizer, dequantized to float32 from the GGUF."""
+    """The dense SmolLM2 model and tokenizer, dequantized to float32 from the GGUF.
+
+    ``local_files_only`` is explicit because transformers saves it into tokenizer_config.json: left to
+    the environment (HF_HUB_OFFLINE), the written test bed's bytes and fingerprint would depend on it.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
     return model.eval(), tokenizer
 
 
@@ -75,7 +81,7 @@ def fit_moe_layers(
         fitted.append(weights)
         hidden = hidden + moe_forward(x, weights, settings.top_k).view_as(hidden)
         if progress:
-            progress(f"layer {index + 1}/{len(base.layers)}")
+            progress(f"fitting layer {index + 1}/{len(base.layers)}")
     return fitted
 
 
