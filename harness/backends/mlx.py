@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.backends._scoring import Scored, batches, unique_longest_first
 from harness.backends.base import (
     GenerateRequest,
     Generation,
@@ -45,7 +46,6 @@ class MlxBackend:
     tok_encode = TransformersBackend.tok_encode
     encode_pair = TransformersBackend.encode_pair
     _prompt_ids = TransformersBackend._prompt_ids
-    _batches = TransformersBackend._batches
     loglikelihood = TransformersBackend.loglikelihood
     loglikelihood_rolling = TransformersBackend.loglikelihood_rolling
 
@@ -71,15 +71,14 @@ class MlxBackend:
         return self._fingerprint
 
     # ------------------------------------------------------------------ scoring
-    def _score(self, seqs: Sequence[tuple[tuple[int, ...], int]]) -> list[tuple[float, bool]]:
+    def _score(self, seqs: Sequence[Scored]) -> list[tuple[float, bool]]:
         """Sum of log-probs of the last ``n`` tokens of each sequence and whether each is the argmax."""
         import mlx.core as mx
 
-        unique = list(dict.fromkeys(seqs))
+        unique = unique_longest_first(seqs)
         lengths = [len(seq) - 1 for seq, _ in unique]
-        order = sorted(range(len(unique)), key=lambda i: (-lengths[i], unique[i][0]))
-        results: dict[tuple[tuple[int, ...], int], tuple[float, bool]] = {}
-        for batch in self._batches(order, lengths):
+        results: dict[Scored, tuple[float, bool]] = {}
+        for batch in batches(lengths, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens):
             width = max(lengths[i] for i in batch)
             rows = [list(unique[i][0][:-1]) + [0] * (width - lengths[i]) for i in batch]  # right padding: causal
             logits = self.model(mx.array(rows))

@@ -14,6 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.backends._scoring import (
+    SHARE_MIN_SAVED_TOKENS,
+    Scored,
+    batches,
+    prefix_groups,
+    shared_passes,
+    unique_longest_first,
+)
+from harness.backends._torch_scoring import TorchScorer
 from harness.backends.base import (
     GenerateRequest,
     Generation,
@@ -43,6 +52,8 @@ class TransformersBackend:
         batch_size: most rows per forward pass.
         max_batch_tokens: most padded tokens per forward pass (keeps memory flat for long windows).
         add_bos_token: force BOS on or off for plain prompts (``None``: the tokenizer's default).
+        share_prefixes: run a context shared by several continuations once into a key/value cache
+            (results agree with plain batches to float noise).
         source: where the checkpoint came from (for the fingerprint).
         settings: extra settings that change outputs (recorded in the fingerprint).
     """
@@ -59,6 +70,7 @@ class TransformersBackend:
         batch_size: int = 8,
         max_batch_tokens: int = 4096,
         add_bos_token: bool | None = None,
+        share_prefixes: bool = True,
         source: ModelSource | None = None,
         settings: dict[str, Any] | None = None,
     ) -> None:
@@ -69,10 +81,13 @@ class TransformersBackend:
         self.batch_size = max(1, int(batch_size))
         self.max_batch_tokens = max(self.max_length + 1, int(max_batch_tokens))
         self.add_bos_token = add_bos_token
+        self.share_prefixes = share_prefixes
+        self.share_min_saved_tokens = SHARE_MIN_SAVED_TOKENS
+        self._scorer: TorchScorer | None = None
+        self._can_share = False
         self.source = source
         self.settings = dict(settings or {})
         self._fingerprint: str | None = None
-        self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @classmethod
     def from_pretrained(
@@ -155,7 +170,7 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------ scoring
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
-        seqs: list[tuple[tuple[int, ...], int]] = []
+        seqs: list[Scored] = []
         for req in requests:
             ctx, cont = self.encode_pair(req.context, req.continuation)
             if not cont:
@@ -167,7 +182,7 @@ class TransformersBackend:
         return [Loglikelihood(logprob=lp, is_greedy=greedy) for lp, greedy in scored]
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
-        seqs: list[tuple[tuple[int, ...], int]] = []
+        seqs: list[Scored] = []
         owners: list[int] = []
         for index, req in enumerate(requests):
             window = min(req.window or ROLLING_WINDOW_CAP, self.max_length)
@@ -185,47 +200,26 @@ class TransformersBackend:
             windows[owner].append(WindowScore(logprob=lp, tokens=n))
         return [RollingResult(windows=tuple(w)) for w in windows]
 
-    def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
-        """Longest first; a batch is bounded by rows and by padded tokens."""
-        batches: list[list[int]] = []
-        current: list[int] = []
-        for idx in order:
-            width = lengths[current[0]] if current else lengths[idx]
-            if current and (len(current) >= self.batch_size or width * (len(current) + 1) > self.max_batch_tokens):
-                batches.append(current)
-                current = []
-            current.append(idx)
-        if current:
-            batches.append(current)
-        return batches
+    def _score(self, seqs: Sequence[Scored]) -> list[tuple[float, bool]]:
+        """Sum of log-probs of the last ``n`` tokens of each sequence, and whether each is the argmax.
 
-    def _score(self, seqs: Sequence[tuple[tuple[int, ...], int]]) -> list[tuple[float, bool]]:
-        """Sum of log-probs of the last ``n`` tokens of each sequence, and whether each is the argmax."""
-        import torch
-
-        unique = list(dict.fromkeys(seqs))
-        lengths = [len(seq) - 1 for seq, _ in unique]
-        order = sorted(range(len(unique)), key=lambda i: (-lengths[i], unique[i][0]))
-        results: dict[tuple[tuple[int, ...], int], tuple[float, bool]] = {}
-        for batch in self._batches(order, lengths):
-            width = max(lengths[i] for i in batch)
-            keep = max(width - (lengths[i] - unique[i][1]) for i in batch)
-            ids = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : lengths[i]] = torch.tensor(unique[i][0][:-1], dtype=torch.long)
-            kwargs = {"logits_to_keep": keep} if self._keep_arg else {}
-            with torch.inference_mode():
-                logits = self.model(ids.to(self.device), use_cache=False, **kwargs).logits
-            offset = width - logits.shape[1]
-            for row, i in enumerate(batch):
-                seq, n = unique[i]
-                start = lengths[i] - n - offset
-                rows = logits[row, start:start + n].float().log_softmax(dim=-1)
-                target = torch.tensor(seq[-n:], dtype=torch.long, device=rows.device)
-                lp = rows.gather(1, target[:, None]).sum().item()
-                greedy = bool((rows.argmax(dim=-1) == target).all().item())
-                results[unique[i]] = (float(lp), greedy)
-            del logits
+        Groups of sequences with a long common context run it once into a key/value cache (see
+        ``_scoring``); the rest go through plain right-padded batches, longest first.
+        """
+        if self._scorer is None:
+            self._scorer = TorchScorer(self.model, self.device)
+            self._can_share = self._scorer.can_share_prefixes()
+        unique = unique_longest_first(seqs)
+        groups, rest = [], list(range(len(unique)))
+        if self.share_prefixes and self._can_share:
+            groups, rest = prefix_groups(unique, min_saved_tokens=self.share_min_saved_tokens)
+        limits = {"batch_size": self.batch_size, "max_batch_tokens": self.max_batch_tokens}
+        results: dict[Scored, tuple[float, bool]] = {}
+        for shared in shared_passes(groups, **limits):
+            self._scorer.shared(unique, shared, results)
+        plain = [unique[i] for i in rest]
+        for batch in batches([len(seq) - 1 for seq, _ in plain], **limits):
+            self._scorer.plain([plain[i] for i in batch], results)
         return [results[s] for s in seqs]
 
     # ------------------------------------------------------------------ routing

@@ -1,0 +1,116 @@
+"""Torch forward passes behind the transformers backend's scoring: plain batches and shared prefixes.
+
+The plan (which rows, which batches, which prefixes) comes from ``_scoring``; this module only turns
+a plan into forward passes and scores. Plain batches are lm-eval's: right padding without a mask
+(causal attention never lets a real token see the padding after it). Shared prefixes run once into a
+transformers ``DynamicCache``; every suffix row then reads a copy of its own group's cache rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+from harness.backends._scoring import Scored, SharedPass
+
+Results = dict[Scored, tuple[float, bool]]
+
+
+class TorchScorer:
+    """Forward passes of ``model`` on ``device`` for scoring plans; fills a results dict."""
+
+    def __init__(self, model: Any, device: str) -> None:
+        self.model = model
+        self.device = device
+        params = inspect.signature(model.forward).parameters
+        self.keep_arg = "logits_to_keep" in params
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    def can_share_prefixes(self) -> bool:
+        """Only plain full-attention caches: sliding windows and linear-attention states cannot be masked."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        layers = DynamicCache(config=self.model.config).layers
+        return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+    def plain(self, batch: Sequence[Scored], results: Results) -> None:
+        """One right-padded forward over ``batch``, keeping only the logits some row scores."""
+        import torch
+
+        lengths = [len(seq) - 1 for seq, _ in batch]
+        width = max(lengths)
+        keep = max(width - (length - n) for length, (_, n) in zip(lengths, batch, strict=True))
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (seq, _) in enumerate(batch):
+            ids[row, : len(seq) - 1] = torch.tensor(seq[:-1], dtype=torch.long)
+        kwargs = {"logits_to_keep": keep} if self.keep_arg else {}
+        with torch.inference_mode():
+            logits = self.model(ids.to(self.device), use_cache=False, **kwargs).logits
+            offset = width - logits.shape[1]
+            for row, (length, (seq, n)) in enumerate(zip(lengths, batch, strict=True)):
+                start = length - n - offset
+                results[(seq, n)] = target_score(logits[row, start:start + n], seq[-n:])
+
+    def shared(self, unique: Sequence[Scored], plan: SharedPass, results: Results) -> None:
+        """The groups' prefixes in one right-padded pass into a cache; then each chunk of rows on top.
+
+        In a suffix pass each row attends to its own group's prefix only (the mask hides the padding a
+        shorter prefix left in the cache) and its positions continue from that prefix's length.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        width = plan.prefix_width
+        ids = torch.zeros((len(plan.groups), width), dtype=torch.long)
+        for pos, group in enumerate(plan.groups):
+            ids[pos, : len(group.prefix)] = torch.tensor(group.prefix, dtype=torch.long)
+        cache = DynamicCache(config=self.model.config)
+        kwargs = {"logits_to_keep": 1} if self.keep_arg else {}
+        with torch.inference_mode():
+            self.model(ids.to(self.device), use_cache=True, **{self.cache_arg: cache}, **kwargs)
+            for chunk in plan.chunks:
+                rows = [plan.groups[pos].rows[r] for pos, r in chunk]
+                suffix = max(len(row) for row in rows)
+                ids = torch.zeros((len(chunk), suffix), dtype=torch.long)
+                mask = torch.ones((len(chunk), width + suffix), dtype=torch.long)
+                positions = torch.zeros((len(chunk), suffix), dtype=torch.long)
+                for k, ((pos, _), row) in enumerate(zip(chunk, rows, strict=True)):
+                    prefix = len(plan.groups[pos].prefix)
+                    ids[k, : len(row)] = torch.tensor(row, dtype=torch.long)
+                    mask[k, prefix:width] = 0
+                    positions[k] = torch.arange(prefix, prefix + suffix)
+                index = torch.tensor([pos for pos, _ in chunk], device=self.device)
+                logits = self.model(
+                    ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
+                    use_cache=True, **{self.cache_arg: cache_rows(cache, index)},
+                ).logits
+                for k, (pos, r) in enumerate(chunk):
+                    for i, row in plan.groups[pos].members:
+                        if row == r:
+                            seq, n = unique[i]
+                            results[unique[i]] = target_score(logits[k, :n], seq[-n:])
+
+
+def target_score(logits: Any, targets: Sequence[int]) -> tuple[float, bool]:
+    """Summed log-probability of ``targets`` under ``logits`` (one row per target), and all-argmax."""
+    import torch
+
+    rows = logits.float().log_softmax(dim=-1)
+    target = torch.tensor(targets, dtype=torch.long, device=rows.device)
+    logprob = rows.gather(1, target[:, None]).sum().item()
+    return float(logprob), bool((rows.argmax(dim=-1) == target).all().item())
+
+
+def cache_rows(cache: Any, index: Any) -> Any:
+    """A copy of ``cache`` with the batch rows ``index`` (repeats allowed); ``cache`` itself is untouched.
+
+    ``DynamicLayer.update`` concatenates into new tensors, so the shallow copies never write into the
+    tensors they share with ``cache``, and ``batch_select_indices`` gathers into new ones.
+    """
+    rows = copy.copy(cache)
+    rows.layers = [copy.copy(layer) for layer in cache.layers]
+    rows.batch_select_indices(index)
+    return rows

@@ -1,0 +1,150 @@
+"""Shared-prefix scoring: the plan (pure, hypothesis) and the transformers backend against plain batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.backends import open_backend
+from harness.backends._scoring import batches, prefix_groups, shared_passes, unique_longest_first
+from harness.backends.base import LoglikelihoodRequest
+from harness.backends.transformers import TransformersBackend
+from tests.tiny_models import build_tiny_moe
+
+# ------------------------------------------------------------------ the plan, on token lists alone
+
+tokens = st.lists(st.integers(0, 3), min_size=0, max_size=5).map(tuple)
+scored = st.builds(
+    lambda ctx, cont: (ctx + cont, len(cont)),
+    st.sampled_from([(), (7,), (7, 8, 9), (7, 8, 9, 9, 9, 9), (5, 8, 9, 9, 9, 9)]).flatmap(
+        lambda base: tokens.map(lambda extra: base + extra)),
+    st.lists(st.integers(0, 3), min_size=1, max_size=4).map(tuple),
+).filter(lambda s: s[1] < len(s[0]))  # a scored token always has a context
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(scored, max_size=12), st.integers(0, 8), st.integers(1, 4), st.integers(1, 40))
+def test_plan_covers_every_sequence_once_and_rebuilds_it(
+    seqs: list, min_saved: int, batch_size: int, max_batch_tokens: int
+) -> None:
+    unique = unique_longest_first(seqs)
+    assert sorted(unique) == sorted(set(seqs))
+    assert [len(s) for s, _ in unique] == sorted((len(s) for s, _ in unique), reverse=True)
+    groups, rest = prefix_groups(unique, min_saved_tokens=min_saved)
+    members = [i for g in groups for i, _ in g.members]
+    assert sorted(members + rest) == list(range(len(unique)))
+    for group in groups:
+        assert group.prefix and len(group.members) >= 2 and group.saved_tokens(unique) >= min_saved
+        assert len(set(group.rows)) == len(group.rows)
+        for i, r in group.members:  # prefix + row + last token is the sequence; the row is as long as n
+            seq, n = unique[i]
+            assert group.prefix + group.rows[r] + seq[-1:] == seq and len(group.rows[r]) == n
+    passes = shared_passes(groups, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    seen = [(g.prefix, g.rows[r]) for p in passes for chunk in p.chunks for pos, r in chunk for g in [p.groups[pos]]]
+    assert sorted(seen) == sorted((g.prefix, row) for g in groups for row in g.rows)
+    for p in passes:
+        assert len(p.groups) <= batch_size
+        assert len(p.groups) == 1 or len(p.groups) * p.prefix_width <= max_batch_tokens
+        for chunk in p.chunks:
+            width = p.prefix_width + max(len(p.groups[pos].rows[r]) for pos, r in chunk)
+            assert len(chunk) <= batch_size and (len(chunk) == 1 or len(chunk) * width <= max_batch_tokens)
+
+
+@given(st.lists(st.integers(1, 30), max_size=20).map(lambda w: sorted(w, reverse=True)), st.integers(1, 5), st.integers(1, 60))
+def test_batches_keep_order_and_bounds(widths: list[int], batch_size: int, max_batch_tokens: int) -> None:
+    out = batches(widths, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    assert [i for b in out for i in b] == list(range(len(widths)))
+    for b in out:
+        assert len(b) <= batch_size and (len(b) == 1 or widths[b[0]] * len(b) <= max_batch_tokens)
+
+
+def test_contexts_cut_differently_do_not_share() -> None:
+    long = tuple(range(100, 140))
+    cut = [((*long, 1)[-33:], 1), ((*long, 2)[-33:], 1), ((*long, 3, 4, 5)[-33:], 3)]
+    groups, rest = prefix_groups(unique_longest_first(cut), min_saved_tokens=0)
+    assert [len(g.members) for g in groups] == [2] and len(rest) == 1  # the same cut shares, another does not
+
+
+# ------------------------------------------------------------------ the backend: shared equals plain
+
+CONTEXT = "Question: Which planet is the largest in the solar system? Think before you answer.\nAnswer:"
+REQUESTS = [
+    LoglikelihoodRequest(CONTEXT, " Jupiter"),
+    LoglikelihoodRequest(CONTEXT, " Saturn, the one with the rings"),
+    LoglikelihoodRequest(CONTEXT, " A"),
+    LoglikelihoodRequest(CONTEXT, " B"),
+    LoglikelihoodRequest(CONTEXT + " ", "Mars"),  # trailing space: the same context tokens
+    LoglikelihoodRequest(CONTEXT, " Jupiter"),  # duplicate
+    LoglikelihoodRequest("A single continuation for this context, so nothing to share.", " ok"),
+    LoglikelihoodRequest("A long context " * 40, " end"),  # longer than max_length: cut from the left
+    LoglikelihoodRequest("A long context " * 40, " fin"),
+    LoglikelihoodRequest("A long context " * 40, " the very end of it all"),
+    LoglikelihoodRequest("", "Hello"),  # empty context: the prefix token alone, nothing to share
+    LoglikelihoodRequest("", "World wide"),
+    LoglikelihoodRequest("Short one", " x"),
+    LoglikelihoodRequest("Short one", " yes"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-shared")
+    return {family: build_tiny_moe(family, root / family, seed=1) for family in ("mixtral", "qwen3_moe", "olmoe")}
+
+
+def _forward_tokens(backend: TransformersBackend) -> list[int]:
+    """Counts the input tokens of every forward pass of ``backend.model``."""
+    counted: list[int] = []
+    backend.model.register_forward_pre_hook(
+        lambda _m, args, kwargs: counted.append((args[0] if args else kwargs["input_ids"]).numel()), with_kwargs=True)
+    return counted
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "olmoe"])
+def test_shared_prefix_scores_equal_plain_rows(tiny_dirs: dict[str, Path], family: str) -> None:
+    for batch_size in (1, 8):
+        plain = open_backend(str(tiny_dirs[family]), device="cpu", max_length=40, batch_size=batch_size, share_prefixes=False)
+        shared = open_backend(str(tiny_dirs[family]), device="cpu", max_length=40, batch_size=batch_size)
+        assert isinstance(shared, TransformersBackend) and isinstance(plain, TransformersBackend)
+        shared.share_min_saved_tokens = 0  # share every group, even these small ones
+        plain_tokens, shared_tokens = _forward_tokens(plain), _forward_tokens(shared)
+        reference, ours = plain.loglikelihood(REQUESTS), shared.loglikelihood(REQUESTS)
+        for mine, ref in zip(ours, reference, strict=True):
+            assert mine.logprob == pytest.approx(ref.logprob, abs=1e-4)
+            assert mine.is_greedy == ref.is_greedy
+        assert ours[0] == ours[5]
+        assert sum(shared_tokens) < sum(plain_tokens)  # it did share
+
+
+def test_default_threshold_shares_a_long_context_and_agrees_with_lm_eval(tiny_dirs: dict[str, Path]) -> None:
+    from tests.test_backend_transformers import _hflm_loglikelihood
+
+    backend = open_backend(str(tiny_dirs["mixtral"]), device="cpu", max_length=256, batch_size=4)
+    assert isinstance(backend, TransformersBackend)
+    context = "Background: " + "experts route tokens and a gate checks them. " * 12 + "\nQuestion: what routes tokens?\nAnswer:"
+    requests = [LoglikelihoodRequest(context, c) for c in (" experts", " the gate", " nothing at all, really", " A")]
+    counted = _forward_tokens(backend)
+    ours = backend.loglikelihood(requests)
+    assert len(counted) == 2  # one prefix pass, one suffix pass
+    for mine, (lp, greedy) in zip(ours, _hflm_loglikelihood(backend, requests, batch_size=2), strict=True):
+        assert mine.logprob == pytest.approx(lp, abs=1e-4) and mine.is_greedy == greedy
+
+
+def test_sliding_window_models_score_plain_rows(tmp_path: Path) -> None:
+    from transformers import AutoConfig
+
+    path = build_tiny_moe("mixtral", tmp_path / "mixtral")
+    config = AutoConfig.from_pretrained(path)
+    config.sliding_window = 16
+    config.save_pretrained(path)
+    backend = open_backend(str(path), device="cpu", max_length=64)
+    assert isinstance(backend, TransformersBackend)
+    backend.share_min_saved_tokens = 0
+    counted = _forward_tokens(backend)
+    ours = backend.loglikelihood(REQUESTS[:4])
+    assert len(counted) == 1  # four rows, one plain batch: a sliding-window cache is never shared
+    plain = open_backend(str(path), device="cpu", max_length=64, share_prefixes=False).loglikelihood(REQUESTS[:4])
+    assert [r.logprob for r in ours] == pytest.approx([r.logprob for r in plain], abs=1e-5)
