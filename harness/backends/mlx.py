@@ -71,8 +71,9 @@ class MlxBackend:
         return self._fingerprint
 
     # ------------------------------------------------------------------ scoring
-    def _score(self, seqs: Sequence[Scored]) -> list[tuple[float, bool]]:
-        """Sum of log-probs of the last ``n`` tokens of each sequence and whether each is the argmax."""
+    def _score(self, seqs: Sequence[Scored], *, greedy: bool = True) -> list[tuple[float, bool]]:
+        """Sum of log-probs of the last ``n`` tokens of each sequence and whether each is the argmax (False
+        for all when ``greedy=False``, as the transformers backend's rolling windows ask)."""
         import mlx.core as mx
 
         unique = unique_longest_first(seqs)
@@ -89,8 +90,8 @@ class MlxBackend:
                 part = part - mx.logsumexp(part, axis=-1, keepdims=True)
                 target = mx.array(seq[-n:])
                 lp = mx.take_along_axis(part, target[:, None], axis=-1).sum().item()
-                greedy = bool(mx.all(mx.argmax(part, axis=-1) == target).item())
-                results[unique[i]] = (float(lp), greedy)
+                is_greedy = greedy and bool(mx.all(mx.argmax(part, axis=-1) == target).item())
+                results[unique[i]] = (float(lp), is_greedy)
         return [results[s] for s in seqs]
 
     # ------------------------------------------------------------------ generation

@@ -194,14 +194,16 @@ class TransformersBackend:
                 if len(chunk) >= 2:  # a window's first token has no context and is not scored
                     seqs.append((tuple(chunk), len(chunk) - 1))
                     owners.append(index)
-        scored = self._score(seqs)
+        scored = self._score(seqs, greedy=False)  # a window's greedy flag is not reported
         windows: list[list[WindowScore]] = [[] for _ in requests]
         for owner, (_seq, n), (lp, _) in zip(owners, seqs, scored, strict=True):
             windows[owner].append(WindowScore(logprob=lp, tokens=n))
         return [RollingResult(windows=tuple(w)) for w in windows]
 
-    def _score(self, seqs: Sequence[Scored]) -> list[tuple[float, bool]]:
+    def _score(self, seqs: Sequence[Scored], *, greedy: bool = True) -> list[tuple[float, bool]]:
         """Sum of log-probs of the last ``n`` tokens of each sequence, and whether each is the argmax.
+
+        With ``greedy=False`` the argmax is skipped and every flag is False.
 
         Groups of sequences with a long common context run it once into a key/value cache (see
         ``_scoring``); the rest go through plain right-padded batches, longest first.
@@ -219,7 +221,7 @@ class TransformersBackend:
             self._scorer.shared(unique, shared, results)
         plain = [unique[i] for i in rest]
         for batch in batches([len(seq) - 1 for seq, _ in plain], **limits):
-            self._scorer.plain([plain[i] for i in batch], results)
+            self._scorer.plain([plain[i] for i in batch], results, greedy=greedy)
         return [results[s] for s in seqs]
 
     # ------------------------------------------------------------------ routing
