@@ -24,6 +24,9 @@ from harness.resources import data_file
 from harness.testbed import ensure_testbed
 
 WINDOW = 512
+# "mask": the published -1e9 router rows (not an exact mask for a bias-free router, see README);
+# "zero": the pruned experts' weights set to zero, which removes them exactly.
+PRUNE_MODES = ("mask", "zero")
 
 
 def wikitext_windows(tokenizer, n: int) -> list[torch.Tensor]:
@@ -70,10 +73,11 @@ def main() -> None:
     usage = importance(open_checkpoint(base), "frequency", calib, max_tokens=args.calib_tokens)
     variants: list[tuple[str, Path]] = [("MoE test bed (baseline)", base)]
     for frac in (0.05, 0.10, 0.25):
-        out = work / f"prune{int(frac * 100)}"
-        if not out.exists():
-            prune(base, out, fraction=frac, criterion="frequency", scope="global", mode="zero", calib=calib, scores=usage)
-        variants.append((f"prune {int(frac * 100)}% experts (frequency, global, zero)", out))
+        for mode in PRUNE_MODES:
+            out = work / f"prune{int(frac * 100)}-{mode}"
+            if not out.exists():
+                prune(base, out, fraction=frac, criterion="frequency", scope="global", mode=mode, calib=calib, scores=usage)
+            variants.append((f"prune {int(frac * 100)}% experts (frequency, global, {mode})", out))
     for plan in ("uniform:8", "uniform:4", "tiered"):
         out = work / plan.replace(":", "")
         if not out.exists():
