@@ -19,9 +19,10 @@ from dataclasses import dataclass
 Scored = tuple[tuple[int, ...], int]
 """Tokens and how many of the last ones are scored."""
 
-SHARE_MIN_SAVED_TOKENS = 64
-"""Share a prefix only when it saves at least this many token positions: a shared group costs one
-more forward pass than its rows would in a plain batch, worth roughly this many tokens on CPU."""
+SHARE_MIN_SAVED_TOKENS = 16
+"""Share a prefix only when it saves at least this many token positions. Groups ride together in
+batched prefix and suffix passes, so a group adds no forward pass of its own; the floor only keeps
+groups that save next to nothing (a one-token prefix) in the plain batches."""
 
 
 def unique_longest_first(seqs: Sequence[Scored]) -> list[Scored]:
@@ -103,9 +104,11 @@ class SharedPass:
 def shared_passes(groups: Sequence[PrefixGroup], *, batch_size: int, max_batch_tokens: int) -> list[SharedPass]:
     """Batch groups (longest prefix first) into prefix passes, and their rows into suffix passes.
 
-    A prefix pass holds at most ``batch_size`` prefixes and ``max_batch_tokens`` padded tokens; a suffix
-    pass at most ``batch_size`` rows, and rows times (cached prefix + suffix width) at most
-    ``max_batch_tokens`` (each row attends to its own copy of the cache); but always at least one row.
+    A prefix pass holds at most ``batch_size`` prefixes and ``max_batch_tokens`` padded tokens. A suffix
+    pass is bounded by tokens alone: rows times (cached prefix + suffix width) at most
+    ``max_batch_tokens``, as each row reads its own copy of the cache (always at least one row). Suffix
+    rows are short, so a row bound would split one multiple-choice batch into several forward passes,
+    each with the fixed per-pass cost the sharing is meant to save.
     """
     passes: list[SharedPass] = []
     for batch in batches([len(g.prefix) for g in groups], batch_size=batch_size, max_batch_tokens=max_batch_tokens):
@@ -117,7 +120,7 @@ def shared_passes(groups: Sequence[PrefixGroup], *, batch_size: int, max_batch_t
         current: list[tuple[int, int]] = []
         for pos, r in rows:
             top = len(members[current[0][0]].rows[current[0][1]]) if current else len(members[pos].rows[r])
-            if current and (len(current) >= batch_size or (width + top) * (len(current) + 1) > max_batch_tokens):
+            if current and (width + top) * (len(current) + 1) > max_batch_tokens:
                 chunks.append(tuple(current))
                 current = []
             current.append((pos, r))
