@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=6)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=1, help="ABBA blocks (suite, bare, bare, suite) to average over")
     args = parser.parse_args()
 
     from harness.backends import open_backend
@@ -97,14 +98,20 @@ def main() -> None:
             raise SystemExit(f"suite failed: {run.error}")
         return wall, recorder, run
 
-    # ABBA order (suite, bare, bare, suite): a drifting shared CPU load hits both sides alike
-    wall1, recorder, run = suite_once()
-    bare1, tokens = forward_only(backend, recorder.rolling)
-    bare2, _ = forward_only(backend, recorder.rolling)
-    wall2, _, _ = suite_once()
-    wall, bare = wall1 + wall2, bare1 + bare2
-    print(f"suite {args.suite}: {len(run.records)} records, {tokens} tokens, wall {wall1:.2f} + {wall2:.2f} s")
-    print(f"forward-only over the same windows: {bare1:.2f} + {bare2:.2f} s (batch {args.batch_size})")
+    # ABBA blocks (suite, bare, bare, suite): a drifting CPU load hits both sides alike
+    walls: list[float] = []
+    bares: list[float] = []
+    for _ in range(args.repeats):
+        wall1, recorder, run = suite_once()
+        bare1, tokens = forward_only(backend, recorder.rolling)
+        bare2, _ = forward_only(backend, recorder.rolling)
+        wall2, _, _ = suite_once()
+        walls += [wall1, wall2]
+        bares += [bare1, bare2]
+    wall, bare = sum(walls), sum(bares)
+    print(f"suite {args.suite}: {len(run.records)} records, {tokens} tokens, wall " + " + ".join(f"{w:.2f}" for w in walls) + " s")
+    print("forward-only over the same windows: " + " + ".join(f"{b:.2f}" for b in bares) + f" s (batch {args.batch_size})")
+    print(f"fastest suite run / fastest forward-only = {min(walls) / min(bares):.3f}")
     print(f"overhead = {wall / bare:.3f}")
 
 
