@@ -53,3 +53,17 @@ def test_gguf_info_without_loading() -> None:
     assert data["model_type"] == "llama" and data["moe"] is None
     assert data["num_layers"] == 30 and 130e6 < data["parameters"] < 140e6
     assert data["size_on_disk_bytes"] == smollm2_gguf().stat().st_size
+
+
+def test_testbed_keyword_names_the_built_test_bed(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``moegate info testbed`` (and profile, inspect, compress) resolve the keyword like ``moegate eval``."""
+    import harness.pipeline
+
+    monkeypatch.setattr(harness.pipeline, "resolve_model", lambda model, log=None: str(tiny))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(info, ["testbed", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["model"] == str(tiny)
+
+    (tmp_path / "testbed").mkdir()  # a real folder of that name wins over the keyword
+    assert CliRunner().invoke(info, ["testbed", "--json"]).exit_code != 0

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from harness.cli._model_arg import testbed_keyword
+
 _CALIB = click.Path(dir_okay=False, path_type=Path)
 
 
@@ -15,7 +17,7 @@ def compress() -> None:
 
 
 @compress.command("prune")
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path), callback=testbed_keyword)
 @click.option("--fraction", type=float, required=True, help="Fraction of routed experts to prune, in (0, 1).")
 @click.option("--criterion", default="frequency", show_default=True,
               help="Importance score: frequency, soft, ean, reap or random.")
@@ -37,7 +39,7 @@ def prune_cmd(model: Path, fraction: float, criterion: str, scope: str, mode: st
 
 
 @compress.command("quantize")
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path), callback=testbed_keyword)
 @click.option("--plan", default="uniform:4", show_default=True, help="uniform:8, uniform:4 (uniform:2..8) or tiered.")
 @click.option("--group-size", type=int, default=64, show_default=True, help="Input columns per quantization group.")
 @click.option("--scheme", default="asym", show_default=True, help="asym (min/max) or sym (absmax) per group.")

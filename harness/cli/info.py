@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from harness.backends.loading import ModelSource, read_config, read_safetensors_header, resolve_model
+from harness.cli._model_arg import testbed_keyword
 from harness.errors import UserError
 from harness.moe_layout import moe_layout_from_config
 
@@ -161,7 +162,7 @@ def _print_table(info: dict[str, Any]) -> None:
 
 
 @click.command("info")
-@click.argument("model")
+@click.argument("model", callback=testbed_keyword)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (for machines) instead of a table.")
 @click.option("--trust-pickle", is_flag=True, help="Allow pickle weights (*.bin); only for sources you trust.")
 @click.option("--backend", "backend", default="transformers", show_default=True,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from harness.cli._model_arg import testbed_keyword
 from harness.inspect import InspectReport, inspect_checkpoint
 
 
@@ -50,8 +51,8 @@ def print_report(report: InspectReport) -> None:
 
 
 @click.command("inspect")
-@click.argument("model")
-@click.option("--against", default=None, help="baseline checkpoint the model was compressed from")
+@click.argument("model", callback=testbed_keyword)
+@click.option("--against", default=None, callback=testbed_keyword, help="baseline checkpoint the model was compressed from")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def inspect_cmd(model: str, against: str | None, as_json: bool) -> None:
     """Audit a safetensors checkpoint (and what changed vs --against): exit 0 clean, 1 must fail, 2 unreadable."""

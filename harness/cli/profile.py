@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from harness.cli._model_arg import testbed_keyword
 from harness.errors import UserError
 
 PLOT_SUFFIXES = (".png", ".svg")
@@ -70,7 +71,7 @@ def _print_report(console: Console, summary: dict[str, Any], curve: dict[str, An
 
 
 @click.command("profile")
-@click.argument("model")
+@click.argument("model", callback=testbed_keyword)
 @click.option("--prompts", "prompts_file", required=True, type=click.Path(path_type=Path),
               help="Prompt file: .txt (one per line) or .jsonl[.gz] with 'text' (and optional 'domain').")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the full profile as JSON here.")
