@@ -33,6 +33,14 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         raise
 
 
+def save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' own writer, then the usual file mode (it creates files 0600, unreadable to a team's CI user)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    Path(path).chmod(0o666 & ~_current_umask())
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

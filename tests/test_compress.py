@@ -102,6 +102,8 @@ def test_prune_changes_only_targets_bf16(bf16_moe: Path, tmp_path: Path, mode: s
             keep = [e for e in range(8) if (int(key.split(".")[2]), e) not in pruned]
             assert _same_bits(src[key][keep], dst[key][keep])
     assert (out / "config.json").read_bytes() == (bf16_moe / "config.json").read_bytes()
+    for weights in out.glob("*.safetensors"):  # safetensors' writer makes 0600 files; a team's CI user must read them
+        assert weights.stat().st_mode & 0o044 == 0o044 & ~_umask(), oct(weights.stat().st_mode)
 
 
 def test_frequency_pruned_checkpoint_loads_and_runs(fp32_moe: Path, calib: Path, tmp_path: Path) -> None:
@@ -226,3 +228,11 @@ def test_dense_model_and_bad_plan_rejected(tmp_path: Path, bf16_moe: Path, capsy
     assert not (tmp_path / "o").exists()
     with pytest.raises(UserError, match="source model folder"):
         quantize(bf16_moe, bf16_moe, plan="uniform:8")
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from harness.atomic import atomic_dir
+from harness.atomic import atomic_dir, save_safetensors
 from harness.compress._checkpoint import MoeCheckpoint
 from harness.errors import UserError
 
@@ -57,4 +56,4 @@ def write_edited(ckpt: MoeCheckpoint, tmp: Path, edits: dict[str, Edit]) -> None
                                          f"to {tuple(new.shape)}/{new.dtype}")
                     tensor = new
                 tensors[key] = tensor.contiguous()
-        save_file(tensors, str(tmp / name), metadata=metadata)
+        save_safetensors(tensors, tmp / name, metadata=metadata)

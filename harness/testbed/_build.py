@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
+from harness.atomic import save_safetensors
 from harness.testbed._fit import MoeLayerWeights, fit_layer, moe_forward
 from harness.testbed._settings import TestbedSettings
 
@@ -160,7 +160,7 @@ def moe_config(dense_config, settings: TestbedSettings) -> dict:
 
 def write_testbed(dense, tokenizer, fitted: list[MoeLayerWeights], settings: TestbedSettings, out: Path, info: dict) -> None:
     """Write weights, config, generation config, tokenizer and the build record into ``out``."""
-    save_file(moe_state_dict(dense, fitted), str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_safetensors(moe_state_dict(dense, fitted), out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(moe_config(dense.config, settings), indent=2, sort_keys=True) + "\n")
     generation = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "do_sample": False}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
