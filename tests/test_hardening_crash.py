@@ -30,7 +30,7 @@ N_ITEMS = 8
 
 SUITE = textwrap.dedent(
     """
-    import json, os
+    import json, os, time
     from typing import ClassVar
     from harness.backends.base import LoglikelihoodRequest
     from harness.records import ItemRecord, MetricSpec, SuiteRun
@@ -45,6 +45,7 @@ SUITE = textwrap.dedent(
         def run(self, backend, settings):
             records = []
             for i, (context, target) in enumerate(PAIRS):
+                time.sleep(float(os.environ.get("STEP_DELAY", "0")))  # a window for the killer: tiny-model calls take ms
                 before = getattr(getattr(backend, "stats", None), "misses", 0)
                 (result,) = backend.loglikelihood([LoglikelihoodRequest(context, target)])
                 computed = getattr(getattr(backend, "stats", None), "misses", 0) > before
@@ -117,7 +118,7 @@ def test_sigkill_at_random_points_then_rerun(project: dict[str, Path]) -> None:
     reference = json.loads((root / "reference" / "report.json").read_text())
     os.environ["MOEGATE_CACHE_DIR"] = str(root / "cache")
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MOEGATE_QUIET="1", STEP_LOG=str(root / "steps.jsonl"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MOEGATE_QUIET="1", STEP_LOG=str(root / "steps.jsonl"), STEP_DELAY="0.1")
     run_args = ["run", "--gate", str(gate), "--candidate", str(candidate), "--report-dir", str(root / "run")]
     rng = random.Random(8)
     faults = 0
