@@ -23,6 +23,7 @@ Last line: ``ratio moegate/lm_eval = X``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
@@ -115,7 +116,7 @@ def main() -> None:
     backends = {p: open_backend(p, dtype="float32", device="cpu", batch_size=args.batch_size) for p in {baseline_path, candidate_path}}
     for backend in backends.values():
         backend.fingerprint()  # hashing a checkpoint is once per file (memoised), not per run
-    caches = iter(range(10**6))
+    caches = itertools.count()
 
     def preloaded(spec: ModelSpec, **_: Any) -> Any:
         """``open_model`` without the load: the loaded backend behind a fresh (cold) request cache."""

@@ -80,11 +80,15 @@ def _mean_and_se(diffs: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(max(var, scale * scale / n) / n)
 
 
+def _discordant(diffs: Sequence[float]) -> tuple[int, int]:
+    """Paired 0/1 items: (right->wrong, wrong->right) counts."""
+    return sum(1 for d in diffs if d > 0), sum(1 for d in diffs if d < 0)
+
+
 def _p_values(diffs: Sequence[float], margin: float, binary: bool) -> tuple[float, float, float]:
     n = len(diffs)
     if binary:
-        b = sum(1 for d in diffs if d > 0)
-        c = sum(1 for d in diffs if d < 0)
+        b, c = _discordant(diffs)
         return (b - c) / n, tango_p_within(b, c, n, margin), tango_p_beyond(b, c, n, margin)
     mean, se = _mean_and_se(diffs)
     z = (mean - margin) / se
@@ -97,11 +101,9 @@ def look_bounds(diffs: Sequence[float], alpha: float, binary: bool) -> tuple[flo
     At a look that spent ``alpha``, PASS means the upper bound is within the margin, FAIL that the
     lower bound is beyond it (up to the root finding of Tango's bounds).
     """
-    n = len(diffs)
     if binary:
-        b = sum(1 for d in diffs if d > 0)
-        c = sum(1 for d in diffs if d < 0)
-        return tango_bounds(b, c, n, alpha)
+        b, c = _discordant(diffs)
+        return tango_bounds(b, c, len(diffs), alpha)
     mean, se = _mean_and_se(diffs)
     z = float(stats.norm.isf(alpha))
     return mean - z * se, mean + z * se

@@ -173,10 +173,9 @@ class OpenAIBackend:
 
     def _probe(self) -> Capabilities:
         notes: list[str] = []
-        base = {"model": self.model_name, "max_tokens": 1, "temperature": 0.0, "seed": self.seed}
         completions = echo = vllm = chat = False
         try:
-            self.client.post("/completions", {**base, "prompt": "Hello"})
+            self.client.post("/completions", self._one_token(prompt="Hello"))
             completions = True
         except HttpError as err:
             _unsupported_or_raise(err)
@@ -185,7 +184,7 @@ class OpenAIBackend:
             echo = self._probe_logprobs("echo+logprobs", lambda: self._fetch_echo(PROBE_TEXT), notes)
             vllm = self._probe_logprobs("prompt_logprobs", lambda: self._fetch_prompt_logprobs(PROBE_TEXT), notes)
         try:
-            self.client.post("/chat/completions", {**base, "messages": [{"role": "user", "content": "Hello"}]})
+            self.client.post("/chat/completions", self._one_token(messages=[{"role": "user", "content": "Hello"}]))
             chat = True
         except HttpError as err:
             _unsupported_or_raise(err)
@@ -231,17 +230,19 @@ class OpenAIBackend:
         if not ok(self.capabilities()):
             raise UserError(f"server {self.base_url} ({self.model_name}) does not support {what}", fix)
 
+    def _one_token(self, **fields: Any) -> dict[str, Any]:
+        """A deterministic one-token request body: what the probes and prompt scoring send."""
+        return {"model": self.model_name, "max_tokens": 1, "temperature": 0.0, "seed": self.seed, **fields}
+
     def _fetch_echo(self, prompt: str, shift: int = 0) -> PromptScores:
         """``echo`` + ``logprobs``: raises HttpError, or ValueError for an unusable answer."""
-        payload = {"model": self.model_name, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
-                   "seed": self.seed, "echo": True, "logprobs": 1}
+        payload = self._one_token(prompt=prompt, echo=True, logprobs=1)
         return parse_echo(self.client.post("/completions", payload), prompt, shift)
 
     def _fetch_prompt_logprobs(self, prompt: str, shift: int = 0) -> PromptScores:
         """vLLM ``prompt_logprobs`` (top-1 besides the prompt token, so greediness is exact); the prompt token
         ids come from the answer (``return_token_ids``, newer vLLM) or else from ``/tokenize``."""
-        payload = {"model": self.model_name, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
-                   "seed": self.seed, "prompt_logprobs": 1, "return_token_ids": True}
+        payload = self._one_token(prompt=prompt, prompt_logprobs=1, return_token_ids=True)
         answer = self.client.post("/completions", payload)
         ids = prompt_token_ids(answer)
         if ids is None:

@@ -72,15 +72,20 @@ def not_covered(budget: Budget, base: SuiteRun) -> str | None:
     return None
 
 
+def _statistical(budgets: list[Budget]) -> int:
+    """m: the capabilities decided by a test (``new_flags`` are exact counts, outside the correction)."""
+    return sum(b.kind != "new_flags" for b in budgets)
+
+
 def sequential_alpha(budgets: list[Budget], policy: GatePolicy) -> float:
     """One-sided alpha of each sequential capability: alpha / m with Holm over m statistical budgets."""
-    m = sum(b.kind != "new_flags" for b in budgets)
+    m = _statistical(budgets)
     return policy.alpha / m if policy.correction == "holm" and m > 1 else policy.alpha
 
 
 def remaining_alpha(budgets: list[Budget], policy: GatePolicy, n_sequential: int) -> float:
     """Alpha left for Holm over the non-sequential capabilities: alpha (m - s) / m."""
-    m = sum(b.kind != "new_flags" for b in budgets)
+    m = _statistical(budgets)
     if policy.correction != "holm" or not n_sequential or m <= 1:
         return policy.alpha
     return policy.alpha * max(m - n_sequential, 0) / m

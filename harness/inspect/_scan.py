@@ -188,7 +188,7 @@ RACY_SECONDS = 2
 
 
 def scan_file_cached(file: Path) -> list[TensorStat]:
-    """``scan_file`` behind a small on-disk cache keyed by path, size, mtime and inode.
+    """``scan_file`` behind a small on-disk cache keyed by path, size, mtime, ctime and inode.
 
     Why: a gate audits the candidate against the *same* baseline checkpoint on every run; reading the
     baseline's weights again each time doubled the audit. A file rewritten in place changes its mtime
