@@ -1,21 +1,21 @@
-"""Inside the sandbox: isolate, limit, then run one program. Stdlib only; started as ``python -I -S``.
+"""Inside the sandbox: wall in, limit, then run one program. Stdlib only; started as ``python -I -S -B``.
 
 This file is executed as a script by :func:`harness.sandbox.run_sandboxed`, never imported by moegate.
-Steps, in order (each kernel step is best effort and reported on fd 3 as one JSON line):
+Steps, in order:
 
-1. ``unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID)``: no network interface but a downed
-   loopback, and a PID namespace whose init is the program, so that when it exits the kernel kills
-   every process it left behind (even ones that called ``setsid``).
-2. Resource limits: address space, CPU seconds, file size, no core files, a cap on processes.
-3. Fork; the child (PID 1 of the new namespace) dies with this launcher (``PR_SET_PDEATHSIG``),
-   installs a Python audit hook that refuses sockets, subprocesses, ``ctypes`` and file access outside
-   its own directory, then runs the program. The launcher exits with the child's status.
-
-argv: one path, a JSON file with ``program``, ``workdir``, ``readable``, ``denied``, ``report``,
-``memory_mb``, ``cpu_s``, ``max_procs``.
+1. Read the config (then delete it), the program and its success token; open the report and verdict files.
+2. Walls (``_sandbox_kernel.py``): new namespaces and, for ``isolation`` "best" or "mount-namespace",
+   a pivot into a minimal read-only root with a private ``/tmp``. Resource limits.
+3. Fork; the child (PID 1 of the new PID namespace) dies with this launcher, drops its capabilities,
+   restricts itself with Landlock when the mount namespace did not happen (``isolation`` "best" or
+   "landlock"), installs the seccomp filter, writes the report of what held, and refuses to go on when
+   nothing kernel-enforced holds the filesystem and the network, unless the user allowed that.
+4. The audit hook (``_sandbox_hook.py``), then the program. Only if the program ran to its end does the
+   child write the token to the verdict file; every early exit (``SystemExit`` with any code,
+   ``os._exit``, a signal, a crash) leaves it empty, which the parent scores as a failure.
 """
 
-import ctypes
+import contextlib
 import json
 import os
 import resource
@@ -23,10 +23,13 @@ import signal
 import sys
 import traceback
 
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWNET = 0x40000000
-CLONE_NEWPID = 0x20000000
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _sandbox_hook  # siblings, loaded before the walls hide this folder
+import _sandbox_kernel as kernel
+
+del sys.path[0]
 PR_SET_PDEATHSIG = 1
+REFUSED_EXIT = 125
 
 
 def _own_process_count():
@@ -42,155 +45,148 @@ def _own_process_count():
     return count
 
 
-def _unshare(libc, report):
-    for flags, name in (
-        (CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID, "user+net+pid"),
-        (CLONE_NEWNET | CLONE_NEWPID, "net+pid"),
-    ):
-        if libc.unshare(flags) == 0:
-            report["namespaces"] = name
-            return True
-    report["namespaces"] = f"none (errno {ctypes.get_errno()})"
-    return False
-
-
-def _limits(memory_mb, cpu_s, max_procs, report):
-    mem = memory_mb * 1024 * 1024
+def _limits(config, nproc, report):
+    mem = int(config["memory_mb"]) * 1024 * 1024
+    cpu = int(config["cpu_s"])
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024 * 1024, 16 * 1024 * 1024))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
     # RLIMIT_NPROC counts every process of this uid (not only ours), so the cap sits above what exists.
-    # The kernel never applies it to uid 0 (root keeps its exemption even inside a user namespace).
-    nproc = _own_process_count() + max_procs
+    # The kernel never applies it to uid 0; the seccomp filter refuses new processes for everyone.
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-    report["limits"] = {"as_mb": memory_mb, "cpu_s": cpu_s, "nproc": nproc, "fsize_mb": 16}
+    report["limits"] = {"as_mb": config["memory_mb"], "cpu_s": cpu, "nproc": nproc, "fsize_mb": 16}
 
 
-def _install_audit_hook(allowed_dir, readable_dirs, denied_dirs):
-    allowed = os.path.realpath(allowed_dir)
-    readable = [os.path.realpath(d) for d in readable_dirs if d] + [allowed]
-    denied = [os.path.realpath(d) for d in denied_dirs if d]
-    blocked_prefixes = (
-        "socket.",
-        "subprocess.",
-        "os.exec",
-        "os.posix_spawn",
-        "os.spawn",
-        "os.fork",
-        "os.forkpty",
-        "os.system",
-        "os.kill",
-        "os.killpg",
-        "ctypes.",
-        "pty.",
-        "signal.pthread_kill",
-        "sys.addaudithook",
-        "os.putenv",
-        "os.unsetenv",
-        "os.chroot",
-        "shutil.",
-    )
-    path_events = {
-        "os.mkdir",
-        "os.rename",
-        "os.remove",
-        "os.rmdir",
-        "os.symlink",
-        "os.link",
-        "os.chmod",
-        "os.chown",
-        "os.truncate",
-        "os.utime",
-        "os.chflags",
-        "os.lchflags",
-        "os.setxattr",
-        "os.removexattr",
-    }
-
-    def inside(path, root):
-        return path == root or path.startswith(root.rstrip("/") + "/")
-
-    def resolve(path):
-        if isinstance(path, int):
-            return None
-        if isinstance(path, bytes):
-            path = os.fsdecode(path)
-        return os.path.realpath(os.path.join(allowed, str(path)))
-
-    def hook(event, args):
-        if event.startswith(blocked_prefixes) or (
-            event == "import" and args and args[0] in ("ctypes", "_ctypes", "_posixsubprocess")
-        ):
-            raise PermissionError(f"sandbox: {event} is not allowed")
-        if event == "open":
-            path = resolve(args[0])
-            if path is None:
-                return
-            mode = args[1] if len(args) > 1 and isinstance(args[1], str) else "r"
-            flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
-            writing = any(c in mode for c in "wax+") or flags & (
-                os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-            )
-            if writing and not inside(path, allowed):
-                raise PermissionError(f"sandbox: writing {path} is not allowed")
-            if any(inside(path, d) for d in denied) and not any(inside(path, r) for r in readable):
-                raise PermissionError(f"sandbox: reading {path} is not allowed")
-        elif event in path_events:
-            for arg in args[:2]:
-                path = resolve(arg) if isinstance(arg, (str, bytes, os.PathLike)) else None
-                if path is not None and not inside(path, allowed):
-                    raise PermissionError(f"sandbox: {event} on {path} is not allowed")
-
-    sys.addaudithook(hook)
+def _walls(config, report):
+    """Namespaces and the minimal root; returns (filesystem wall so far, work dir the program sees)."""
+    mode = config["isolation"]
+    want_mount = mode in ("best", "mount-namespace")
+    try:
+        report["namespaces"] = kernel.enter_namespaces(want_user=want_mount)
+    except OSError as exc:
+        report["namespaces"] = f"none ({exc})"
+    if not want_mount:
+        return "none", config["workdir"]
+    if not report["namespaces"].startswith("user+mnt"):
+        report["mount_namespace_error"] = "no user namespace: " + report["namespaces"]
+        return "none", config["workdir"]
+    try:
+        kernel.pivot_to_minimal_root(config["new_root"], *config["_readable"], int(config["tmp_mb"]))
+    except OSError as exc:
+        report["mount_namespace_error"] = str(exc)
+        os.chdir(config["workdir"])
+        return "none", config["workdir"]
+    return "mount-namespace", "/tmp"
 
 
-def _run_program(config):
-    with open(config["program"], encoding="utf-8") as handle:
-        source = handle.read()
+def _restrict_child(config, filesystem, workdir, report):
+    """In the program's process: capabilities, Landlock, seccomp; fills in and returns the report."""
+    try:
+        kernel.drop_capabilities()
+        report["capabilities"] = "none"
+    except OSError as exc:
+        report["capabilities"] = f"kept ({exc})"
+    if filesystem == "none" and config["isolation"] in ("best", "landlock"):
+        folders, files, _ = config["_readable"]
+        try:
+            filesystem = f"landlock-abi{kernel.restrict_with_landlock(folders, files, workdir)}"
+        except OSError as exc:
+            report["landlock_error"] = str(exc)
+    try:
+        report["syscalls"] = kernel.forbid_syscalls()
+    except OSError as exc:
+        report["syscalls"] = f"none ({exc})"
+    seccomp = report["syscalls"].startswith("seccomp")
+    net_namespace = "net" in report["namespaces"].split(" ")[0].split("+")
+    report["filesystem"] = filesystem
+    report["network"] = "namespace" if net_namespace else "seccomp" if seccomp else "open"
+    report["audit_hook"] = bool(config["audit_hook"])
+    report["kernel_isolated"] = filesystem != "none" and report["network"] != "open"
+    parts = [filesystem] + ["net-namespace"] * net_namespace + ["seccomp"] * seccomp
+    parts += ["audit-hook"] * report["audit_hook"]
+    report["summary"] = "+".join(parts) if report["kernel_isolated"] else "UNSANDBOXED:" + "+".join(parts)
+    if not report["kernel_isolated"] and not config["allow_unsandboxed"]:
+        why = [report[k] for k in ("mount_namespace_error", "landlock_error") if k in report]
+        report["refused"] = f"no kernel isolation here (filesystem: {filesystem}{''.join('; ' + w for w in why)}; network: {report['network']})"
+    return report
+
+
+def _run_program(source, token, verdict_fd):
+    """Exit status 0 and the token on ``verdict_fd`` only when the program ran to its last line."""
+    import linecache
+
+    write = os.write
     try:
         code = compile(source, "program.py", "exec")
     except (SyntaxError, ValueError):
         traceback.print_exc(limit=0)
         return 1
-    os.chdir(config["workdir"])
-    if config.get("audit_hook", True):
-        _install_audit_hook(config["workdir"], config["readable"], config["denied"])
+    linecache.cache["program.py"] = (len(source), None, source.splitlines(True), "program.py")
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
         exec(code, namespace)
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        sys.stderr.write(f"sandbox: the program exited early (SystemExit({exc.code!r})): a failure\n")
+        return exc.code if type(exc.code) is int and 0 < exc.code < 256 else 1
     except BaseException:  # noqa: BLE001 - whatever the program raises is its failure, reported on stderr
         traceback.print_exc()
         return 1
+    write(verdict_fd, token.encode())
     return 0
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):  # the program may have closed or replaced its streams
+            stream.flush()
+
+
+def _child(config, source, token, report_fd, verdict_fd, filesystem, workdir, report):
+    report = _restrict_child(config, filesystem, workdir, report)
+    os.write(report_fd, json.dumps(report).encode())
+    os.close(report_fd)
+    if "refused" in report:
+        sys.stderr.write(f"sandbox: refused to run the program: {report['refused']}\n")
+        return REFUSED_EXIT
+    os.environ["HOME"] = os.environ["TMPDIR"] = workdir
+    os.chdir(workdir)
+    if config["audit_hook"]:
+        folders, files, _ = config["_readable"]
+        _sandbox_hook.install(workdir, folders + files)
+    return _run_program(source, token, verdict_fd)
 
 
 def main():
     with open(sys.argv[1], encoding="utf-8") as handle:
         config = json.load(handle)
-    libc = ctypes.CDLL(None, use_errno=True)
-    report = {}
-    _unshare(libc, report)
-    _limits(int(config["memory_mb"]), int(config["cpu_s"]), int(config["max_procs"]), report)
-    with open(config["report"], "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(report))
+    os.unlink(sys.argv[1])
+    sys.argv[:] = ["program.py"]
+    with open(config["program"], encoding="utf-8") as handle:
+        source = handle.read()
+    token = config.pop("token")
+    report_fd = os.open(config["report"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    verdict_fd = os.open(config["verdict"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    config["_readable"] = kernel.readable_paths()
+    nproc = _own_process_count() + int(config["max_procs"])  # /proc is gone after the pivot
+    report = {"requested": config["isolation"]}
+    filesystem, workdir = _walls(config, report)
+    _limits(config, nproc, report)
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        kernel.LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() not in (parent, 0):  # 0: the parent lives outside our new PID namespace
-            os._exit(125)
-        sys.stdout.flush()
+            os._exit(REFUSED_EXIT)
         status = 1
         try:
-            status = _run_program(config)
+            status = _child(config, source, token, report_fd, verdict_fd, filesystem, workdir, report)
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(status if isinstance(status, int) and 0 <= status < 256 else 1)
+            _flush()
+            os._exit(status if type(status) is int and 0 <= status < 256 else 1)
+    os.close(report_fd)
+    os.close(verdict_fd)
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)

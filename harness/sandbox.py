@@ -1,29 +1,34 @@
-"""Run untrusted generated code (HumanEval completions) outside the moegate process.
+"""Run untrusted generated code (HumanEval completions) outside the moegate process, walled in by the kernel.
 
 Each call starts ``python -I -S -B harness/_sandbox_child.py`` in its own session (process group)
-with a private temp dir as cwd, HOME and TMPDIR, a minimal environment, and a wall-clock timeout;
-afterwards its whole process group is SIGKILLed, any process still carrying this run's token in its
-environment is SIGKILLed, and the temp dir is removed.
+with a minimal environment and a wall-clock timeout; afterwards its whole process group is SIGKILLed,
+any process still carrying this run's token in its environment is SIGKILLed, and its temp dir is removed.
 
-What is enforced where (Linux):
+What holds, strongest first (Linux; ``SandboxResult.isolation`` says what held on each run):
 
-- **Kernel**, always: address-space limit (``RLIMIT_AS``), CPU seconds (``RLIMIT_CPU``), file size
-  (``RLIMIT_FSIZE``), no core files, open-file cap, the wall timeout and the kill of the process group.
-- **Kernel**, when unprivileged user namespaces are allowed (reported in ``SandboxResult.isolation``):
-  a new network namespace (no usable interface: no network at all), a new PID namespace whose init is
-  the program (every process it leaves behind dies with it, even after ``setsid``), and a process cap
-  (``RLIMIT_NPROC``; it is not enforced for root outside a user namespace).
-- **Python audit hook** (defence in depth; native code could bypass it, which is why ``ctypes`` is
-  refused): no sockets, subprocesses, fork/exec, signals to other processes, file writes or
-  renames/removals outside the temp dir, and no reads under the user's home (except the Python
-  installation itself).
+- **Mount namespace** (needs a user namespace: root, or unprivileged user namespaces allowed): the
+  program sees a read-only tree of the standard library and the shared libraries the interpreter
+  maps, five device nodes and a private 64 MiB ``/tmp``; nothing of ``/root``, ``/home``, the checkout,
+  the moegate cache, the host's ``/tmp`` or its unix sockets exists there. PID, network, IPC and UTS
+  namespaces come with it: no network, and every process it leaves behind dies with it.
+- **Landlock** (Linux >= 5.13), where no user namespace can be had: the same paths readable, only its
+  own temp dir writable, no exec; names and metadata of other files stay visible (``stat``).
+- **seccomp**, always where the architecture is known (x86_64, aarch64): no exec, no new processes
+  (threads are fine), no sockets, no io_uring, ptrace, mounts, namespaces, keyrings, bpf or signals.
+- **Limits**: address space, CPU seconds, file size, no core files, open files, processes.
+- **Python audit hook**, a second layer in the program's own interpreter (``_sandbox_hook.py``).
 
-It does not protect against a kernel exploit; run CI on throwaway machines as usual.
+Where neither the mount namespace nor Landlock holds (or the network is open), the program is not run
+unless the user allowed it (``allow_unsandboxed``, or ``MOEGATE_ALLOW_UNSANDBOXED=1``, which the CLI's
+``--allow-unsandboxed`` sets). A program passes only when it ran to its last line: the child then writes
+a per-run token to a file the program has no path to; any early exit (``SystemExit`` with any code,
+``os._exit``, a signal) leaves it missing. It does not protect against a kernel exploit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -37,24 +42,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from harness.errors import UserError
+
 SandboxStatus = Literal["passed", "failed", "timeout", "error"]
+Isolation = Literal["best", "mount-namespace", "landlock", "none"]
 
 _CHILD = Path(__file__).with_name("_sandbox_child.py")
 TOKEN_VAR = "MOEGATE_SANDBOX_TOKEN"
+ALLOW_UNSANDBOXED_VAR = "MOEGATE_ALLOW_UNSANDBOXED"
+TMP_MB = 64
+"""Size of the private ``/tmp`` in the mount namespace (a tmpfs: everything the program may write)."""
 
 
 @dataclass(frozen=True)
 class SandboxResult:
     passed: bool
     status: SandboxStatus
-    """``passed``: exit 0. ``failed``: non-zero exit (assertion, exception, memory, refused action).
-    ``timeout``: wall or CPU limit. ``error``: the sandbox itself could not run the program."""
+    """``passed``: the program ran to its end (token written) and exited 0. ``failed``: anything else
+    that ran (assertion, exception, early exit, memory, refused action). ``timeout``: wall or CPU limit.
+    ``error``: the sandbox itself could not run the program, or refused to (no kernel isolation)."""
     stdout_tail: str = ""
     stderr_tail: str = ""
     returncode: int | None = None
     seconds: float = 0.0
     isolation: dict[str, object] = field(default_factory=dict)
-    """What the child managed to set up (namespaces, limits), for reports and tests."""
+    """What held (filesystem wall, namespaces, seccomp, limits, hook) and ``summary``, for reports and tests."""
+
+
+def unsandboxed_allowed() -> bool:
+    """The user's opt-in to running generated code without kernel isolation (the one place it is read)."""
+    return os.environ.get(ALLOW_UNSANDBOXED_VAR, "").strip().lower() in ("1", "true", "yes")
 
 
 def run_sandboxed(
@@ -66,11 +83,16 @@ def run_sandboxed(
     max_procs: int = 16,
     tail_chars: int = 2000,
     audit_hook: bool = True,
+    isolation: Isolation = "best",
+    allow_unsandboxed: bool | None = None,
 ) -> SandboxResult:
-    """Run ``code`` as a Python program in a fresh sandboxed subprocess; exit status 0 means passed.
+    """Run ``code`` as a Python program in a fresh sandboxed subprocess.
 
-    ``audit_hook=False`` leaves only the kernel's enforcement (tests use it to check that layer alone).
+    ``isolation``: "best" takes the strongest wall that works here; the others force one (tests use them
+    to check each wall, and ``audit_hook=False`` to check the kernel alone). ``allow_unsandboxed``: None
+    reads the user's opt-in from the environment.
     """
+    allowed = unsandboxed_allowed() if allow_unsandboxed is None else allow_unsandboxed
     token = uuid.uuid4().hex
     root = Path(tempfile.mkdtemp(prefix="moegate-sandbox-"))
     start = time.monotonic()
@@ -78,20 +100,24 @@ def run_sandboxed(
     try:
         workdir = root / "work"
         workdir.mkdir()
+        (root / "newroot").mkdir()
         program = root / "program.py"
         program.write_text(code, encoding="utf-8")
+        success = uuid.uuid4().hex
         config = {
             "program": str(program),
+            "token": success,
             "workdir": str(workdir),
-            "readable": sorted(
-                {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, str(_CHILD.parent)}
-            ),
-            "denied": sorted({str(Path.home()), os.path.expanduser("~"), "/root", "/home"}),
+            "new_root": str(root / "newroot"),
             "report": str(root / "report.json"),
+            "verdict": str(root / "verdict"),
             "memory_mb": memory_mb,
             "cpu_s": cpu_s,
             "max_procs": max_procs,
+            "tmp_mb": TMP_MB,
             "audit_hook": audit_hook,
+            "isolation": isolation,
+            "allow_unsandboxed": allowed,
         }
         (root / "config.json").write_text(json.dumps(config), encoding="utf-8")
         env = {
@@ -127,10 +153,13 @@ def run_sandboxed(
         _kill_tokened(token)
         stdout = _tail(root / "stdout", tail_chars)
         stderr = _tail(root / "stderr", tail_chars)
-        isolation = _read_json(root / "report.json")
-        status = _status(returncode, timed_out, isolation, stderr)
+        report = _read_json(root / "report.json")
+        finished = _read_bytes(root / "verdict") == success.encode()
+        status = _status(returncode, timed_out, report, finished)
+        if returncode == 0 and not finished and status == "failed":
+            stderr = (stderr + "\nsandbox: exit status 0 before the program's last line: a failure\n")[-tail_chars:]
         return SandboxResult(
-            status == "passed", status, stdout, stderr, returncode, time.monotonic() - start, isolation
+            status == "passed", status, stdout, stderr, returncode, time.monotonic() - start, report
         )
     finally:
         if proc is not None:
@@ -139,12 +168,32 @@ def run_sandboxed(
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _status(returncode: int, timed_out: bool, isolation: dict[str, object], stderr: str) -> SandboxStatus:
+@functools.cache
+def kernel_isolation() -> dict[str, object]:
+    """What the sandbox achieves on this machine (one trivial run, once per process)."""
+    return run_sandboxed("pass", timeout_s=30, allow_unsandboxed=True).isolation
+
+
+def require_kernel_isolation() -> str:
+    """The isolation summary to record; a ``UserError`` when the kernel cannot isolate generated code
+    here and the user has not opted out of that."""
+    report = kernel_isolation()
+    if report.get("kernel_isolated") or unsandboxed_allowed():
+        return str(report.get("summary", "unknown"))
+    why = "; ".join(str(report[k]) for k in ("mount_namespace_error", "landlock_error") if k in report)
+    raise UserError(
+        f"no kernel sandbox for generated code on this machine ({why or 'no mount namespace or Landlock was tried'})",
+        "allow unprivileged user namespaces or use Linux >= 5.13 with Landlock, or pass --allow-unsandboxed "
+        f"(or set {ALLOW_UNSANDBOXED_VAR}=1) to run it under the Python audit hook only",
+    )
+
+
+def _status(returncode: int, timed_out: bool, report: dict[str, object], finished: bool) -> SandboxStatus:
     if timed_out:
         return "timeout"
-    if not isolation:
-        return "error"  # the launcher died before it could set up; nothing of the program ran
-    if returncode == 0:
+    if not report or "refused" in report:
+        return "error"  # the launcher died before it could set up, or refused: nothing of the program ran
+    if returncode == 0 and finished:
         return "passed"
     cpu_signals = {signal.SIGXCPU, signal.SIGKILL}
     if returncode in {128 + int(s) for s in cpu_signals} or returncode in {-int(s) for s in cpu_signals}:
@@ -194,6 +243,13 @@ def _tail(path: Path, chars: int) -> str:
             return handle.read().decode("utf-8", "replace")[-chars:]
     except OSError:
         return ""
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def _read_json(path: Path) -> dict[str, object]:

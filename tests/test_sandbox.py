@@ -1,7 +1,10 @@
-"""The sandbox scores hostile programs as failed and leaves no process and no file behind."""
+"""The sandbox scores hostile programs as failed, leaves no process and no file behind, shows the
+program only its minimal tree, still runs ordinary programs, and refuses to run without kernel walls
+unless the user allowed it. Escape attempts: tests/test_sandbox_escapes.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -9,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.sandbox import SandboxResult, run_sandboxed
+import harness.sandbox
+from harness.errors import UserError
+from harness.sandbox import ALLOW_UNSANDBOXED_VAR, SandboxResult, require_kernel_isolation, run_sandboxed
 
 
 @pytest.fixture
@@ -41,7 +46,7 @@ def _processes_with_home_under(base: Path) -> list[int]:
 
 
 def _kernel_isolated(result: SandboxResult) -> bool:
-    return str(result.isolation.get("namespaces", "")).startswith("user+net+pid")
+    return bool(result.isolation.get("kernel_isolated"))
 
 
 def test_passing_and_failing_programs(sandbox_tmp: Path) -> None:
@@ -72,8 +77,8 @@ def test_fork_bomb_is_refused(sandbox_tmp: Path) -> None:
 
 
 def test_fork_bomb_is_bounded_by_the_kernel_and_cleaned_up(sandbox_tmp: Path) -> None:
-    """Without the Python hook: RLIMIT_NPROC stops the bomb (not for root: the kernel exempts uid 0),
-    and the PID namespace, the group kill and the token scan end every child, even ones that ``setsid``."""
+    """Without the Python hook: seccomp refuses the first fork (RLIMIT_NPROC would not stop root), and
+    the PID namespace, the group kill and the token scan would end any child, even one that ``setsid``."""
     program = (
         "import os, time\n"
         "made = 0\n"
@@ -93,8 +98,9 @@ def test_fork_bomb_is_bounded_by_the_kernel_and_cleaned_up(sandbox_tmp: Path) ->
     result = run_sandboxed(program, timeout_s=5, max_procs=8, audit_hook=False)
     assert not result.passed
     made = int(result.stdout_tail.split()[-1])
-    assert made > 0
-    if os.getuid() != 0:
+    if str(result.isolation.get("syscalls")).startswith("seccomp"):
+        assert made == 0, "seccomp did not refuse fork"
+    elif os.getuid() != 0:
         assert made < 200, "RLIMIT_NPROC did not stop the fork bomb"
 
 
@@ -107,8 +113,7 @@ def test_writing_outside_its_dir_is_refused(sandbox_tmp: Path, tmp_path: Path) -
     target = tmp_path / "escaped.txt"
     program = f"open({str(target)!r}, 'w').write('pwned')\n"
     result = run_sandboxed(program, timeout_s=5)
-    assert not result.passed and "PermissionError" in result.stderr_tail
-    assert not target.exists()
+    assert not result.passed and not target.exists()
     renamed = run_sandboxed(
         f"import os\nopen('x', 'w').write('1')\nos.rename('x', {str(target)!r})", timeout_s=5
     )
@@ -135,9 +140,10 @@ def test_network_is_absent_at_kernel_level(sandbox_tmp: Path) -> None:
     )
     result = run_sandboxed(program, timeout_s=5, audit_hook=False)
     if not _kernel_isolated(result):
-        pytest.skip(f"no network namespace here: {result.isolation}")
+        pytest.skip(f"no kernel isolation here: {result.isolation}")
     assert not result.passed and "connected" not in result.stdout_tail
-    assert "unreachable" in result.stderr_tail.lower()
+    # seccomp refuses the socket; without it the network namespace has no route
+    assert "operation not permitted" in result.stderr_tail.lower() or "unreachable" in result.stderr_tail.lower()
 
 
 def test_home_secrets_are_not_readable(
@@ -161,3 +167,78 @@ def test_subprocess_and_ctypes_are_refused(sandbox_tmp: Path) -> None:
     assert not shell.passed and "not allowed" in shell.stderr_tail
     native = run_sandboxed("import ctypes\nctypes.CDLL(None)", timeout_s=5)
     assert not native.passed
+
+
+ORDINARY = """
+import bisect, collections, copy, datetime, decimal, fractions, functools, hashlib, heapq, itertools, json
+import math, random, re, string, sys, tempfile, threading, typing
+assert hashlib.md5(b"moegate").hexdigest() == "c174d9e69f59f667d7b1ad7e372e4e75"
+assert random.Random(1).random() > 0 and len(__import__("os").urandom(8)) == 8
+seen = []
+worker = threading.Thread(target=seen.append, args=(1,))
+worker.start()
+worker.join()
+assert seen == [1]
+with tempfile.NamedTemporaryFile("w") as handle:
+    handle.write("scratch")
+with open("/dev/null", "w") as sink:
+    sink.write("x")
+print("ordinary", sys.version_info[:2])
+"""
+
+
+@pytest.mark.parametrize("isolation", ["best", "landlock"])
+def test_ordinary_programs_run_behind_each_wall(isolation: str, sandbox_tmp: Path) -> None:
+    """The standard library (what HumanEval's programs import, and more), threads, the temp dir, /dev."""
+    result = run_sandboxed(ORDINARY, timeout_s=10, isolation=isolation)  # type: ignore[arg-type]
+    if not result.isolation.get("kernel_isolated"):
+        pytest.skip(f"no {isolation} here: {result.isolation}")
+    assert result.passed, result.stderr_tail
+    assert "ordinary" in result.stdout_tail
+
+
+def test_the_mount_namespace_shows_a_minimal_read_only_tree(sandbox_tmp: Path) -> None:
+    program = (
+        "import json, os, sys\n"
+        "print(json.dumps([sorted(os.listdir(d)) for d in ('/', '/dev', '/etc', '/tmp')]))\n"
+        "for target in ('/usr/moegate-test', sys.prefix + '/moegate-test', '/moegate-test'):\n"
+        "    try:\n"
+        "        open(target, 'w')\n"
+        "        print('WROTE', target)\n"
+        "    except OSError as exc:\n"
+        "        print('refused', exc.errno)\n"
+    )
+    result = run_sandboxed(program, timeout_s=10, audit_hook=False)
+    if result.isolation.get("filesystem") != "mount-namespace":
+        pytest.skip(f"no mount namespace here: {result.isolation}")
+    top, dev, etc, tmp = json.loads(result.stdout_tail.splitlines()[0])
+    assert not set(top) & {"home", "work", "proc", "sys", "var", "run", "mnt", "opt", "srv"}, top
+    assert dev == ["full", "null", "random", "urandom", "zero"] and etc == ["ld.so.cache"] and tmp == []
+    assert "WROTE" not in result.stdout_tail and result.stdout_tail.count("refused") == 3
+
+
+def test_without_kernel_walls_nothing_runs_unless_allowed(sandbox_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ALLOW_UNSANDBOXED_VAR, raising=False)
+    marker = "print('the program ran')"
+    refused = run_sandboxed(marker, timeout_s=10, isolation="none")
+    assert refused.status == "error" and "the program ran" not in refused.stdout_tail
+    assert "refused to run the program" in refused.stderr_tail
+    assert refused.isolation["kernel_isolated"] is False and refused.isolation["filesystem"] == "none"
+    monkeypatch.setenv(ALLOW_UNSANDBOXED_VAR, "1")
+    allowed = run_sandboxed(marker, timeout_s=10, isolation="none")
+    assert allowed.passed and "the program ran" in allowed.stdout_tail
+    assert str(allowed.isolation["summary"]).startswith("UNSANDBOXED:")
+
+
+def test_a_machine_without_kernel_walls_is_refused_in_one_line(
+    sandbox_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the HumanEval suite checks before it generates anything; the report is a real wall-less run's."""
+    report = run_sandboxed("pass", timeout_s=10, isolation="none", allow_unsandboxed=True).isolation
+    monkeypatch.setattr(harness.sandbox, "kernel_isolation", lambda: report)
+    monkeypatch.delenv(ALLOW_UNSANDBOXED_VAR, raising=False)
+    with pytest.raises(UserError, match="no kernel sandbox for generated code") as caught:
+        require_kernel_isolation()
+    assert "--allow-unsandboxed" in caught.value.line() and "\n" not in caught.value.line()
+    monkeypatch.setenv(ALLOW_UNSANDBOXED_VAR, "1")
+    assert require_kernel_isolation().startswith("UNSANDBOXED:")
