@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from harness.cli._sandbox_option import allow_unsandboxed_option
 from harness.cli.gate import backend_options, model_options
 from harness.gate.config import ModelSpec
 from harness.records import metric_value
@@ -24,6 +25,7 @@ from harness.suites import suite_settings
 @click.option("--limit", type=int, default=None, help="override every suite's item count")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="store the records here (as a baseline store)")
 @backend_options
+@allow_unsandboxed_option
 def evaluate(model: str, suites: tuple[str, ...], profile: str, limit: int | None, out: Path | None, backend, base_url, model_name, dtype, device) -> None:
     """Run suites on MODEL and print each metric; with --out, store the per-item records."""
     from harness.baselines import write_store

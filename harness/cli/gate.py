@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from harness.cli._sandbox_option import allow_unsandboxed_option
 from harness.gate.config import ModelSpec, load_gate
 from harness.gate.run import GateOutcome, decide, gate_candidate, record_baseline
 from harness.gate.verdict import verdict_exit_code
@@ -77,6 +78,7 @@ def baseline() -> None:
 @click.option("--model", default=None, help="override the gate's baseline model")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="override the gate's baseline dir")
 @backend_options
+@allow_unsandboxed_option
 def record(gate_path: Path, model: str | None, out: Path | None, backend, base_url, model_name, dtype, device) -> None:
     """Run the gate's suites on the baseline model and store its per-item records."""
     config = load_gate(gate_path)
@@ -100,6 +102,7 @@ def default_run_dir(gate_name: str, candidate: str) -> Path:
 @click.option("--report-dir", default=None, type=click.Path(path_type=Path), help="default: reports/<gate>/<time>-<candidate>")
 @click.option("--sequential/--no-sequential", default=None, help="stop each suite once its budgets are decided (default: the gate's [gate] sequential)")
 @backend_options
+@allow_unsandboxed_option
 def run(gate_path: Path, candidate: str, report_dir: Path | None, sequential: bool | None, backend, base_url, model_name, dtype, device) -> None:
     """Gate a candidate against the stored baseline: exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE, 2 bad input."""
     config = load_gate(gate_path)

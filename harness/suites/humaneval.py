@@ -6,8 +6,14 @@ greedy, stop at ``\\nclass``, ``\\ndef``, ``\\n#``, ``\\nif``, ``\\nprint``; the
 ``doc_to_target``). lm-eval loads ``code_eval`` from the hub and runs code in-process with
 ``HF_ALLOW_CODE_EVAL``; moegate runs each program through :func:`harness.sandbox.run_sandboxed`.
 
-One record per problem: ``item_id`` the task id (``HumanEval/0``), score ``pass@1`` (0/1), the
-sandbox status in ``meta``. ``lang`` is None: the output is code, not prose in a language.
+A program passes only when it ran to its last line (the sandbox's success token; as in the reference
+human-eval harness, any ``BaseException`` fails): ``sys.exit(0)``, ``os._exit(0)``, a signal or any other
+early exit is a failure, not a pass. Where the kernel cannot sandbox generated code the suite refuses
+to start, before any generation, unless the user opted in (``--allow-unsandboxed``).
+
+One record per problem: ``item_id`` the task id (``HumanEval/0``), score ``pass@1`` (0/1); in ``meta``
+the sandbox status, the isolation that held (``sandbox``) and the last 500 characters of stderr.
+``lang`` is None: the output is code, not prose in a language.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ from harness.backends.base import Backend, GenerateRequest
 from harness.errors import UserError
 from harness.progress import progress_bar
 from harness.records import ItemRecord, MetricSpec, SuiteRun
-from harness.sandbox import SandboxResult, run_sandboxed
+from harness.sandbox import SandboxResult, require_kernel_isolation, run_sandboxed
 from harness.suites._common import choose, finish_run, load_rows
 from harness.suites.base import SuiteSettings, as_settings
 
 HUMANEVAL_FILE = "HumanEval.jsonl.gz"
 HUMANEVAL_SHA256 = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
+ERROR_TAIL_CHARS = 500
+"""Stderr kept per record: enough for the failing line; the sandbox decides what the program could read."""
 LM_EVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 """``generation_kwargs.until`` of lm-eval 0.4's tasks/humaneval/humaneval.yaml."""
 
@@ -89,6 +97,7 @@ class HumanEvalSuite:
     def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
         started = time.monotonic()
         settings = as_settings(settings, HumanEvalSettings)
+        require_kernel_isolation()  # before any generation: no model time spent on programs that cannot run
         fields = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
         rows, path = load_rows(settings.data_file, settings.data_sha256, required=fields)
         if settings.task_ids is not None:
@@ -121,7 +130,8 @@ class HumanEvalSuite:
                 scores={"pass@1": float(result.passed)},
                 meta={
                     "status": result.status,
-                    "error_tail": result.stderr_tail[-500:],
+                    "error_tail": result.stderr_tail[-ERROR_TAIL_CHARS:],
+                    "sandbox": result.isolation.get("summary", "none"),
                     "entry_point": problem["entry_point"],
                     "finish_reason": generation.finish_reason,
                     "tokens": generation.tokens,
