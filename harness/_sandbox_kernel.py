@@ -17,11 +17,12 @@ why it could not, so the child can report exactly what held:
 
 import ctypes
 import os
-import platform
 import struct
 import sys
 
+CLONE_NEWTIME = 0x00000080
 CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
@@ -50,14 +51,15 @@ _SYSCALLS = {
         "mount": 165, "umount2": 166, "tkill": 200, "tgkill": 234, "add_key": 248, "request_key": 249,
         "keyctl": 250, "unshare": 272, "rt_tgsigqueueinfo": 297, "perf_event_open": 298, "setns": 308,
         "process_vm_readv": 310, "process_vm_writev": 311, "bpf": 321, "execveat": 322, "userfaultfd": 323,
-        **_GENERIC_NEW,
+        "name_to_handle_at": 303, "open_by_handle_at": 304, **_GENERIC_NEW,
     },
     "aarch64": {
         "arch": 0xC00000B7, "socket": 198, "socketpair": 199, "clone": 220, "execve": 221, "kill": 129,
         "ptrace": 117, "rt_sigqueueinfo": 138, "pivot_root": 41, "chroot": 51, "mount": 40, "umount2": 39,
         "tkill": 130, "tgkill": 131, "add_key": 217, "request_key": 218, "keyctl": 219, "unshare": 97,
         "rt_tgsigqueueinfo": 240, "perf_event_open": 241, "setns": 268, "process_vm_readv": 270,
-        "process_vm_writev": 271, "bpf": 280, "execveat": 281, "userfaultfd": 282, **_GENERIC_NEW,
+        "process_vm_writev": 271, "bpf": 280, "execveat": 281, "userfaultfd": 282, "name_to_handle_at": 264,
+        "open_by_handle_at": 265, **_GENERIC_NEW,
     },
 }
 _REFUSED = (
@@ -66,9 +68,14 @@ _REFUSED = (
     "chroot", "unshare", "setns", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick",
     "mount_setattr", "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key", "kill",
     "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal", "pidfd_open", "pidfd_getfd",
+    "name_to_handle_at", "open_by_handle_at",
 )
-"""Refused with EPERM; ``clone`` is refused unless it makes a thread, ``clone3`` answers ENOSYS so that
-the C library falls back to ``clone`` (whose flags a filter can read)."""
+"""Refused with EPERM; ``clone`` is refused unless it makes a thread in the same namespaces, ``clone3``
+answers ENOSYS so that the C library falls back to ``clone`` (whose flags a filter can read)."""
+NAMESPACE_FLAGS = (
+    CLONE_NEWTIME | CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
+)
+"""A thread may not take new namespaces."""
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 LIBC.syscall.restype = ctypes.c_long
@@ -83,7 +90,7 @@ def _fail(what):
 
 
 def _machine():
-    return platform.machine().lower()
+    return os.uname().machine.lower()
 
 
 def readable_paths():
@@ -237,7 +244,8 @@ def _seccomp_program(numbers):
         body.append((jge, "eperm", 0, 0x40000000))  # x32 numbers
     body += [(jeq, "eperm", 0, numbers[name]) for name in _REFUSED if name in numbers]
     body += [(jeq, "enosys", 0, numbers["clone3"]), (jeq, "clone", 0, numbers["clone"]), (ret, 0, 0, allow)]
-    body += ["clone", (ld, 0, 0, 16), (jset, 0, "eperm", CLONE_THREAD), (ret, 0, 0, allow)]  # args[0]: flags
+    body += ["clone", (ld, 0, 0, 16), (jset, 0, "eperm", CLONE_THREAD)]  # args[0]: the flags (low 32 bits)
+    body += [(jset, "eperm", 0, NAMESPACE_FLAGS), (ret, 0, 0, allow)]
     body += ["eperm", (ret, 0, 0, errno | 1), "enosys", (ret, 0, 0, errno | 38), "kill", (ret, 0, 0, kill)]
     labels, count = {}, 0
     for entry in body:
