@@ -34,21 +34,15 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 def install(workdir, readable):
     """Refuse writes outside ``workdir``, reads outside it and ``readable``, and the escape tools."""
-    capture = {
-        "str_copy": str.__str__, "decode": bytes.decode, "bytes_copy": bytes.__add__, "type": type,
-        "getcwd": os.getcwd, "lstat": os.lstat, "readlink": os.readlink, "fspath": os.fspath,
-        "OSError": OSError, "PermissionError": PermissionError, "len": len, "issubclass": issubclass,
-        "str": str, "bytes": bytes, "int": int,
-    }
-    sys.addaudithook(_make_hook(os.path.realpath(workdir), tuple(os.path.realpath(p) for p in readable), capture))
+    sys.addaudithook(_make_hook(os.path.realpath(workdir), tuple(os.path.realpath(p) for p in readable)))
 
 
-def _make_hook(workdir, readable, c):
-    str_copy, decode, bytes_copy, type_, getcwd = c["str_copy"], c["decode"], c["bytes_copy"], c["type"], c["getcwd"]
-    lstat, readlink, fspath, os_error, refused, len_ = (
-        c["lstat"], c["readlink"], c["fspath"], c["OSError"], c["PermissionError"], c["len"]
-    )
-    issubclass_, str_, bytes_, int_ = c["issubclass"], c["str"], c["bytes"], c["int"]
+def _make_hook(workdir, readable):
+    # Bound now, before the program runs: the hook below never looks up a global or a builtin again.
+    type_, len_, issubclass_, str_, bytes_, int_ = type, len, issubclass, str, bytes, int
+    os_error, refused = OSError, PermissionError
+    str_copy, decode, bytes_copy = str.__str__, bytes.decode, bytes.__add__
+    getcwd, lstat, readlink, fspath = os.getcwd, os.lstat, os.readlink, os.fspath
     blocked, blocked_modules, rewrites, writes, reads = (
         BLOCKED_PREFIXES, BLOCKED_MODULES, REWRITES, dict(WRITES), dict(READS)
     )
@@ -128,8 +122,8 @@ def _make_hook(workdir, readable, c):
         elif event == "object.__setattr__" and len_(args) > 1 and args[1] in rewrites:
             raise refused(f"sandbox: setting {args[1]} is not allowed")
         elif event == "open":
-            mode = args[1] if len_(args) > 1 and type_(args[1]) is str else ""
-            flags = args[2] if len_(args) > 2 and type_(args[2]) is int else 0
+            mode = args[1] if len_(args) > 1 and type_(args[1]) is str_ else ""
+            flags = args[2] if len_(args) > 2 and type_(args[2]) is int_ else 0
             writing = "w" in mode or "a" in mode or "x" in mode or "+" in mode or flags & write_flags
             # a read-only open is how a directory fd is had; a writing one yields a file (O_TMPFILE) or fails
             where = writable if writing else allowed_reads

@@ -83,7 +83,7 @@ def sandbox(request: pytest.FixtureRequest, sandbox_tmp: Path) -> Callable[[str]
     isolation, hook = request.param
     extra = {} if isolation == "best" else {"isolation": isolation}
     held = _walls_here(isolation)
-    if not held.get("kernel_isolated"):
+    if held.get("kernel_isolated") is False:
         pytest.skip(f"no kernel wall for isolation={isolation} on this machine: {held}")
 
     def run(code: str) -> SandboxResult:
@@ -94,7 +94,8 @@ def sandbox(request: pytest.FixtureRequest, sandbox_tmp: Path) -> Callable[[str]
 
 @functools.cache
 def _walls_here(isolation: str) -> dict[str, object]:
-    return run_sandboxed("pass", timeout_s=30, isolation=isolation, allow_unsandboxed=True).isolation  # type: ignore[arg-type]
+    forced = {} if isolation == "best" else {"isolation": isolation, "allow_unsandboxed": True}
+    return run_sandboxed("pass", timeout_s=30, **forced).isolation  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -197,6 +198,27 @@ def test_nothing_outside_is_written_deleted_or_started(
     assert result.status != "error", result.stderr_tail
     assert sorted(p.name for p in outside.iterdir()) == ["victim"], (attack, result.stderr_tail[-300:])
     assert (outside / "victim").read_text() == "keep me"
+
+
+HOOK_BLIND = {"os.mkfifo", "os.mknod"}
+"""Python 3.11 raises no audit event for these: only the kernel stops them."""
+
+
+@pytest.mark.parametrize("attack", [f"read: {a}" for a in READS] + [f"write: {a}" for a in WRITES if a not in HOOK_BLIND])
+def test_the_hook_alone_holds_where_python_sees_the_event(
+    attack: str, secret: tuple[Path, str], tmp_path: Path, sandbox_tmp: Path  # noqa: F811
+) -> None:
+    """The second layer by itself (no filesystem wall, as under ``--allow-unsandboxed``)."""
+    path, value = secret
+    (tmp_path / "host-tmp-file").write_text(value)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("keep me")
+    kind, _, name = attack.partition(": ")
+    program = READS[name](path) if kind == "read" else WRITES[name](outside)
+    result = run_sandboxed(program, timeout_s=10, isolation="none", allow_unsandboxed=True)
+    assert value not in result.stdout_tail + result.stderr_tail
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"], result.stderr_tail[-300:]
 
 
 @pytest.fixture
