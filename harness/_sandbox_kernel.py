@@ -101,7 +101,8 @@ def readable_paths():
     Returns (folders, files, hidden): ``hidden`` are site-packages folders inside the standard library,
     covered by an empty mount in the mount namespace (Landlock cannot carve them out)."""
     stdlib = sorted({os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)})
-    folders, files = set(stdlib), set()
+    folders = set(stdlib)
+    files = {os.path.realpath(p) for p in sys.path if p and os.path.isfile(p)}  # a zipped standard library
     with open("/proc/self/maps", encoding="utf-8") as handle:
         for line in handle:
             parts = line.split(None, 5)

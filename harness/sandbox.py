@@ -104,10 +104,10 @@ def run_sandboxed(
         (root / "newroot").mkdir()
         program = root / "program.py"
         program.write_text(code, encoding="utf-8")
-        success = uuid.uuid4().hex
+        success_token = uuid.uuid4().hex  # written by the child only after the program's last line
         config = {
             "program": str(program),
-            "token": success,
+            "token": success_token,
             "workdir": str(workdir),
             "new_root": str(root / "newroot"),
             "report": str(root / "report.json"),
@@ -163,7 +163,7 @@ def run_sandboxed(
         stdout = _tail(root / "stdout", tail_chars)
         stderr = _tail(root / "stderr", tail_chars)
         report = _read_json(root / "report.json")
-        finished = _read_bytes(root / "verdict") == success.encode()
+        finished = _read_bytes(root / "verdict") == success_token.encode()
         status = _status(returncode, timed_out, report, finished)
         if returncode == 0 and not finished and status == "failed":
             stderr = (stderr + "\nsandbox: exit status 0 before the program's last line: a failure\n")[-tail_chars:]
