@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.baselines import write_store
 from harness.cli import main
+from harness.store import write_store
 from tests.gate_toys import acc_run, write_gate
 
 pytestmark = pytest.mark.usefixtures("gate_toys")

@@ -26,8 +26,8 @@ from harness.suites import suite_settings
 @backend_options
 def evaluate(model: str, suites: tuple[str, ...], profile: str, limit: int | None, out: Path | None, backend, base_url, model_name, dtype, device) -> None:
     """Run suites on MODEL and print each metric; with --out, store the per-item records."""
-    from harness.baselines import write_store
     from harness.pipeline import open_model, run_suites
+    from harness.store import write_store
 
     kind = backend or "transformers"
     settings = {name: suite_settings(name, profile, {"limit": limit} if limit else None) for name in suites}

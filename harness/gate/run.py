@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from harness.atomic import atomic_write_text
-from harness.baselines import Manifest, check_comparable, check_same_data, load_store, write_store
 from harness.errors import UserError
 from harness.gate._sequential import SequentialPlan, plan_sequential
 from harness.gate.budgets import Budget
@@ -21,6 +20,7 @@ from harness.gate.config import GateConfig, ModelSpec
 from harness.gate.flags import detector_flags
 from harness.gate.verdict import GateVerdict, evaluate_gate
 from harness.records import SuiteRun
+from harness.store import Manifest, check_comparable, check_same_data, load_store, write_store
 
 Log = Callable[[str], None]
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.baselines import (
+from harness.errors import UserError
+from harness.store import (
     MANIFEST,
     check_comparable,
     check_same_data,
@@ -17,7 +18,6 @@ from harness.baselines import (
     read_manifest,
     write_store,
 )
-from harness.errors import UserError
 from harness.suites import SUITES
 from tests.gate_toys import ToySettings, acc_run, register_toys
 
@@ -103,8 +103,8 @@ def test_rewrite_replaces_the_store_whole(tmp_path: Path) -> None:
 def test_keys_a_suite_records_beside_its_settings_are_compared_after_the_run(tmp_path: Path) -> None:
     """lm-eval suites record task versions beside their settings; a baseline with them stays comparable,
     and a candidate run with other versions is refused."""
-    from harness.baselines import check_comparable, check_same_data, read_manifest, write_store
     from harness.records import SuiteRun
+    from harness.store import check_comparable, check_same_data, read_manifest, write_store
     from harness.suites.base import SuiteSettings
 
     settings = SuiteSettings(limit=3)

@@ -1,4 +1,4 @@
-"""Stored runs: per-item records (gzip JSONL) plus a manifest of fingerprints, settings and hashes.
+"""Stored runs (baselines and gate candidates): per-item records (gzip JSONL) plus a manifest of fingerprints, settings and hashes.
 
 A baseline is recorded once and compared against many candidates; a gate run stores its candidate
 the same way, so ``moegate verdict`` can recompute everything without a model. The manifest holds the
