@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.backends.loading import check_safetensors
+from harness.checkpoint import check_safetensors
 from harness.cli.detect import _parse_line
 from harness.errors import UserError
 from harness.gate.config import load_gate

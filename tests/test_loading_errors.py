@@ -14,7 +14,7 @@ import torch
 
 from harness.backends import open_backend
 from harness.backends.base import LoglikelihoodRequest
-from harness.backends.loading import check_safetensors, resolve_model
+from harness.checkpoint import check_safetensors, resolve_model
 from harness.errors import UserError
 from tests.tiny_models import build_tiny_moe
 

@@ -64,7 +64,7 @@ class MlxBackend:
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            from harness.fingerprint import fingerprint_checkpoint
+            from harness.checkpoint.fingerprint import fingerprint_checkpoint
 
             extra = {"backend": self.name, "max_length": self.max_length, "add_bos_token": self.add_bos_token}
             self._fingerprint = fingerprint_checkpoint(self.path, extra)

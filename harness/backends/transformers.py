@@ -33,7 +33,7 @@ from harness.backends.base import (
     RouteTrace,
     WindowScore,
 )
-from harness.backends.loading import ModelSource, load_model_and_tokenizer, resolve_model
+from harness.checkpoint import ModelSource, load_model_and_tokenizer, resolve_model
 from harness.errors import UserError
 
 DEFAULT_MAX_LENGTH = 2048
@@ -117,7 +117,7 @@ class TransformersBackend:
     def fingerprint(self) -> str:
         """Hash of the checkpoint (sampled bytes, headers, tokenizer) plus dtype and scoring settings."""
         if self._fingerprint is None:
-            from harness.fingerprint import fingerprint_checkpoint, fingerprint_module
+            from harness.checkpoint.fingerprint import fingerprint_checkpoint, fingerprint_module
 
             extra = {
                 "backend": self.name,
@@ -229,7 +229,7 @@ class TransformersBackend:
         """Per MoE layer, the top-k experts and weights of every token (one forward per text)."""
         import torch
 
-        from harness.moe_layout import moe_layout_from_config
+        from harness.checkpoint.layout import moe_layout_from_config
         from harness.profiler.hooks import trace_routes
 
         layout = moe_layout_from_config(self.model.config.to_dict())

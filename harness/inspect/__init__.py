@@ -6,7 +6,7 @@ outside the experts and routers that differ from the baseline's fails before any
 
 from harness.inspect._gate import AUDIT_FILE, audit_extra, audit_for_gate, audit_verdict, with_audit
 from harness.inspect._report import InspectReport, inspect_checkpoint
-from harness.inspect._scan import MASK_THRESHOLD, TensorStat, classify, scan_file
+from harness.inspect._scan import MASK_THRESHOLD, TensorStat, scan_file
 
 __all__ = [
     "AUDIT_FILE",
@@ -16,7 +16,6 @@ __all__ = [
     "audit_extra",
     "audit_for_gate",
     "audit_verdict",
-    "classify",
     "inspect_checkpoint",
     "scan_file",
     "with_audit",
