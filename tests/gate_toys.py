@@ -36,9 +36,10 @@ class ToySettings(SuiteSettings):
 class ToySuite:
     name = "toy"
     Settings = ToySettings
-    metrics: ClassVar[list[MetricSpec]] = [LOGPROB]
+    metrics: ClassVar[list[MetricSpec]] = [LOGPROB, ACC]
+    """It scores ``logprob``; ``acc`` is for stored runs made by ``acc_run``."""
 
-    def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
+    def run(self, backend: Backend, settings: SuiteSettings, *, baseline: SuiteRun | None = None) -> SuiteRun:
         assert isinstance(settings, ToySettings)
         pairs = PAIRS[: settings.n_items]
         results = backend.loglikelihood([LoglikelihoodRequest(c, x) for c, x in pairs])
@@ -47,7 +48,7 @@ class ToySuite:
             for i, ((c, x), r) in enumerate(zip(pairs, results, strict=True))
         ]
         return SuiteRun(
-            suite="toy", settings=settings.model_dump(mode="json"), metrics=self.metrics, records=records,
+            suite="toy", settings=settings.model_dump(mode="json"), metrics=[LOGPROB], records=records,
             data_sha256={"toy-pairs": "0" * 64},
         )
 
@@ -57,7 +58,7 @@ class CrashSuite:
     Settings = SuiteSettings
     metrics: ClassVar[list[MetricSpec]] = [LOGPROB]
 
-    def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
+    def run(self, backend: Backend, settings: SuiteSettings, *, baseline: SuiteRun | None = None) -> SuiteRun:
         raise RuntimeError("toy suite exploded")
 
 

@@ -170,8 +170,8 @@ def test_suite_run_builds_records() -> None:
     backend = WordBackend(lambda request: canned.get(request.prompt, ""))
     settings = suite_settings("collapse", "ci")
     run = CollapseSuite().run(backend, settings)
-    assert backend.calls == [("generate", len(settings.ids))]
-    assert [r.item_id for r in run.records] == settings.ids
+    assert backend.calls == [("generate", len(settings.item_ids))]
+    assert [r.item_id for r in run.records] == settings.item_ids
     by_id = {r.item_id: r for r in run.records}
     assert by_id["translate-es-beach"].scores["pass"] == 0.0 and by_id["translate-es-beach"].lang == "es"
     assert by_id["knowledge-monad"].scores["pass"] == 1.0
@@ -186,7 +186,7 @@ def test_suite_run_builds_records() -> None:
     assert run.metrics[0].name == "pass" and run.metrics[0].kind == "binary"
     assert list(run.data_sha256) == ["collapse_prompts.toml"]
     full = suite_settings("collapse", "full")
-    assert isinstance(full, CollapseSettings) and full.ids is None and full.max_tokens == 200
+    assert isinstance(full, CollapseSettings) and full.item_ids is None and full.max_tokens == 200
 
 
 def test_bad_prompt_files_name_file_and_line(tmp_path: Path) -> None:
@@ -208,7 +208,7 @@ def test_bad_prompt_files_name_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="missing"):
         load_prompts(tmp_path / "nope.toml")
     with pytest.raises(UserError, match="unknown collapse prompt id"):
-        CollapseSuite().run(WordBackend(), CollapseSettings(ids=["no-such-prompt"]))
+        CollapseSuite().run(WordBackend(), CollapseSettings(item_ids=["no-such-prompt"]))
     with pytest.raises(UserError, match=r"unknown field|Extra inputs"):
         suite_settings("collapse", "ci", {"idz": ["x"]})
 
@@ -227,9 +227,9 @@ def test_real_model_collapse_records() -> None:
     from harness.smollm2 import smollm2_gguf
 
     backend = open_backend(str(smollm2_gguf()))
-    settings = CollapseSettings(ids=["math-train-speed", "translate-es-beach"], max_tokens=48)
+    settings = CollapseSettings(item_ids=["math-train-speed", "translate-es-beach"], max_tokens=48)
     run = CollapseSuite().run(backend, settings)
-    assert [r.item_id for r in run.records] == settings.ids
+    assert [r.item_id for r in run.records] == settings.item_ids
     for record in run.records:
         assert record.output and set(record.checks) >= {"min_len", "script", "repetition"}
         assert record.scores["pass"] == float(all(record.checks.values()))

@@ -9,7 +9,6 @@ float noise because every row is scored independently of its padding.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,10 +100,6 @@ class TransformersBackend:
         **options: Any,
     ) -> TransformersBackend:
         """Validate and load a local HF directory, a GGUF file or a hub id (see ``resolve_model``)."""
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "model", "tokenizer", "device", "source", "settings"}
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise UserError(f"unknown transformers backend option(s): {', '.join(unknown)}", f"known: {', '.join(sorted(allowed))}")
         source = resolve_model(model, trust_pickle=trust_pickle, gguf_file=gguf_file)
         loaded, tokenizer, resolved = load_model_and_tokenizer(source, dtype=dtype, device=device)
         if source.kind == "hub":

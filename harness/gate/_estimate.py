@@ -16,19 +16,21 @@ import numpy as np
 
 from harness.errors import UserError
 from harness.gate.budgets import ANY_FLAG, Budget
+from harness.gate.results import WorstItem
 from harness.records import ItemRecord, MetricSpec, SuiteRun
-from harness.stats import TInterval, clustered_se, mcnemar_exact_p, mean_of, paired_statistic
+from harness.stats import (
+    TInterval,
+    clustered_se,
+    mcnemar_exact_p,
+    mean_difference,
+    mean_of,
+    perplexity_difference,
+    perplexity_ratio,
+    ratio_of_means,
+)
 from harness.stats.interval import Envelope, Estimator, TangoEstimator
 
 FlagOverrides = dict[str, dict[str, tuple[set[str], set[str]]]]
-
-
-@dataclass
-class WorstItem:
-    item_id: str
-    baseline_score: float | None
-    candidate_score: float | None
-    note: str
 
 
 @dataclass
@@ -123,7 +125,7 @@ def _worst_by(
     ids: list[str], b: np.ndarray, c: np.ndarray, reg: np.ndarray, note: str, k: int = 10
 ) -> list[WorstItem]:
     order = [i for i in np.argsort(-reg, kind="stable") if reg[i] > 0][:k]
-    return [WorstItem(ids[i], float(b[i]), float(c[i]), note) for i in order]
+    return [WorstItem(item_id=ids[i], baseline_score=float(b[i]), candidate_score=float(c[i]), note=note) for i in order]
 
 
 def measure(
@@ -195,13 +197,10 @@ def _mean_metric(
     )
     groups = _clusters(b_recs)
     if budget.kind == "ratio":
-        num, den = (0, 1) if spec.higher_is_better else (1, 0)
-        cols = np.column_stack([yb, yc])
-        if np.any(cols.mean(axis=0) <= 0):
+        if yb.mean() <= 0 or yc.mean() <= 0:
             return Refused(f"a ratio needs positive means of {spec.name!r}", n)
-        dist = paired_statistic(
-            cols, lambda m: m[:, num] / m[:, den], groups=groups, n_resamples=n_res, seed=seed
-        )
+        num, den = (yb, yc) if spec.higher_is_better else (yc, yb)
+        dist = ratio_of_means(num, den, groups=groups, n_resamples=n_res, seed=seed)
         worst = _worst_by(ids, yb * scale, yc * scale, reg_items, "largest per-item regression")
         return Measured(
             dist, **values, log_scale=True, method="paired bootstrap of the ratio of means", worst=worst
@@ -222,10 +221,10 @@ def _mean_metric(
         changed = [ids[i] for i in np.flatnonzero(worse)]
         worst = [
             WorstItem(
-                i,
-                1.0 if spec.higher_is_better else 0.0,
-                0.0 if spec.higher_is_better else 1.0,
-                "right → wrong",
+                item_id=i,
+                baseline_score=1.0 if spec.higher_is_better else 0.0,
+                candidate_score=0.0 if spec.higher_is_better else 1.0,
+                note="right → wrong",
             )
             for i in changed[:10]
         ]
@@ -238,10 +237,7 @@ def _mean_metric(
             changed=changed,
             worst=worst,
         )
-    cols = np.column_stack([yb, yc])
-    dist = paired_statistic(
-        cols, lambda m: sign * scale * (m[:, 0] - m[:, 1]), groups=groups, n_resamples=n_res, seed=seed
-    )
+    dist = mean_difference(yb, yc, scale=sign * scale, groups=groups, n_resamples=n_res, seed=seed)
     method = "paired cluster bootstrap" if groups else "paired bootstrap"
     worst = _worst_by(ids, yb * scale, yc * scale, reg_items, "largest per-item regression")
     return Measured(dist, **values, method=method + " of the mean difference", worst=worst)
@@ -267,12 +263,9 @@ def _perplexity(
         return Refused("every perplexity window needs a positive token count", len(b_recs))
     ppl_b = math.exp(nll_b.sum() / tok_b.sum())
     ppl_c = math.exp(nll_c.sum() / tok_c.sum())
-    cols = np.column_stack(arrays)
-    if budget.kind == "ratio":
-        stat, log_scale = (lambda m: np.exp(m[:, 2] / m[:, 3] - m[:, 0] / m[:, 1])), True
-    else:
-        stat, log_scale = (lambda m: np.exp(m[:, 2] / m[:, 3]) - np.exp(m[:, 0] / m[:, 1])), False
-    dist = paired_statistic(cols, stat, n_resamples=n_res, seed=seed)
+    log_scale = budget.kind == "ratio"
+    estimate = perplexity_ratio if log_scale else perplexity_difference
+    dist = estimate(nll_b, tok_b, nll_c, tok_c, n_resamples=n_res, seed=seed)
     ids = [r.item_id for r in b_recs]
     per_b, per_c = nll_b / tok_b, nll_c / tok_c
     worst = _worst_by(ids, per_b, per_c, per_c - per_b, "largest rise in nll per token")
@@ -297,7 +290,7 @@ def _flags(
     new = fc & ~fb
     changed = [ids[i] for i in np.flatnonzero(new)]
     note = f"newly flagged {budget.metric}" if budget.metric != ANY_FLAG else "newly flagged"
-    worst = [WorstItem(i, 0.0, 1.0, note) for i in changed[:10]]
+    worst = [WorstItem(item_id=i, baseline_score=0.0, candidate_score=1.0, note=note) for i in changed[:10]]
     b, c, n = int(new.sum()), int((fb & ~fc).sum()), len(ids)
     if budget.kind == "new_flags":
         return Measured(
@@ -346,7 +339,7 @@ def _max_mean(
             base_value = float(np.mean(bv) * scale)
     ids = [r.item_id for r in scored]
     order = np.argsort(-vals, kind="stable")[:10]
-    worst = [WorstItem(ids[i], None, float(vals[i]), f"highest {budget.metric}") for i in order]
+    worst = [WorstItem(item_id=ids[i], candidate_score=float(vals[i]), note=f"highest {budget.metric}") for i in order]
     return Measured(
         dist, base_value, float(vals.mean()), len(vals), method="bootstrap of the mean", worst=worst
     )

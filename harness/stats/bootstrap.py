@@ -124,6 +124,26 @@ def mean_difference(
     )
 
 
+def ratio_of_means(
+    numerator: Sequence[float],
+    denominator: Sequence[float],
+    *,
+    groups: Sequence[object] | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> BootstrapDistribution:
+    """Paired bootstrap of ``mean(numerator) / mean(denominator)`` (a ratio budget on a mean metric)."""
+    cols = np.column_stack([np.asarray(numerator, float), np.asarray(denominator, float)])
+    return paired_statistic(cols, lambda m: m[:, 0] / m[:, 1], groups=groups, n_resamples=n_resamples, seed=seed)
+
+
+def _windows(*columns: Sequence[float]) -> np.ndarray:
+    cols = np.column_stack([np.asarray(x, float) for x in columns])
+    if np.any(cols[:, [1, 3]] <= 0):
+        raise ValueError("every window needs a positive token count")
+    return cols
+
+
 def perplexity_ratio(
     nll_base: Sequence[float],
     tok_base: Sequence[float],
@@ -134,14 +154,25 @@ def perplexity_ratio(
     seed: int = 0,
 ) -> BootstrapDistribution:
     """Paired bootstrap over windows of ``exp(sum nll_c / sum tok_c - sum nll_b / sum tok_b)``."""
-    cols = np.column_stack([np.asarray(x, float) for x in (nll_base, tok_base, nll_cand, tok_cand)])
-    if np.any(cols[:, [1, 3]] <= 0):
-        raise ValueError("every window needs a positive token count")
+    cols = _windows(nll_base, tok_base, nll_cand, tok_cand)
     return paired_statistic(
-        cols,
-        lambda m: np.exp(m[:, 2] / m[:, 3] - m[:, 0] / m[:, 1]),
-        n_resamples=n_resamples,
-        seed=seed,
+        cols, lambda m: np.exp(m[:, 2] / m[:, 3] - m[:, 0] / m[:, 1]), n_resamples=n_resamples, seed=seed
+    )
+
+
+def perplexity_difference(
+    nll_base: Sequence[float],
+    tok_base: Sequence[float],
+    nll_cand: Sequence[float],
+    tok_cand: Sequence[float],
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> BootstrapDistribution:
+    """Paired bootstrap over windows of the perplexity difference, candidate minus baseline."""
+    cols = _windows(nll_base, tok_base, nll_cand, tok_cand)
+    return paired_statistic(
+        cols, lambda m: np.exp(m[:, 2] / m[:, 3]) - np.exp(m[:, 0] / m[:, 1]), n_resamples=n_resamples, seed=seed
     )
 
 
