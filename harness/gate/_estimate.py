@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,8 +72,8 @@ def _spec(budget: Budget, runs: list[SuiteRun]) -> MetricSpec | None:
 def _pair(base: SuiteRun, cand: SuiteRun) -> tuple[list[ItemRecord], list[ItemRecord]] | Refused:
     """Match records by item_id; refuse duplicates and items present on one side only."""
     for side, run in (("baseline", base), ("candidate", cand)):
-        seen: set[str] = set()
-        dups = {r.item_id for r in run.records if r.item_id in seen or seen.add(r.item_id)}
+        counts = Counter(r.item_id for r in run.records)
+        dups = {item_id for item_id, count in counts.items() if count > 1}
         if dups:
             return Refused(f"{len(dups)} duplicate item ids in the {side} records (e.g. {sorted(dups)[0]!r})")
     b_by = {r.item_id: r for r in base.records}
@@ -192,9 +193,7 @@ def _mean_metric(
     n, scale, ids = len(yb), spec.scale, [r.item_id for r in b_recs]
     sign = 1.0 if spec.higher_is_better else -1.0
     reg_items = sign * (yb - yc) * scale
-    values = dict(
-        baseline_value=float(yb.mean() * scale), candidate_value=float(yc.mean() * scale), n_items=n
-    )
+    base_value, cand_value = float(yb.mean() * scale), float(yc.mean() * scale)
     groups = _clusters(b_recs)
     if budget.kind == "ratio":
         if yb.mean() <= 0 or yc.mean() <= 0:
@@ -202,9 +201,8 @@ def _mean_metric(
         num, den = (yb, yc) if spec.higher_is_better else (yc, yb)
         dist = ratio_of_means(num, den, groups=groups, n_resamples=n_res, seed=seed)
         worst = _worst_by(ids, yb * scale, yc * scale, reg_items, "largest per-item regression")
-        return Measured(
-            dist, **values, log_scale=True, method="paired bootstrap of the ratio of means", worst=worst
-        )
+        return Measured(dist, base_value, cand_value, n, log_scale=True, method="paired bootstrap of the ratio of means",
+                        worst=worst)  # fmt: skip
     binary = spec.kind in ("binary", "rate") and bool(
         np.all(np.isin(yb, (0, 1))) and np.all(np.isin(yc, (0, 1)))
     )
@@ -230,7 +228,9 @@ def _mean_metric(
         ]
         return Measured(
             est,
-            **values,
+            base_value,
+            cand_value,
+            n,
             method=method,
             flips=(b, c),
             mcnemar_p=mcnemar_exact_p(b, c),
@@ -240,7 +240,7 @@ def _mean_metric(
     dist = mean_difference(yb, yc, scale=sign * scale, groups=groups, n_resamples=n_res, seed=seed)
     method = "paired cluster bootstrap" if groups else "paired bootstrap"
     worst = _worst_by(ids, yb * scale, yc * scale, reg_items, "largest per-item regression")
-    return Measured(dist, **values, method=method + " of the mean difference", worst=worst)
+    return Measured(dist, base_value, cand_value, n, method=method + " of the mean difference", worst=worst)
 
 
 def _perplexity(
@@ -334,7 +334,7 @@ def _max_mean(
     dist = mean_of(vals, groups=_clusters(scored), n_resamples=n_res, seed=seed)
     base_value = None
     if base is not None and not base.error and base.records:
-        bv = [v for r in base.records if _finite(v := r.scores.get(budget.metric))]
+        bv = [float(r.scores[budget.metric]) for r in base.records if _finite(r.scores.get(budget.metric))]
         if bv:
             base_value = float(np.mean(bv) * scale)
     ids = [r.item_id for r in scored]

@@ -29,6 +29,7 @@ from harness.gate.results import (
 )
 from harness.records import SuiteRun, display_output
 from harness.stats import holm, items_to_decide
+from harness.stats.interval import Estimator
 
 
 def _short(text: str | None, limit: int = 240) -> str | None:
@@ -143,8 +144,9 @@ def evaluate_gate(
         else:
             family.append(i)
     alpha = round(remaining_alpha(budgets, policy, len(sequential)), 12)
-    p_within = {i: measured[i].estimator.p_within(budgets[i].max) for i in family}  # type: ignore[union-attr]
-    p_beyond = {i: measured[i].estimator.p_beyond(budgets[i].max) for i in family}  # type: ignore[union-attr]
+    estimators = {i: _estimator(measured[i]) for i in family}
+    p_within = {i: est.p_within(budgets[i].max) for i, est in estimators.items()}
+    p_beyond = {i: est.p_beyond(budgets[i].max) for i, est in estimators.items()}
     decisive = [min(p_within[i], p_beyond[i]) for i in family]
     if policy.correction == "holm" and family:
         h = holm(decisive, alpha)
@@ -152,9 +154,9 @@ def evaluate_gate(
     else:
         reject, levels = [p <= alpha for p in decisive], [alpha] * len(family)
     for j, i in enumerate(family):
-        results[i] = _decide(
-            budgets[i], measured[i], p_within[i], p_beyond[i], reject[j], levels[j], baseline, candidate
-        )  # type: ignore[arg-type]
+        m = measured[i]
+        assert isinstance(m, Measured)
+        results[i] = _decide(budgets[i], m, p_within[i], p_beyond[i], reject[j], levels[j], baseline, candidate)
     final = [r for r in results if r is not None]
     for r in final:
         _attach_texts(r, baseline, candidate)
@@ -165,6 +167,11 @@ def evaluate_gate(
     elif "INCONCLUSIVE" in statuses and policy.inconclusive == "fail":
         overall = "INCONCLUSIVE"
     return GateVerdict(overall=overall, capabilities=final, policy=policy)
+
+
+def _estimator(m: Measured | Refused | None) -> Estimator:
+    assert isinstance(m, Measured) and m.estimator is not None
+    return m.estimator
 
 
 def _direction(budget: Budget, runs: list[SuiteRun | None]) -> tuple[bool, float]:
@@ -243,9 +250,9 @@ def _decide_sequential(
         budget, {budget.suite: d.base_prefix}, {budget.suite: cand}, flags=flags,
         n_resamples=policy.bootstrap_resamples, seed=policy.seed,
     )  # fmt: skip
-    if isinstance(m, Refused) or isinstance(d, Refused):
+    if isinstance(m, Refused):
         return _result(budget, "FAIL", m, f"cannot compare: {m.reason}")
-    assert isinstance(m, Measured) and cand.sequential is not None
+    assert not isinstance(d, Refused) and cand.sequential is not None
     res, info = d.result, cand.sequential
     hib, scale = _direction(budget, [base, cand])
     what = _what(budget, m, d.estimate, hib, scale)

@@ -12,6 +12,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+Values = Sequence[float] | np.ndarray
+"""Per-item (or per-window) numbers: a list or a 1-D array."""
+
 DEFAULT_RESAMPLES = 10_000
 _CHUNK_ELEMENTS = 2_000_000
 
@@ -109,8 +112,8 @@ def paired_statistic(
 
 
 def mean_difference(
-    baseline: Sequence[float],
-    candidate: Sequence[float],
+    baseline: Values,
+    candidate: Values,
     *,
     scale: float = 1.0,
     groups: Sequence[object] | None = None,
@@ -125,8 +128,8 @@ def mean_difference(
 
 
 def ratio_of_means(
-    numerator: Sequence[float],
-    denominator: Sequence[float],
+    numerator: Values,
+    denominator: Values,
     *,
     groups: Sequence[object] | None = None,
     n_resamples: int = DEFAULT_RESAMPLES,
@@ -137,7 +140,7 @@ def ratio_of_means(
     return paired_statistic(cols, lambda m: m[:, 0] / m[:, 1], groups=groups, n_resamples=n_resamples, seed=seed)
 
 
-def _windows(*columns: Sequence[float]) -> np.ndarray:
+def _windows(*columns: Values) -> np.ndarray:
     cols = np.column_stack([np.asarray(x, float) for x in columns])
     if np.any(cols[:, [1, 3]] <= 0):
         raise ValueError("every window needs a positive token count")
@@ -145,10 +148,10 @@ def _windows(*columns: Sequence[float]) -> np.ndarray:
 
 
 def perplexity_ratio(
-    nll_base: Sequence[float],
-    tok_base: Sequence[float],
-    nll_cand: Sequence[float],
-    tok_cand: Sequence[float],
+    nll_base: Values,
+    tok_base: Values,
+    nll_cand: Values,
+    tok_cand: Values,
     *,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
@@ -161,10 +164,10 @@ def perplexity_ratio(
 
 
 def perplexity_difference(
-    nll_base: Sequence[float],
-    tok_base: Sequence[float],
-    nll_cand: Sequence[float],
-    tok_cand: Sequence[float],
+    nll_base: Values,
+    tok_base: Values,
+    nll_cand: Values,
+    tok_cand: Values,
     *,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
@@ -177,7 +180,7 @@ def perplexity_difference(
 
 
 def mean_of(
-    values: Sequence[float],
+    values: Values,
     *,
     groups: Sequence[object] | None = None,
     n_resamples: int = DEFAULT_RESAMPLES,

@@ -149,7 +149,7 @@ def sequential_noninferiority(
         raise ValueError(f"need 0 < alpha < 0.5 and looks >= 1, got alpha={alpha}, looks={looks}")
     if binary is None:
         binary = all(d in (-1, 0, 1) for d in diffs)
-    spent, done = 0.0, []
+    spent, done = 0.0, list[Look]()
     for n in look_points(total, looks, min_items):
         if n > len(diffs):
             return SequentialResult("INCONCLUSIVE", len(diffs), total, tuple(done))
