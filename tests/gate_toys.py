@@ -6,6 +6,7 @@ so the gate machinery runs end to end on a tiny model in seconds.
 
 from __future__ import annotations
 
+import struct
 import textwrap
 from pathlib import Path
 from typing import ClassVar
@@ -53,6 +54,31 @@ class ToySuite:
         )
 
 
+DRIFT = MetricSpec(name="drift", kind="continuous", higher_is_better=False, description="|logprob - baseline's|")
+
+
+class EchoSuite:
+    """Stores its per-item log-likelihoods as a binary artifact and, when gating, scores each item
+    against the baseline's stored artifact (the shape of a KL-divergence suite)."""
+
+    name = "toy_echo"
+    Settings = ToySettings
+    metrics: ClassVar[list[MetricSpec]] = [DRIFT]
+    ARTIFACT = "logprobs.f64"
+
+    def run(self, backend: Backend, settings: SuiteSettings, *, baseline: SuiteRun | None = None) -> SuiteRun:
+        assert isinstance(settings, ToySettings)
+        pairs = PAIRS[: settings.n_items]
+        values = [r.logprob for r in backend.loglikelihood([LoglikelihoodRequest(c, x) for c, x in pairs])]
+        reference = struct.unpack(f"<{len(values)}d", baseline.artifacts[self.ARTIFACT]) if baseline else values
+        records = [
+            ItemRecord(suite=self.name, item_id=f"e{i}", prompt=c, scores={"drift": abs(v - ref)})
+            for i, ((c, _), v, ref) in enumerate(zip(pairs, values, reference, strict=True))
+        ]
+        return SuiteRun(suite=self.name, settings=settings.model_dump(mode="json"), metrics=self.metrics,
+                        records=records, artifacts={self.ARTIFACT: struct.pack(f"<{len(values)}d", *values)})
+
+
 class CrashSuite:
     name = "toy_crash"
     Settings = SuiteSettings
@@ -67,6 +93,7 @@ def register_toys() -> dict:
     saved = SUITES.snapshot()
     SUITES.register("toy", ToySuite)
     SUITES.register("toy_crash", CrashSuite)
+    SUITES.register("toy_echo", EchoSuite)
     return saved
 
 
