@@ -54,3 +54,16 @@ def test_detector_flags_compare_candidate_text_with_the_baseline() -> None:
     assert base_flags == set() and "script_mixing" in cand_flags
     same = detector_flags(base, base)["flores"]["x"]
     assert same == (set(), set())
+
+
+def test_detector_flags_use_the_gate_files_thresholds() -> None:
+    from harness.detectors import DetectorSettings
+
+    long = " ".join(["The beach is lovely today and the sea is calm and warm."] * 6)
+    base = {"collapse": SuiteRun(suite="collapse", settings={}, records=[
+        ItemRecord(suite="collapse", item_id="x", prompt="Describe the beach.", output=long, lang="en")])}
+    cand = {"collapse": SuiteRun(suite="collapse", settings={}, records=[
+        ItemRecord(suite="collapse", item_id="x", prompt="Describe the beach.", output=long[:120], lang="en")])}
+    assert "length_collapse" in detector_flags(base, cand)["collapse"]["x"][1]
+    lenient = detector_flags(base, cand, DetectorSettings(length_ratio=0.1))
+    assert "length_collapse" not in lenient["collapse"]["x"][1]

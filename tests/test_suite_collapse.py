@@ -78,6 +78,15 @@ def test_chinese_character_in_spanish_translation_is_caught() -> None:
     assert all(good.values()), good
 
 
+def test_the_gate_files_detector_thresholds_reach_the_checks() -> None:
+    from harness.detectors import DetectorSettings
+
+    prompt = PROMPTS["math-train-speed"]
+    greek = "Speed is 180 km over 2.5 h, which is 72 km/h; the word λόγος here names that ratio of distance to time."
+    assert check_output(prompt, greek)[0]["script"] is False  # a five-letter Greek run is Greek text by default
+    assert check_output(prompt, greek, DetectorSettings(greek_max_run=10))[0]["script"] is True
+
+
 def test_denying_that_monads_exist_is_caught() -> None:
     prompt = PROMPTS["knowledge-monad"]
     assert _plain_collapse_test(MONAD_DENIAL)
