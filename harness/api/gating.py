@@ -110,7 +110,7 @@ def stored_spec(manifest: Manifest) -> ModelSpec:
 
 
 def gate_candidate(
-    config: GateConfig, candidate: ModelLike, run_dir: Path, *, backend: str | None = None,
+    config: GateConfig, candidate: ModelLike, run_dir: Path | str, *, backend: str | None = None,
     options: Mapping[str, Any] | None = None, baseline_dir: Path | None = None, sequential: bool | None = None,
     log: Log = _stderr,
 ) -> GateOutcome:  # fmt: skip
@@ -120,6 +120,7 @@ def gate_candidate(
     ``backend`` and ``options`` named here. ``sequential``: run suites in chunks and stop each once
     its budgets are decided (None: the gate file's ``[gate] sequential``).
     """
+    run_dir = Path(run_dir)
     store = baseline_dir or config.baseline_dir
     manifest, baseline_runs = load_store(store)  # verified before any time is spent on the candidate, then reused
     warnings = check_comparable(manifest, config.settings, store=store)
@@ -175,7 +176,7 @@ def _audit_first(
 
 
 def decide(
-    config: GateConfig, run_dir: Path, *, baseline_dir: Path | None = None, warnings: list[str] | None = None,
+    config: GateConfig, run_dir: Path | str, *, baseline_dir: Path | None = None, warnings: list[str] | None = None,
     baseline: tuple[Manifest, dict[str, SuiteRun]] | None = None,
 ) -> GateOutcome:  # fmt: skip
     """Recompute the verdict and reports of a stored run, without any model.
@@ -183,6 +184,7 @@ def decide(
     ``baseline``: the store already loaded (and verified) from ``baseline_dir`` by the caller. Budgets
     and detector thresholds come from ``config``; suite settings it changes since the run are warned about.
     """
+    run_dir = Path(run_dir)
     info = _run_info(run_dir)
     store = baseline_dir or (Path(info["baseline_dir"]) if info.get("baseline_dir") else config.baseline_dir)
     manifest, baseline_runs = baseline or load_store(store)
