@@ -29,8 +29,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    """ruff, and mypy strict on the pure core (harness/gate, harness/stats, harness/records.py)."""
+    _install(session, "test")
     session.run("ruff", "check", "harness", "tests", "benchmarks", "noxfile.py")
+    session.run("mypy")
 
 
 @nox.session

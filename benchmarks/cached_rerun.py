@@ -29,13 +29,14 @@ def main() -> None:
     parser.add_argument("--kind", default="transformers", help="backend kind (transformers, mlx)")
     args = parser.parse_args()
 
+    from harness.api import resolve_testbed
     from harness.backends import open_backend
     from harness.cache import CachedBackend, RequestCache
-    from harness.pipeline import resolve_model, run_suites
+    from harness.runner import run_suites
     from harness.suites import suite_settings
 
     options = {"dtype": "float32", "device": "cpu"} if args.kind == "transformers" else {}
-    backend = open_backend(resolve_model(args.model), args.kind, **options)
+    backend = open_backend(resolve_testbed(args.model, args.kind), args.kind, **options)
     names = [s.strip() for s in args.suites.split(",") if s.strip()]
     settings = {n: suite_settings(n, "ci", {"limit": args.limit}) for n in names}
     backend.fingerprint()

@@ -78,12 +78,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="ABBA blocks (suite, bare, bare, suite) to average over")
     args = parser.parse_args()
 
+    from harness.api import resolve_testbed
     from harness.backends import open_backend
     from harness.cache import CachedBackend, RequestCache
-    from harness.pipeline import resolve_model, run_suites
+    from harness.runner import run_suites
     from harness.suites import suite_settings
 
-    backend = open_backend(resolve_model(args.model), dtype="float32", device="cpu", batch_size=args.batch_size,
+    backend = open_backend(resolve_testbed(args.model), dtype="float32", device="cpu", batch_size=args.batch_size,
                            max_batch_tokens=args.batch_size * (args.seq_len + 1))
     settings = suite_settings(args.suite, "ci", {"limit": args.windows, "seq_len": args.seq_len})
     backend.fingerprint()  # hashing the checkpoint is a one-time cost, cached per file; not per run

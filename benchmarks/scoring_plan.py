@@ -50,11 +50,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
 
+    from harness.api import resolve_testbed
     from harness.backends import open_backend
-    from harness.pipeline import resolve_model, run_suites
+    from harness.runner import run_suites
     from harness.suites import suite_settings
 
-    backend = open_backend(resolve_model(args.model), dtype="float32", device="cpu", batch_size=args.batch_size)
+    backend = open_backend(resolve_testbed(args.model), dtype="float32", device="cpu", batch_size=args.batch_size)
     settings = {args.suite: suite_settings(args.suite, "ci", {"limit": args.limit})}
     counts = {}
     for label, share in (("plain", False), ("shared", True)):

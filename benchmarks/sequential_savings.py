@@ -1,6 +1,6 @@
 """How many items sequential early stopping saves, and what it costs in errors, by simulation.
 
-The gate's sequential test (``harness.sequential``, used by ``[gate] sequential = true``) on paired 0/1
+The gate's sequential test (``harness.stats.sequential``, used by ``[gate] sequential = true``) on paired 0/1
 items: each simulated item flips right->wrong with probability ``r2w`` and wrong->right with
 ``w2r``, so the true regression is ``r2w - w2r``. For a range of true regressions around the budget it
 prints how often the gate says PASS / FAIL / INCONCLUSIVE and the mean share of items it evaluated;
@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from harness.sequential import sequential_noninferiority
+from harness.stats.sequential import sequential_noninferiority
 
 
 def simulate(rng: np.random.Generator, items: int, regression: float, churn: float) -> list[int]:

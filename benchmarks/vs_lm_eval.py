@@ -4,7 +4,7 @@ With plain lm-eval, comparing a candidate with its baseline means evaluating bot
 tasks and items: ``lm_eval.simple_evaluate(model=HFLM(...))`` twice, over the very task objects and
 sample indices moegate's suite uses (built by the suite's own helpers, so items and settings are
 identical). With moegate the baseline's records are stored once (``moegate baseline record``, not timed,
-like any earlier CI run), and a gate run (``harness.gate.run.gate_candidate``: weights audit, the
+like any earlier CI run), and a gate run (``harness.api.gate_candidate``: weights audit, the
 candidate's suites behind a *cold* request cache, paired statistics, verdict, reports) evaluates only
 the candidate. Model loading is excluded from both sides (HFLM objects and moegate backends are built
 before the clock starts); both use the same batch size; repeats alternate the order (ABBA) so a
@@ -101,13 +101,12 @@ def main() -> None:
 
     from lm_eval.models.huggingface import HFLM
 
-    import harness.pipeline as pipeline
+    import harness.api.gating as gating
+    from harness.api import ModelSpec, gate_candidate, load_gate, record_baseline, resolve_testbed
     from harness.backends import open_backend
     from harness.cache import CachedBackend, RequestCache
-    from harness.gate.config import ModelSpec, load_gate
-    from harness.gate.run import gate_candidate, record_baseline
 
-    baseline_path = pipeline.resolve_model(args.model)
+    baseline_path = resolve_testbed(args.model)
     candidate_path = str(Path(args.candidate).resolve()) if args.candidate else baseline_path
     names = [s.strip() for s in args.suites.split(",") if s.strip()]
     work = Path(tempfile.mkdtemp(prefix="moegate-vs-lm-eval-"))
@@ -120,16 +119,15 @@ def main() -> None:
 
     def preloaded(spec: ModelSpec, **_: Any) -> Any:
         """``open_model`` without the load: the loaded backend behind a fresh (cold) request cache."""
-        return CachedBackend(backends[pipeline.resolve_model(spec.model)], RequestCache(work / f"cache-{next(caches)}.sqlite"))
+        return CachedBackend(backends[resolve_testbed(spec.model)], RequestCache(work / f"cache-{next(caches)}.sqlite"))
 
-    pipeline.open_model = preloaded  # gate_candidate and record_baseline import it from here at call time
+    gating.open_model = preloaded  # gate_candidate and record_baseline look it up there at call time
     record_baseline(config, log=lambda _m: None)
     lms = {p: HFLM(pretrained=p, dtype="float32", device="cpu", batch_size=args.batch_size) for p in backends}
 
     def ours_once(rep: int) -> float:
         start = time.perf_counter()
-        outcome = gate_candidate(config, ModelSpec(model=candidate_path, options=dict(config.baseline.options)),
-                                 work / f"run-{rep}", log=lambda _m: None)
+        outcome = gate_candidate(config, candidate_path, work / f"run-{rep}", log=lambda _m: None)
         seconds = time.perf_counter() - start
         for cap in outcome.verdict.capabilities:
             print(f"moegate  {cap.label}: {cap.status} on {cap.n_items} items ({cap.reason})")

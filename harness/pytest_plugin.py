@@ -4,6 +4,10 @@
 of the gate, so CI systems that read JUnit XML see each capability pass or fail on its own. The gate
 runs once per session, lazily, when the first capability test runs. Imports nothing heavy unless the
 options are used.
+
+pytest loads this module through the ``pytest11`` entry point, so it only ever runs inside pytest;
+pytest is an optional dependency of moegate (``pip install 'moegate[test]'``) and nothing else in
+``harness`` imports this module.
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
+try:
+    import pytest
+except ImportError as exc:  # pragma: no cover - only when imported by hand without pytest
+    raise ImportError("harness.pytest_plugin is moegate's pytest plugin: install pytest (pip install 'moegate[test]')") from exc
 
 if TYPE_CHECKING:
-    from harness.gate.run import GateOutcome
+    from harness.api import GateOutcome
 
 _OUTCOME = pytest.StashKey["GateOutcome | Exception"]()
 
@@ -40,8 +47,8 @@ class GateFile(pytest.File):
     """The gate file as a collector: its budgets become the capability tests."""
 
     def collect(self):
+        from harness.api import load_gate
         from harness.errors import UserError
-        from harness.gate.config import load_gate
 
         try:
             gate = load_gate(self.path)
@@ -94,20 +101,16 @@ def _gate_outcome(config: pytest.Config) -> GateOutcome | Exception:
     """Run the gate once per session; later capability tests reuse the outcome (or the error)."""
     if _OUTCOME in config.stash:
         return config.stash[_OUTCOME]
-    from harness.cli.gate import default_run_dir
+    from harness.api import default_run_dir, gate_candidate, load_gate
     from harness.errors import UserError
-    from harness.gate.config import ModelSpec, load_gate
-    from harness.gate.run import gate_candidate
 
     try:
         gate = load_gate(config.getoption("--moegate-gate"))
         candidate = config.getoption("--moegate-candidate")
-        backend = config.getoption("--moegate-backend")
-        options = dict(gate.baseline.options) if backend in (None, gate.baseline.backend) else {}
-        spec = ModelSpec(model=candidate, backend=backend or gate.baseline.backend, options=options)
         report_dir = config.getoption("--moegate-report-dir")
         run_dir = Path(report_dir) if report_dir else default_run_dir(gate.name, candidate)
-        result: GateOutcome | Exception = gate_candidate(gate, spec, run_dir)
+        result: GateOutcome | Exception = gate_candidate(gate, candidate, run_dir,
+                                                         backend=config.getoption("--moegate-backend"))
     except UserError as exc:
         result = exc
     config.stash[_OUTCOME] = result

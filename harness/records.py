@@ -7,9 +7,12 @@ so a verdict can be recomputed from stored records without loading a model.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
+from pydantic_core import core_schema
 
 RECORD_SCHEMA_VERSION = 1
 
@@ -68,7 +71,7 @@ class SequentialInfo(BaseModel):
     """How a suite was run in chunks with sequential early stopping (``[gate] sequential = true``).
 
     The candidate answered the first ``items_used`` of the baseline's ``items_total`` items, in the
-    baseline's stored order; looks are planned on ``items_total`` (``harness.sequential.look_points``).
+    baseline's stored order; looks are planned on ``items_total`` (``harness.stats.sequential.look_points``).
     ``moegate verdict`` re-decides from the records with this plan, so only the plan is trusted here.
     """
 
@@ -87,6 +90,69 @@ class SequentialInfo(BaseModel):
     decisions: dict[str, str] = Field(default_factory=dict)
     """Budget label -> decision when the run stopped; informative (the verdict recomputes it)."""
 
+    @property
+    def decided(self) -> bool:
+        """Every budget decided at this look: the suite may stop."""
+        return "INCONCLUSIVE" not in self.decisions.values()
+
+
+ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+"""An artifact's name is also its file name in a store."""
+
+
+class Artifacts(Mapping[str, bytes]):
+    """Binary side data of a suite run, by name: e.g. the baseline's top-k next-token distributions, or
+    per-item route traces. Records stay JSON; what is large or binary goes here.
+
+    A fresh run holds its bytes in memory. A stored run reads each artifact from the store on first
+    access (``loaders``), so loading a store, or deciding a verdict that never looks at them, costs
+    no memory for them.
+    """
+
+    def __init__(self, data: Mapping[str, bytes] | None = None, *,
+                 loaders: Mapping[str, Callable[[], bytes]] | None = None) -> None:  # fmt: skip
+        self._data = dict(data or {})
+        self._loaders = dict(loaders or {})
+        for name in [*self._data, *self._loaders]:
+            if not ARTIFACT_NAME.match(name):
+                raise ValueError(f"artifact name {name!r} must be a plain file name ([A-Za-z0-9_.-], at most 128)")
+        for name, blob in self._data.items():
+            if not isinstance(blob, bytes):
+                raise ValueError(f"artifact {name!r} must be bytes, got {type(blob).__name__}")
+
+    def __getitem__(self, name: str) -> bytes:
+        if name not in self._data:
+            if name not in self._loaders:
+                raise KeyError(name)
+            self._data[name] = self._loaders[name]()
+        return self._data[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted({*self._data, *self._loaders}))
+
+    def __len__(self) -> int:
+        return len({*self._data, *self._loaders})
+
+    def loaded(self) -> list[str]:
+        """Names whose bytes are in memory now."""
+        return sorted(self._data)
+
+    def __repr__(self) -> str:
+        return f"Artifacts({list(self)})"
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        def validate(value: Any) -> Artifacts:
+            if isinstance(value, Artifacts):
+                return value
+            if isinstance(value, Mapping):
+                return cls(value)
+            raise ValueError(f"artifacts must be a mapping of names to bytes, got {type(value).__name__}")
+
+        return core_schema.no_info_plain_validator_function(
+            validate, serialization=core_schema.plain_serializer_function_ser_schema(lambda a: sorted(a))
+        )
+
 
 class SuiteRun(BaseModel):
     """One suite run on one model: its records and what produced them."""
@@ -103,6 +169,8 @@ class SuiteRun(BaseModel):
     seconds: float = 0.0
     sequential: SequentialInfo | None = None
     """Set when the suite ran in chunks and may have stopped early (candidate runs only)."""
+    artifacts: Artifacts = Field(default_factory=Artifacts, exclude=True)
+    """Binary side data by name (``Artifacts``); stored as files beside the records, hashed in the manifest."""
 
 
 def metric_value(records: list[ItemRecord], spec: MetricSpec) -> float | None:
@@ -118,3 +186,18 @@ def metric_value(records: list[ItemRecord], spec: MetricSpec) -> float | None:
         return math.exp(sum(nll) / sum(tokens))  # type: ignore[arg-type]
     values = [r.scores[spec.name] for r in records if spec.name in r.scores]
     return spec.scale * sum(values) / len(values) if values else None
+
+
+def display_output(record: ItemRecord | None) -> str | None:
+    """What the model answered, for people: the generated text, or the choice a multiple-choice
+    item's loglikelihoods picked (lm-eval records keep ``meta.choices`` and ``meta.loglikelihoods``)."""
+    if record is None:
+        return None
+    if record.output is not None:
+        return record.output
+    choices, lls = record.meta.get("choices"), record.meta.get("loglikelihoods")
+    if isinstance(choices, list) and isinstance(lls, list) and choices and len(choices) == len(lls):
+        k = max(range(len(lls)), key=lambda i: lls[i])
+        letter = chr(ord("A") + k) if k < 26 else str(k)
+        return f"({letter}) {choices[k]}"
+    return None

@@ -6,6 +6,7 @@ so the gate machinery runs end to end on a tiny model in seconds.
 
 from __future__ import annotations
 
+import struct
 import textwrap
 from pathlib import Path
 from typing import ClassVar
@@ -36,9 +37,10 @@ class ToySettings(SuiteSettings):
 class ToySuite:
     name = "toy"
     Settings = ToySettings
-    metrics: ClassVar[list[MetricSpec]] = [LOGPROB]
+    metrics: ClassVar[list[MetricSpec]] = [LOGPROB, ACC]
+    """It scores ``logprob``; ``acc`` is for stored runs made by ``acc_run``."""
 
-    def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
+    def run(self, backend: Backend, settings: SuiteSettings, *, baseline: SuiteRun | None = None) -> SuiteRun:
         assert isinstance(settings, ToySettings)
         pairs = PAIRS[: settings.n_items]
         results = backend.loglikelihood([LoglikelihoodRequest(c, x) for c, x in pairs])
@@ -47,9 +49,34 @@ class ToySuite:
             for i, ((c, x), r) in enumerate(zip(pairs, results, strict=True))
         ]
         return SuiteRun(
-            suite="toy", settings=settings.model_dump(mode="json"), metrics=self.metrics, records=records,
+            suite="toy", settings=settings.model_dump(mode="json"), metrics=[LOGPROB], records=records,
             data_sha256={"toy-pairs": "0" * 64},
         )
+
+
+DRIFT = MetricSpec(name="drift", kind="continuous", higher_is_better=False, description="|logprob - baseline's|")
+
+
+class EchoSuite:
+    """Stores its per-item log-likelihoods as a binary artifact and, when gating, scores each item
+    against the baseline's stored artifact (the shape of a KL-divergence suite)."""
+
+    name = "toy_echo"
+    Settings = ToySettings
+    metrics: ClassVar[list[MetricSpec]] = [DRIFT]
+    ARTIFACT = "logprobs.f64"
+
+    def run(self, backend: Backend, settings: SuiteSettings, *, baseline: SuiteRun | None = None) -> SuiteRun:
+        assert isinstance(settings, ToySettings)
+        pairs = PAIRS[: settings.n_items]
+        values = [r.logprob for r in backend.loglikelihood([LoglikelihoodRequest(c, x) for c, x in pairs])]
+        reference = struct.unpack(f"<{len(values)}d", baseline.artifacts[self.ARTIFACT]) if baseline else values
+        records = [
+            ItemRecord(suite=self.name, item_id=f"e{i}", prompt=c, scores={"drift": abs(v - ref)})
+            for i, ((c, _), v, ref) in enumerate(zip(pairs, values, reference, strict=True))
+        ]
+        return SuiteRun(suite=self.name, settings=settings.model_dump(mode="json"), metrics=self.metrics,
+                        records=records, artifacts={self.ARTIFACT: struct.pack(f"<{len(values)}d", *values)})
 
 
 class CrashSuite:
@@ -57,7 +84,7 @@ class CrashSuite:
     Settings = SuiteSettings
     metrics: ClassVar[list[MetricSpec]] = [LOGPROB]
 
-    def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
+    def run(self, backend: Backend, settings: SuiteSettings, *, baseline: SuiteRun | None = None) -> SuiteRun:
         raise RuntimeError("toy suite exploded")
 
 
@@ -66,6 +93,7 @@ def register_toys() -> dict:
     saved = SUITES.snapshot()
     SUITES.register("toy", ToySuite)
     SUITES.register("toy_crash", CrashSuite)
+    SUITES.register("toy_echo", EchoSuite)
     return saved
 
 

@@ -13,19 +13,17 @@ from typing import ClassVar
 
 from harness.backends.base import Backend, LoglikelihoodRequest
 from harness.records import ItemRecord, MetricSpec, SuiteRun
-from harness.suites import SuiteSettings
+from harness.suites import ChosenItems, SuiteSettings
 
 ACC = MetricSpec(name="acc", kind="binary", higher_is_better=True, scale=100)
 WORDS = ("river", "stone", "cloud", "apple", "green", "seven", "table", "music", "light", "north", "sugar", "glass",
          "horse", "paper", "water", "bread", "dance", "earth", "fruit", "heart", "money", "night", "plant", "smile")
 
 
-class QuizSettings(SuiteSettings):
+class QuizSettings(ChosenItems):
     n_items: int = 200
     answers: str = ""
     """JSON file: item id -> index of the right continuation (missing: 0)."""
-    item_ids: list[str] | None = None
-    """Only these items, in this order."""
 
 
 def quiz_items(n: int) -> list[tuple[str, str, tuple[str, str]]]:
@@ -40,10 +38,9 @@ def quiz_items(n: int) -> list[tuple[str, str, tuple[str, str]]]:
 class QuizSuite:
     name = "quiz"
     Settings = QuizSettings
-    item_ids_setting = "item_ids"
     metrics: ClassVar[list[MetricSpec]] = [ACC]
 
-    def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
+    def run(self, backend: Backend, settings: SuiteSettings, *, baseline: SuiteRun | None = None) -> SuiteRun:
         assert isinstance(settings, QuizSettings)
         items = quiz_items(settings.n_items)
         if settings.item_ids is not None:

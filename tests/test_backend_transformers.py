@@ -180,7 +180,7 @@ def test_smollm2_gguf_against_references() -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_route_trace_equals_router_logits_top_k(tiny_dirs: dict[str, Path], family: str) -> None:
     from harness.backends.base import RouteTracingBackend
-    from harness.moe_layout import moe_layout_from_config
+    from harness.checkpoint.layout import moe_layout_from_config
 
     backend = open_backend(str(tiny_dirs[family]), device="cpu", max_length=64)
     assert isinstance(backend, RouteTracingBackend)

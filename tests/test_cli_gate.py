@@ -4,22 +4,22 @@ Two setups over the shared tiny MoE: the toy suites of tests/gate_toys.py for th
 suites (wikitext2, collapse) against a candidate whose output head is scaled by 8, which must FAIL.
 The trustworthiness check goes through ``moegate verdict`` on stored records: over 10 seeds a benign
 candidate (the baseline's records copied) never FAILs and a clearly broken one FAILs every time.
+Bad gate files and hand-edited baselines through the CLI are in test_hardening.py; the pytest plugin
+in test_pytest_plugin.py.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 import textwrap
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from harness.baselines import write_store
 from harness.cli import main
+from harness.store import write_store
 from tests.gate_toys import acc_run, write_gate
 
 pytestmark = pytest.mark.usefixtures("gate_toys")
@@ -86,23 +86,6 @@ def test_a_crashing_suite_fails_the_gate(tiny: Path, tmp_path: Path, capsys: pyt
     assert "toy suite exploded" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(
-    ("text", "needle"),
-    [
-        ("[gate\nname=1", "not valid TOML"),
-        ('[gate]\nname = "x"\n[baseline]\nmodel="m"\ndir="d"\n[suites.wikitxt2]\n[[budgets]]\nsuite="wikitxt2"\nmetric="ppl"\nkind="ratio"\nmax=1.05\n', "did you mean 'wikitext2'"),
-        ('[gate]\nname = "x"\n[baseline]\nmodel="m"\ndir="d"\n[suites.wikitext2]\n[[budgets]]\nsuite="wikitext2"\nmetric="ppl"\nkind="ratio"\nmax="five"\n', "budgets.0.max"),
-        ('[gate]\nname = "x"\n[baseline]\nmodel="m"\ndir="d"\n[suites.wikitext2]\n[[budgets]]\nsuite="flores"\nmetric="chrf"\nkind="drop"\nmax=1\n', "does not run"),
-    ],
-)
-def test_bad_gate_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, needle: str) -> None:
-    gate = tmp_path / "g.toml"
-    gate.write_text(text)
-    assert moegate("verdict", tmp_path, "--gate", gate) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and needle in err[0], err
-
-
 TRUST_BODY = textwrap.dedent(
     """
     [suites.toy]
@@ -147,7 +130,7 @@ seq_len = 64
 [suites.collapse]
 profile = "ci"
 max_tokens = 8
-ids = ["translate-es-beach", "knowledge-monad"]
+item_ids = ["translate-es-beach", "knowledge-monad"]
 
 [[budgets]]
 suite = "wikitext2"
@@ -201,38 +184,3 @@ def test_broken_head_fails_and_stored_run_redecides(project: dict[str, Path]) ->
     (bad / "report.json").unlink()
     assert moegate("verdict", bad, "--gate", project["gate"]) == 1
     assert json.loads((bad / "report.json").read_text())["overall"] == "FAIL"
-
-
-def test_hand_edited_baseline_is_refused(project: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    tampered = project["root"] / "baselines" / "tampered"
-    shutil.copytree(project["store"], tampered)
-    records = tampered / "records" / "wikitext2.jsonl.gz"
-    lines = gzip.decompress(records.read_bytes()).decode().splitlines()
-    first = json.loads(lines[0])
-    first["scores"]["nll"] *= 0.5
-    lines[0] = json.dumps(first)
-    records.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
-    gate = project["root"] / "gates" / "tampered.toml"
-    gate.write_text(project["gate"].read_text().replace(str(project["store"]), str(tampered)))
-    report_dir = project["root"] / "r-t"
-    assert moegate("run", "--gate", gate, "--candidate", project["base"], "--report-dir", report_dir) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "edited by hand" in err[0]
-    assert not report_dir.exists()
-
-
-def test_pytest_plugin_one_test_per_capability(pytester: pytest.Pytester, project: dict[str, Path]) -> None:
-    """Without budget labels, each capability's test is named ``suite/metric``."""
-    junit = project["root"] / "junit.xml"
-    result = pytester.runpytest_inprocess(
-        "--moegate-gate", str(project["gate"]),
-        "--moegate-candidate", str(project["broken"]),
-        "--moegate-report-dir", str(project["root"] / "run-plugin"),
-        f"--junitxml={junit}", "-p", "no:cacheprovider",
-    )
-    cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
-    assert set(cases) == {"moegate[wikitext2/ppl]", "moegate[collapse/any]"}
-    failure = cases["moegate[wikitext2/ppl]"].find("failure")
-    assert failure is not None and "budget" in (failure.get("message", "") + (failure.text or ""))
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["*moegate gate*", "FAIL*"])

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from harness.fingerprint import (
+from harness.checkpoint.fingerprint import (
     FULL_HASH_BYTES,
     SAMPLES_PER_ROW,
     SAMPLES_PER_TENSOR,
@@ -104,7 +104,7 @@ def test_cheap_on_a_huge_checkpoint(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_gguf_fingerprint_is_stable() -> None:
-    from harness.fingerprint import _MEMO
+    from harness.checkpoint.fingerprint import _MEMO
     from harness.smollm2 import smollm2_gguf
 
     path = smollm2_gguf()

@@ -18,12 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.backends.loading import check_safetensors
-from harness.baselines import MANIFEST, load_store, write_store
+from harness.api import load_gate
+from harness.checkpoint import check_safetensors
 from harness.cli.detect import _parse_line
 from harness.errors import UserError
-from harness.gate.config import load_gate
 from harness.inspect import scan_file
+from harness.store import MANIFEST, load_store, write_store
 from tests.gate_toys import acc_run
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

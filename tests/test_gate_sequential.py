@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.api import decide, gate_candidate, load_gate, record_baseline
 from harness.backends.base import Loglikelihood, LoglikelihoodRequest
 from harness.cli import main
 from harness.gate import Budget, GatePolicy, evaluate_gate
-from harness.gate.config import ModelSpec, load_gate
-from harness.gate.run import decide, gate_candidate, record_baseline
 from harness.records import SequentialInfo
 from harness.suites import SUITES
 from tests.gate_toys import acc_run
@@ -182,11 +181,11 @@ def test_gate_runs_stop_early_when_clear_and_verdict_redecides(
     config = load_gate(gate)
     backends = {"scripted-base": ScriptedBackend("base")}
     backends |= {name: ScriptedBackend(name, wrong) for name, (wrong, _) in CANDIDATES.items()}
-    monkeypatch.setattr("harness.pipeline.open_model", _open(backends))
+    monkeypatch.setattr("harness.api.gating.open_model", _open(backends))
     record_baseline(config, log=lambda m: None)
     for name, (_, expected) in CANDIDATES.items():
         run_dir = tmp_path / name
-        outcome = gate_candidate(config, ModelSpec(model=name), run_dir, log=lambda m: None)
+        outcome = gate_candidate(config, backends[name], run_dir, log=lambda m: None)  # an open backend
         cap = outcome.verdict.capabilities[0]
         assert cap.status == expected and cap.sequential is not None, cap.reason
         asked = backends[name].asked // 2
@@ -206,7 +205,7 @@ def test_gate_runs_stop_early_when_clear_and_verdict_redecides(
         assert moegate("verdict", run_dir, "--gate", gate) == code
 
     # --no-sequential overrides the gate file: every item, the usual fixed-sample test
-    monkeypatch.setattr("harness.pipeline.open_model", _open(backends))
+    monkeypatch.setattr("harness.api.gating.open_model", _open(backends))
     backends["broken"].asked = 0
     assert moegate("run", "--gate", gate, "--candidate", "broken", "--report-dir", tmp_path / "full",
                    "--no-sequential") == 1  # fmt: skip
@@ -221,10 +220,10 @@ def test_a_suite_with_an_uncovered_budget_runs_in_full(quiz: None, tmp_path: Pat
     gate.write_text(GATE + '[[budgets]]\nsuite = "quiz"\nmetric = "any"\nkind = "new_flags"\nmax = 0\n')
     config = load_gate(gate)
     backends = {"scripted-base": ScriptedBackend("base"), "same": ScriptedBackend("same")}
-    monkeypatch.setattr("harness.pipeline.open_model", _open(backends))
+    monkeypatch.setattr("harness.api.gating.open_model", _open(backends))
     record_baseline(config, log=lambda m: None)
     logged: list[str] = []
-    outcome = gate_candidate(config, ModelSpec(model="same"), tmp_path / "run", log=logged.append)
+    outcome = gate_candidate(config, "same", tmp_path / "run", log=logged.append)
     assert backends["same"].asked == 2 * N and outcome.verdict.overall == "PASS"
     assert any("sequential stopping off" in line and "needs every item" in line for line in logged)
 

@@ -220,7 +220,7 @@ def test_gate_audits_the_weights_before_any_suite(recorded: dict[str, Path], tmp
     assert report["overall"] == "FAIL" and capability["suite"] == "inspect" and "NaN" in capability["reason"]
     assert not (run_dir / "candidate").exists()  # no suite ran
     good = json.loads((recorded["root"] / "good-run" / "report.json").read_text())
-    assert good["extra"]["inspect"]["must_fail"] is False and good["extra"]["inspect"]["changed"] == []
+    assert good["inspect"]["must_fail"] is False and good["inspect"]["changed"] == []
 
 
 def test_damaged_norm_fails_next_to_the_suites(recorded: dict[str, Path], tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ SUITE = textwrap.dedent(
         Settings = SuiteSettings
         metrics: ClassVar[list] = [MetricSpec(name="logprob", kind="continuous", higher_is_better=True)]
 
-        def run(self, backend, settings):
+        def run(self, backend, settings, *, baseline=None):
             records = []
             for i, (context, target) in enumerate(PAIRS):
                 time.sleep(float(os.environ.get("STEP_DELAY", "0")))  # a window for the killer: tiny-model calls take ms

@@ -57,9 +57,9 @@ def test_gguf_info_without_loading() -> None:
 
 def test_testbed_keyword_names_the_built_test_bed(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``moegate info testbed`` (and profile, inspect, compress) resolve the keyword like ``moegate eval``."""
-    import harness.pipeline
+    import harness.api
 
-    monkeypatch.setattr(harness.pipeline, "resolve_model", lambda model, log=None: str(tiny))
+    monkeypatch.setattr(harness.api, "resolve_testbed", lambda model, backend="transformers", log=None: str(tiny))
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(info, ["testbed", "--json"])
     assert result.exit_code == 0, result.output

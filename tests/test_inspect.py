@@ -14,9 +14,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tiny_models import build_tiny_moe
 
+from harness.checkpoint import classify
 from harness.cli import main
 from harness.errors import UserError
-from harness.inspect import MASK_THRESHOLD, classify, inspect_checkpoint
+from harness.inspect import MASK_THRESHOLD, inspect_checkpoint
 from harness.inspect import _scan as scan_module
 
 WEIGHTS = "model.safetensors"
@@ -79,7 +80,7 @@ def test_pruned_checkpoint_names_zeroed_experts_and_masked_rows(tiny: Path, tmp_
     expected = {entry["layer"]: entry["pruned"] for entry in record["layers"]}
     assert expected == {0: [1, 3], 1: [0, 1]}
     assert report.zeroed_experts == expected and report.masked_router_rows == expected
-    assert report.changed and all(classify(n)[0] in ("expert", "router") for n in report.changed)
+    assert report.changed and all(classify(n).role in ("expert", "router") for n in report.changed)
     assert not report.damaged
     code, out_text, _ = run_cli([str(out), "--against", str(tiny)], capsys)
     assert code == 0 and "layer 0: [1, 3]" in out_text

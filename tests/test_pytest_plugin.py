@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.gate.config import ModelSpec, load_gate
-from harness.gate.run import record_baseline
+from harness.api import load_gate, record_baseline
 from tests.gate_toys import write_gate
 
 BODY = textwrap.dedent(
@@ -26,7 +25,6 @@ BODY = textwrap.dedent(
     max = 0.5
 
     [[budgets]]
-    label = "impossible mean"
     suite = "toy"
     metric = "logprob"
     kind = "max_mean"
@@ -40,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("gate_toys")
 
 def test_one_test_per_capability_with_junit(tiny: Path, pytester: pytest.Pytester) -> None:
     gate = write_gate(pytester.path, str(tiny), body=BODY)
-    record_baseline(load_gate(gate), model=ModelSpec(model=str(tiny)), log=lambda _: None)
+    record_baseline(load_gate(gate), log=lambda _: None)
     candidate = pytester.path / "candidate"
     shutil.copytree(tiny, candidate)
     junit = pytester.path / "junit.xml"
@@ -50,12 +48,13 @@ def test_one_test_per_capability_with_junit(tiny: Path, pytester: pytest.Pyteste
     )
     result.assert_outcomes(passed=1, failed=1)
     text = result.stdout.str()
-    assert "impossible mean: FAIL" in text
+    assert "toy/logprob: FAIL" in text  # a budget without a label is named suite/metric
     assert "interval [" in text and "budget -1000" in text
     assert "moegate gate" in text and "report (html)" in text
     cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
-    assert set(cases) == {"moegate[toy log-likelihood]", "moegate[impossible mean]"}
-    assert cases["moegate[impossible mean]"].find("failure") is not None
+    assert set(cases) == {"moegate[toy log-likelihood]", "moegate[toy/logprob]"}
+    failure = cases["moegate[toy/logprob]"].find("failure")
+    assert failure is not None and "budget -1000" in (failure.get("message", "") + (failure.text or ""))
     assert cases["moegate[toy log-likelihood]"].find("failure") is None
 
 

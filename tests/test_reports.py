@@ -14,7 +14,17 @@ import pytest
 from harness.errors import UserError
 from harness.gate import Budget, GatePolicy, GateVerdict, evaluate_gate
 from harness.records import ItemRecord, MetricSpec, SuiteRun
-from harness.reports import REPORT_SCHEMA_VERSION, render_html, render_markdown, write_reports
+from harness.reports import (
+    REPORT_SCHEMA_VERSION,
+    Heatmap,
+    ModelRun,
+    RunInfo,
+    build_report,
+    read_report,
+    render_html,
+    render_markdown,
+    write_reports,
+)
 from harness.reports.plots import forest_svg, heatmap_svg
 
 ACC = MetricSpec(name="acc", kind="binary", higher_is_better=True, scale=100)
@@ -92,14 +102,18 @@ def gate():
     return verdict, base, cand
 
 
-EXTRA = {
-    "gate": "gates/testbed.toml",
-    "candidate": "/tmp/cand",
-    "fingerprints": {"baseline": "abc", "candidate": {"sha": "def"}},
-    "expert_heatmap": {"matrix": np.arange(12.0).reshape(3, 4), "marked": [[0, 1], [2, 3]], "title": "usage"},
-    "ratio": float("nan"),
-    "paths": {Path("/x")},
-}
+RUN = RunInfo(
+    gate="testbed <gate>",
+    gate_file="gates/testbed.toml",
+    baseline=ModelRun(model="/tmp/base", backend="transformers", options={"dtype": "bfloat16"}, fingerprint="a" * 64),
+    candidate=ModelRun(model="/tmp/cand", backend="transformers", fingerprint="b" * 64, store="/tmp/run/candidate"),
+    backend_differences=["backend option dtype: baseline 'bfloat16', candidate None (NOT asked for)"],
+)
+EXTRA = dict(
+    run=RUN,
+    expert_heatmap=Heatmap(matrix=np.arange(12.0).reshape(3, 4), marked=[[0, 1], [2, 3]], title="usage"),
+    inspect={"problems": [], "ratio": float("nan")},
+)
 
 
 class _Checker(HTMLParser):
@@ -133,7 +147,7 @@ class _Checker(HTMLParser):
 
 def test_write_reports_writes_three_readable_files(gate, tmp_path: Path) -> None:
     verdict, base, cand = gate
-    paths = write_reports(verdict, base, cand, tmp_path / "out", extra=EXTRA)
+    paths = write_reports(verdict, base, cand, tmp_path / "out", **EXTRA)
     assert set(paths) == {"json", "md", "html"}
     for p in paths.values():
         assert p.is_file() and p.stat().st_size > 0
@@ -143,11 +157,20 @@ def test_write_reports_writes_three_readable_files(gate, tmp_path: Path) -> None
 
 def test_report_json_schema(gate, tmp_path: Path) -> None:
     verdict, base, cand = gate
-    doc = json.loads(write_reports(verdict, base, cand, tmp_path, extra=EXTRA)["json"].read_text())
+    path = write_reports(verdict, base, cand, tmp_path, **EXTRA)["json"]
+    doc = json.loads(path.read_text())
     assert (
         doc["schema_version"] == REPORT_SCHEMA_VERSION and doc["overall"] == "FAIL" and doc["exit_code"] == 1
     )
-    assert {"moegate_version", "created_utc", "verdict", "suites", "items", "extra"} <= set(doc)
+    assert {"moegate_version", "created_utc", "run", "verdict", "suites", "items", "inspect"} <= set(doc)
+    # the fields CI scripts read keep their place
+    ci_fields = {"label", "suite", "metric", "status", "baseline_value", "candidate_value", "change", "ci_low",
+                 "ci_high", "budget"}  # fmt: skip
+    assert all(ci_fields <= set(c) for c in doc["verdict"]["capabilities"])
+    assert doc["run"]["baseline"]["fingerprint"] == "a" * 64 and doc["run"]["baseline"]["options"] == {"dtype": "bfloat16"}
+    assert doc["run"]["backend_differences"] == RUN.backend_differences
+    written = build_report(verdict, base, cand, created_utc=doc["created_utc"], **EXTRA)
+    assert read_report(path).model_dump_json() == written.model_dump_json()  # NaN is written as null
     again = GateVerdict.model_validate(doc["verdict"])
     assert [c.label for c in again.capabilities] == [b.display_label for b in BUDGETS]
     assert doc["suites"]["arc"]["baseline"]["metrics"]["acc"]["value"] == pytest.approx(
@@ -158,8 +181,8 @@ def test_report_json_schema(gate, tmp_path: Path) -> None:
     )
     assert doc["suites"]["collapse"]["candidate"]["flag_counts"] == {"min_len": 1, "script_mixing": 1}
     assert doc["suites"]["gsm8k"]["candidate"]["error"] == "boom <b>"
-    assert doc["extra"]["expert_heatmap"]["matrix"][2] == [8.0, 9.0, 10.0, 11.0]
-    assert doc["extra"]["ratio"] is None and doc["extra"]["paths"] == ["/x"]
+    assert doc["expert_heatmap"]["matrix"][2] == [8.0, 9.0, 10.0, 11.0]
+    assert doc["inspect"]["ratio"] is None  # no NaN in JSON
     arc_items = next(s for s in doc["items"] if s["suite"] == "arc")
     assert arc_items["total"] == verdict.capabilities[0].flips.right_to_wrong
     assert any(it["candidate"]["output"] == EVIL for it in arc_items["items"])
@@ -167,7 +190,7 @@ def test_report_json_schema(gate, tmp_path: Path) -> None:
 
 def test_html_is_self_contained_parses_and_escapes(gate) -> None:
     verdict, base, cand = gate
-    html = render_html(verdict, base, cand, extra=EXTRA)
+    html = render_html(build_report(verdict, base, cand, **EXTRA), base, cand)
     checker = _Checker()
     checker.feed(html)
     checker.close()
@@ -183,6 +206,7 @@ def test_html_is_self_contained_parses_and_escapes(gate) -> None:
         assert cap.label in text
     assert 'class="forest"' in html and 'class="heatmap"' in html and html.count('class="marked"') >= 2
     assert "boom <b>" in text
+    assert "testbed <gate>" not in html and "fingerprint aaaaaaaaaaaaaaaa" in text
 
 
 def test_markdown_is_compact_and_safe(gate) -> None:
@@ -200,12 +224,27 @@ def test_markdown_is_compact_and_safe(gate) -> None:
 
 def test_nothing_written_when_rendering_fails(gate, tmp_path: Path) -> None:
     verdict, base, cand = gate
-    with pytest.raises(TypeError, match="cannot put object"):
-        write_reports(verdict, base, cand, tmp_path / "r", extra={"bad": object()})
+    with pytest.raises(Exception, match="object"):
+        write_reports(verdict, base, cand, tmp_path / "r", inspect={"bad": object()})
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file"):
         write_reports(verdict, base, cand, tmp_path / "file")
+
+
+def test_old_or_edited_reports_are_refused_in_one_line(gate, tmp_path: Path) -> None:
+    verdict, base, cand = gate
+    path = write_reports(verdict, base, cand, tmp_path)["json"]
+    doc = json.loads(path.read_text())
+    for edit, needle in ((lambda d: d.update(schema_version=1), "report schema version 1"),
+                         (lambda d: d["verdict"].update(schema_version=0), "verdict schema version 0"),
+                         (lambda d: d.update(exit_code="one"), "'exit_code'")):  # fmt: skip
+        changed = json.loads(json.dumps(doc))
+        edit(changed)
+        path.write_text(json.dumps(changed))
+        with pytest.raises(UserError, match=needle) as info:
+            read_report(path)
+        assert "\n" not in info.value.line()
 
 
 def test_plots_handle_edge_cases(gate) -> None:

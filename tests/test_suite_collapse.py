@@ -78,6 +78,15 @@ def test_chinese_character_in_spanish_translation_is_caught() -> None:
     assert all(good.values()), good
 
 
+def test_the_gate_files_detector_thresholds_reach_the_checks() -> None:
+    from harness.detectors import DetectorSettings
+
+    prompt = PROMPTS["math-train-speed"]
+    greek = "Speed is 180 km over 2.5 h, which is 72 km/h; the word λόγος here names that ratio of distance to time."
+    assert check_output(prompt, greek)[0]["script"] is False  # a five-letter Greek run is Greek text by default
+    assert check_output(prompt, greek, DetectorSettings(greek_max_run=10))[0]["script"] is True
+
+
 def test_denying_that_monads_exist_is_caught() -> None:
     prompt = PROMPTS["knowledge-monad"]
     assert _plain_collapse_test(MONAD_DENIAL)
@@ -170,8 +179,8 @@ def test_suite_run_builds_records() -> None:
     backend = WordBackend(lambda request: canned.get(request.prompt, ""))
     settings = suite_settings("collapse", "ci")
     run = CollapseSuite().run(backend, settings)
-    assert backend.calls == [("generate", len(settings.ids))]
-    assert [r.item_id for r in run.records] == settings.ids
+    assert backend.calls == [("generate", len(settings.item_ids))]
+    assert [r.item_id for r in run.records] == settings.item_ids
     by_id = {r.item_id: r for r in run.records}
     assert by_id["translate-es-beach"].scores["pass"] == 0.0 and by_id["translate-es-beach"].lang == "es"
     assert by_id["knowledge-monad"].scores["pass"] == 1.0
@@ -186,7 +195,7 @@ def test_suite_run_builds_records() -> None:
     assert run.metrics[0].name == "pass" and run.metrics[0].kind == "binary"
     assert list(run.data_sha256) == ["collapse_prompts.toml"]
     full = suite_settings("collapse", "full")
-    assert isinstance(full, CollapseSettings) and full.ids is None and full.max_tokens == 200
+    assert isinstance(full, CollapseSettings) and full.item_ids is None and full.max_tokens == 200
 
 
 def test_bad_prompt_files_name_file_and_line(tmp_path: Path) -> None:
@@ -208,7 +217,7 @@ def test_bad_prompt_files_name_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="missing"):
         load_prompts(tmp_path / "nope.toml")
     with pytest.raises(UserError, match="unknown collapse prompt id"):
-        CollapseSuite().run(WordBackend(), CollapseSettings(ids=["no-such-prompt"]))
+        CollapseSuite().run(WordBackend(), CollapseSettings(item_ids=["no-such-prompt"]))
     with pytest.raises(UserError, match=r"unknown field|Extra inputs"):
         suite_settings("collapse", "ci", {"idz": ["x"]})
 
@@ -227,9 +236,9 @@ def test_real_model_collapse_records() -> None:
     from harness.smollm2 import smollm2_gguf
 
     backend = open_backend(str(smollm2_gguf()))
-    settings = CollapseSettings(ids=["math-train-speed", "translate-es-beach"], max_tokens=48)
+    settings = CollapseSettings(item_ids=["math-train-speed", "translate-es-beach"], max_tokens=48)
     run = CollapseSuite().run(backend, settings)
-    assert [r.item_id for r in run.records] == settings.ids
+    assert [r.item_id for r in run.records] == settings.item_ids
     for record in run.records:
         assert record.output and set(record.checks) >= {"min_len", "script", "repetition"}
         assert record.scores["pass"] == float(all(record.checks.values()))

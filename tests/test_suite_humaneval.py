@@ -46,7 +46,7 @@ def test_canonical_solutions_pass_and_wrong_ones_fail(problems: dict[str, dict])
     backend = _by_prompt(problems, lambda p: p["canonical_solution"] + "\n\ndef unrelated():\n    pass\n")
     run = HumanEvalSuite().run(backend, settings)
     assert backend.calls == [("generate", 6)]
-    assert [r.item_id for r in run.records] == settings.task_ids
+    assert [r.item_id for r in run.records] == settings.item_ids
     assert all(r.scores["pass@1"] == 1.0 for r in run.records), [r.meta for r in run.records]
     assert all(r.meta["status"] == "passed" and r.lang is None for r in run.records)
     request = backend.generate_requests[0]
@@ -152,10 +152,10 @@ def test_a_passing_completion_cannot_carry_a_secret_into_the_records(
 
 def test_bad_settings() -> None:
     with pytest.raises(UserError, match="unknown HumanEval task id"):
-        HumanEvalSuite().run(WordBackend(), HumanEvalSettings(task_ids=["HumanEval/999"]))
+        HumanEvalSuite().run(WordBackend(), HumanEvalSettings(item_ids=["HumanEval/999"]))
     with pytest.raises(UserError, match="timeout_s"):
         suite_settings("humaneval", "ci", {"timeout_s": 0})
-    assert suite_settings("humaneval", "full").task_ids is None
+    assert suite_settings("humaneval", "full").item_ids is None
 
 
 @pytest.mark.slow
@@ -179,7 +179,7 @@ def test_real_model_completion_is_executed() -> None:
 
     backend = open_backend(str(smollm2_gguf()))
     run = HumanEvalSuite().run(
-        backend, HumanEvalSettings(task_ids=["HumanEval/23", "HumanEval/2"], max_tokens=48)
+        backend, HumanEvalSettings(item_ids=["HumanEval/23", "HumanEval/2"], max_tokens=48)
     )
     for record in run.records:
         assert record.meta["status"] in ("passed", "failed", "timeout")

@@ -64,7 +64,7 @@ class MlxBackend:
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            from harness.fingerprint import fingerprint_checkpoint
+            from harness.checkpoint.fingerprint import fingerprint_checkpoint
 
             extra = {"backend": self.name, "max_length": self.max_length, "add_bos_token": self.add_bos_token}
             self._fingerprint = fingerprint_checkpoint(self.path, extra)
@@ -189,10 +189,6 @@ class _Attrs:
 
 def open_mlx(model: str, **options: Any) -> MlxBackend:
     """Registry factory for ``kind="mlx"``: ``model`` is a local folder with config.json and safetensors."""
-    allowed = {"max_length", "batch_size", "add_bos_token"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise UserError(f"unknown mlx backend option(s): {', '.join(unknown)}", f"known: {', '.join(sorted(allowed))}")
     path = Path(model)
     if not (path / "config.json").is_file():
         raise UserError(f"{model} is not a model folder with config.json", "give a local Hugging Face folder (safetensors) to the mlx backend")

@@ -397,11 +397,7 @@ def _unsupported_or_raise(err: HttpError) -> None:
 
 def open_openai(model: str, **options: Any) -> OpenAIBackend:
     """Registry factory for ``kind="openai"``: ``model`` is the served model name, or the base URL when
-    ``base_url`` is not given."""
-    allowed = {"base_url", "model_name", "api_key", "concurrency", "timeout_s", "max_retries", "seed", "logprob_shift"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise UserError(f"unknown openai backend option(s): {', '.join(unknown)}", f"known: {', '.join(sorted(allowed))}")
+    ``base_url`` is not given. Options are checked by ``harness.backends.options.OpenAIOptions``."""
     base_url = options.pop("base_url", None)
     name = options.pop("model_name", None)
     if base_url is None:

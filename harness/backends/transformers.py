@@ -9,7 +9,6 @@ float noise because every row is scored independently of its padding.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from harness.backends.base import (
     RouteTrace,
     WindowScore,
 )
-from harness.backends.loading import ModelSource, load_model_and_tokenizer, resolve_model
+from harness.checkpoint import ModelSource, load_model_and_tokenizer, resolve_model
 from harness.errors import UserError
 
 DEFAULT_MAX_LENGTH = 2048
@@ -101,10 +100,6 @@ class TransformersBackend:
         **options: Any,
     ) -> TransformersBackend:
         """Validate and load a local HF directory, a GGUF file or a hub id (see ``resolve_model``)."""
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "model", "tokenizer", "device", "source", "settings"}
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise UserError(f"unknown transformers backend option(s): {', '.join(unknown)}", f"known: {', '.join(sorted(allowed))}")
         source = resolve_model(model, trust_pickle=trust_pickle, gguf_file=gguf_file)
         loaded, tokenizer, resolved = load_model_and_tokenizer(source, dtype=dtype, device=device)
         if source.kind == "hub":
@@ -117,7 +112,7 @@ class TransformersBackend:
     def fingerprint(self) -> str:
         """Hash of the checkpoint (sampled bytes, headers, tokenizer) plus dtype and scoring settings."""
         if self._fingerprint is None:
-            from harness.fingerprint import fingerprint_checkpoint, fingerprint_module
+            from harness.checkpoint.fingerprint import fingerprint_checkpoint, fingerprint_module
 
             extra = {
                 "backend": self.name,
@@ -229,7 +224,7 @@ class TransformersBackend:
         """Per MoE layer, the top-k experts and weights of every token (one forward per text)."""
         import torch
 
-        from harness.moe_layout import moe_layout_from_config
+        from harness.checkpoint.layout import moe_layout_from_config
         from harness.profiler.hooks import trace_routes
 
         layout = moe_layout_from_config(self.model.config.to_dict())

@@ -11,9 +11,9 @@ def testbed_keyword(_ctx: Any, _param: Any, value: Any) -> Any:
 
     A real file or folder called ``testbed`` in the working directory wins over the keyword.
     """
-    from harness.pipeline import TESTBED, resolve_model
+    from harness.api import TESTBED, resolve_testbed
 
     if value is None or str(value) != TESTBED or Path(value).exists():
         return value
-    path = resolve_model(TESTBED)
+    path = resolve_testbed(TESTBED)
     return Path(path) if isinstance(value, Path) else path

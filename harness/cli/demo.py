@@ -17,10 +17,10 @@ import click
 import numpy as np
 from rich.console import Console
 
+from harness.api import GateConfig, GateOutcome, gate_candidate, load_gate, record_baseline
+from harness.api.models import Log
 from harness.atomic import atomic_write_text
 from harness.cli.gate import print_outcome
-from harness.gate.config import ModelSpec, load_gate
-from harness.gate.run import gate_candidate, record_baseline
 from harness.resources import cache_dir, data_file, gates_dir
 
 CALIB_DOCS = 128
@@ -37,13 +37,30 @@ def calibration_file(folder: Path) -> Path:
     return path
 
 
+def gate_demo_candidates(
+    config: GateConfig, baseline: str, candidates: dict[str, Path], report_dir: Path, log: Log
+) -> dict[str, GateOutcome]:
+    """Record the baseline into ``report_dir/baseline`` and gate each candidate against it.
+
+    Candidates are given by path only: they run with the baseline's backend settings (``harness.api``).
+    """
+    baseline_dir = report_dir / "baseline"
+    log("baseline: running the gate's suites on the test bed")
+    record_baseline(config, model=baseline, out=baseline_dir, log=log)
+    outcomes = {}
+    for name, path in candidates.items():
+        log(f"candidate {name}: gating")
+        outcomes[name] = gate_candidate(config, str(path), report_dir / name, baseline_dir=baseline_dir, log=log)
+    return outcomes
+
+
 @click.command()
 @click.option("--report-dir", default=Path("reports/demo"), type=click.Path(path_type=Path), show_default=True)
 @click.option("--gate", "gate_path", default=None, type=click.Path(path_type=Path), help="default: the built-in gates/testbed.toml")
 def demo(report_dir: Path, gate_path: Path | None) -> None:
     """Gate two compressed test-bed candidates (pruned, quantized) against the test bed's baseline."""
+    from harness.api import resolve_testbed
     from harness.compress import prune, quantize
-    from harness.pipeline import resolve_model
 
     console = Console(stderr=True)
 
@@ -52,14 +69,10 @@ def demo(report_dir: Path, gate_path: Path | None) -> None:
 
     start = time.perf_counter()
     config = load_gate(gate_path or gates_dir() / "testbed.toml")
-    testbed = Path(resolve_model("testbed", log))
+    testbed = Path(resolve_testbed("testbed", log=log))
     work = cache_dir() / "demo"
     work.mkdir(parents=True, exist_ok=True)
     calib = calibration_file(work)
-    baseline_dir = report_dir / "baseline"
-    log("baseline: running the gate's suites on the test bed")
-    record_baseline(config, model=ModelSpec(model=str(testbed)), out=baseline_dir, log=log)
-
     tag = testbed.name
     pruned = work / f"{tag}-pruned-25pct-frequency"
     quantized = work / f"{tag}-quantized-tiered"
@@ -73,12 +86,7 @@ def demo(report_dir: Path, gate_path: Path | None) -> None:
         usage = np.array([row["scores"] for row in json.loads((pruned / "pruning.json").read_text())["layers"]])
         quantize(testbed, quantized, plan="tiered", group_size=64, calib=calib, max_tokens=CALIB_TOKENS, usage=usage)
     candidates = {"pruned-25pct-frequency": pruned, "quantized-tiered": quantized}
-    outcomes = {}
-    for name, path in candidates.items():
-        log(f"candidate {name}: gating")
-        outcomes[name] = gate_candidate(
-            config, ModelSpec(model=str(path)), report_dir / name, baseline_dir=baseline_dir, log=log
-        )
+    outcomes = gate_demo_candidates(config, str(testbed), candidates, report_dir, log)
     out = Console()
     for name, outcome in outcomes.items():
         out.rule(f"{name}: {outcome.verdict.overall}")

@@ -13,30 +13,26 @@ from rich.table import Table
 
 from harness.cli._sandbox_option import allow_unsandboxed_option
 from harness.cli.gate import backend_options, model_options
-from harness.gate.config import ModelSpec
 from harness.records import metric_value
-from harness.suites import suite_settings
 
 
 @click.command()
 @click.argument("model")
 @click.option("--suite", "suites", multiple=True, required=True, help="suite name (repeatable); see `moegate suites list`")
 @click.option("--profile", type=click.Choice(["ci", "full"]), default="ci", show_default=True)
-@click.option("--limit", type=int, default=None, help="override every suite's item count")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="override every suite's item count (a pinned item list is cut to its first N)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="store the records here (as a baseline store)")
 @backend_options
 @allow_unsandboxed_option
 def evaluate(model: str, suites: tuple[str, ...], profile: str, limit: int | None, out: Path | None, backend, base_url, model_name, dtype, device) -> None:
     """Run suites on MODEL and print each metric; with --out, store the per-item records."""
-    from harness.baselines import write_store
-    from harness.pipeline import open_model, run_suites
+    from harness.api import evaluate as run_evaluation
 
-    kind = backend or "transformers"
-    settings = {name: suite_settings(name, profile, {"limit": limit} if limit else None) for name in suites}
-    spec = ModelSpec(model=model, backend=kind, options=model_options(kind, base_url, model_name, dtype, device))
     console = Console(stderr=True)
-    backend_obj = open_model(spec, log=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
-    runs = run_suites(backend_obj, settings, log=lambda m: console.print(f"[dim]{m}[/]", highlight=False))
+    result = run_evaluation(model, list(suites), profile=profile, limit=limit, backend=backend,
+                            options=model_options(base_url, model_name, dtype, device), out=out,
+                            log=lambda m: console.print(f"[dim]{m}[/]", highlight=False))  # fmt: skip
+    runs = result.runs
     table = Table(title=f"{model} ({profile})")
     for column in ("suite", "metric", "value", "items", "seconds"):
         table.add_column(column)
@@ -50,7 +46,6 @@ def evaluate(model: str, suites: tuple[str, ...], profile: str, limit: int | Non
             table.add_row(name, spec_.name, shown, str(len(run.records)), f"{run.seconds:.0f}")
     Console().print(table)
     if out:
-        write_store(out, runs, model=model, backend=kind, fingerprint=backend_obj.fingerprint())
         Console().print(f"records stored in {out}")
     if any(run.error for run in runs.values()):
         raise SystemExit(1)

@@ -5,18 +5,17 @@ Exit codes: 0 PASS, 1 FAIL, 3 INCONCLUSIVE, 2 usage or input error.
 
 from __future__ import annotations
 
-import re
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 
+from harness.api import GateOutcome, decide, default_run_dir, gate_candidate, load_gate, record_baseline
+from harness.backends import BACKENDS
 from harness.cli._sandbox_option import allow_unsandboxed_option
-from harness.gate.config import ModelSpec, load_gate
-from harness.gate.run import GateOutcome, decide, gate_candidate, record_baseline
-from harness.gate.verdict import verdict_exit_code
+from harness.gate import verdict_exit_code
 
 _STATUS_STYLE = {"PASS": "bold green", "FAIL": "bold red", "INCONCLUSIVE": "bold yellow"}
 
@@ -36,12 +35,15 @@ def print_outcome(outcome: GateOutcome, console: Console | None = None) -> None:
     if used:
         saved, total = sum(t - u for u, t in used.values()), sum(t for _, t in used.values())
         console.print(f"  sequential stopping: {saved} of {total} items saved", highlight=False)
+    for line in outcome.backend_differences:
+        console.print(f"  [yellow]backend settings differ[/]: {line}", highlight=False)
     for kind, path in outcome.reports.items():
         console.print(f"  report ({kind}): {path}", highlight=False)
 
 
-def model_options(backend: str, base_url: str | None, model_name: str | None, dtype: str | None, device: str | None) -> dict:
-    options: dict = {}
+def model_options(base_url: str | None, model_name: str | None, dtype: str | None, device: str | None) -> dict[str, Any]:
+    """The backend options named on the command line (only those: the rest come from the baseline)."""
+    options: dict[str, Any] = {}
     if base_url:
         options["base_url"] = base_url
     if model_name:
@@ -54,7 +56,7 @@ def model_options(backend: str, base_url: str | None, model_name: str | None, dt
 
 
 _backend_options = [
-    click.option("--backend", type=click.Choice(["transformers", "openai", "mlx"]), default=None, help="default: the gate's baseline backend"),
+    click.option("--backend", type=click.Choice(BACKENDS.names()), default=None, help="default: the baseline's backend"),
     click.option("--base-url", default=None, help="OpenAI-compatible server URL (--backend openai)"),
     click.option("--model-name", default=None, help="served model name (--backend openai)"),
     click.option("--dtype", default=None, help="float32, bfloat16, float16 or auto (transformers)"),
@@ -80,20 +82,11 @@ def baseline() -> None:
 @backend_options
 @allow_unsandboxed_option
 def record(gate_path: Path, model: str | None, out: Path | None, backend, base_url, model_name, dtype, device) -> None:
-    """Run the gate's suites on the baseline model and store its per-item records."""
+    """Run the gate's suites on the baseline model and store its per-item records (flags override [baseline])."""
     config = load_gate(gate_path)
-    spec = config.baseline
-    if model or backend or base_url or model_name or dtype or device:
-        options = {**spec.options, **model_options(backend or spec.backend, base_url, model_name, dtype, device)}
-        spec = ModelSpec(model=model or spec.model, backend=backend or spec.backend, options=options)
-    manifest = record_baseline(config, model=spec, out=out)
+    options = model_options(base_url, model_name, dtype, device)
+    manifest = record_baseline(config, model=model, backend=backend, options=options, out=out)
     Console().print(f"baseline recorded: {len(manifest.suites)} suites, fingerprint {manifest.fingerprint[:16]}")
-
-
-def default_run_dir(gate_name: str, candidate: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(candidate.rstrip("/")).name or "candidate")[:48]
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Path("reports") / gate_name / f"{stamp}-{slug}"
 
 
 @click.command()
@@ -106,10 +99,9 @@ def default_run_dir(gate_name: str, candidate: str) -> Path:
 def run(gate_path: Path, candidate: str, report_dir: Path | None, sequential: bool | None, backend, base_url, model_name, dtype, device) -> None:
     """Gate a candidate against the stored baseline: exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE, 2 bad input."""
     config = load_gate(gate_path)
-    kind = backend or config.baseline.backend
-    spec = ModelSpec(model=candidate, backend=kind, options=model_options(kind, base_url, model_name, dtype, device))
     run_dir = report_dir or default_run_dir(config.name, candidate)
-    outcome = gate_candidate(config, spec, run_dir, sequential=sequential)
+    options = model_options(base_url, model_name, dtype, device)
+    outcome = gate_candidate(config, candidate, run_dir, backend=backend, options=options, sequential=sequential)
     print_outcome(outcome)
     sys.exit(verdict_exit_code(outcome.verdict.overall))
 

@@ -7,20 +7,21 @@ checkpoint takes a second and no memory.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from typing import Any
 
 import click
 
-from harness.backends.loading import ModelSource, read_config, read_safetensors_header, resolve_model
+from harness.checkpoint import (
+    ModelSource,
+    is_routed_expert,
+    moe_layout_from_config,
+    read_config,
+    read_safetensors_header,
+    resolve_model,
+)
 from harness.cli._model_arg import testbed_keyword
 from harness.errors import UserError
-from harness.moe_layout import moe_layout_from_config
-
-EXPERT_TENSOR = re.compile(r"(\.experts\.|\.block_sparse_moe\.experts|ffn_(gate|up|down)_exps)")
-"""Routed-expert weights: per-expert (``.experts.3.``), fused (``.experts.gate_up_proj``) or GGUF (``ffn_up_exps``)."""
-SHARED_TENSOR = re.compile(r"shared_expert")
 
 
 def _weights_summary(source: ModelSource) -> dict[str, Any]:
@@ -39,7 +40,7 @@ def _weights_summary(source: ModelSource) -> dict[str, Any]:
                 params += count
                 tensors += 1
                 dtypes[info["dtype"]] += count
-                if EXPERT_TENSOR.search(name) and not SHARED_TENSOR.search(name):
+                if is_routed_expert(name):
                     expert_params += count
     elif source.weight_format == "gguf":
         from gguf import GGUFReader
@@ -49,7 +50,7 @@ def _weights_summary(source: ModelSource) -> dict[str, Any]:
             params += count
             tensors += 1
             dtypes[tensor.tensor_type.name] += count
-            if EXPERT_TENSOR.search(tensor.name):
+            if is_routed_expert(tensor.name):
                 expert_params += count
     else:
         return {"parameters": None, "routed_expert_parameters": None, "tensors": None, "weight_dtypes": {}}

@@ -1,24 +1,21 @@
 """Find the experts and routers of an MoE checkpoint by its on-disk tensor names (no model load).
 
-The standard per-expert layout (Qwen2/3-MoE, Mixtral, OLMoE, DeepSeek) names expert tensors
-``...layers.<L>.<block>.experts.<E>.<proj>.weight`` and the router ``...layers.<L>.<block>.gate.weight``
-(``router.weight`` in some families). Shared experts (``shared_expert``/``shared_experts``) never match.
+Names are read through ``harness.checkpoint.names``: the per-expert layout (Qwen2/3-MoE, Mixtral,
+OLMoE, DeepSeek) names expert tensors ``...layers.<L>.<block>.experts.<E>.<proj>.weight`` and the
+router ``...layers.<L>.<block>.gate.weight`` (``router.weight`` in some families). Shared experts never match.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors import safe_open
 
+from harness.checkpoint import classify, safetensors_files
+from harness.checkpoint.names import ROUTER_ATTRS
 from harness.errors import UserError
-
-_EXPERT = re.compile(r"^(?P<block>.*\.layers\.(?P<layer>\d+)\.[A-Za-z_]+)\.experts\.(?P<expert>\d+)\.(?P<rest>.+)$")
-_FUSED = re.compile(r"^(?P<block>.*\.layers\.\d+\.[A-Za-z_]+)\.experts\.[A-Za-z_]+(\.weight)?$")
-_ROUTER_NAMES = ("gate", "router")
 
 
 @dataclass
@@ -45,17 +42,6 @@ class MoeCheckpoint:
         return [k for k in self.experts[(layer, expert)] if k.endswith(".weight")]
 
 
-def _safetensors_files(path: Path) -> list[str]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return sorted(set(weight_map.values()))
-    files = sorted(p.name for p in path.glob("*.safetensors"))
-    if not files:
-        raise UserError(f"{path} holds no .safetensors files", "pass a Hugging Face model folder saved as safetensors")
-    return files
-
-
 def open_checkpoint(path: str | Path) -> MoeCheckpoint:
     """Scan a local model folder; UserError if it is not a safetensors MoE checkpoint."""
     path = Path(path).expanduser()
@@ -68,7 +54,9 @@ def open_checkpoint(path: str | Path) -> MoeCheckpoint:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{config_path} is not valid JSON: {exc}", "restore the model's config.json") from exc
-    files = _safetensors_files(path)
+    files = [file.name for file in safetensors_files(path)]
+    if not files:
+        raise UserError(f"{path} holds no .safetensors files", "pass a Hugging Face model folder saved as safetensors")
     key_file: dict[str, str] = {}
     for name in files:
         try:
@@ -79,18 +67,17 @@ def open_checkpoint(path: str | Path) -> MoeCheckpoint:
     ckpt = MoeCheckpoint(path=path, config=config, files=files, key_file=key_file)
     blocks: dict[int, str] = {}
     for key in key_file:
-        match = _EXPERT.match(key)
-        if match:
-            layer, expert = int(match["layer"]), int(match["expert"])
-            ckpt.experts.setdefault((layer, expert), []).append(key)
-            blocks[layer] = match["block"]
-        elif _FUSED.match(key):
+        name = classify(key)
+        if name.role == "expert" and name.layer is not None and name.expert is not None and name.block:
+            ckpt.experts.setdefault((name.layer, name.expert), []).append(key)
+            blocks[name.layer] = name.block
+        elif name.role == "fused_experts":
             raise UserError(
                 f"{path} stores experts fused ({key})",
                 "save it in the per-expert layout (transformers save_pretrained writes that) and retry",
             )
     for layer, block in blocks.items():
-        for router in _ROUTER_NAMES:
+        for router in ROUTER_ATTRS:
             if f"{block}.{router}.weight" in key_file:
                 bias = f"{block}.{router}.bias"
                 ckpt.routers[layer] = (f"{block}.{router}.weight", bias if bias in key_file else None)

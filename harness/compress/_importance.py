@@ -44,15 +44,12 @@ def importance(
         return np.random.default_rng(seed).random(shape)
     if calib is None:
         raise UserError(f"criterion {criterion!r} needs calibration text", "pass --calib FILE")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from harness.checkpoint import load_model_and_tokenizer, resolve_model
     from harness.profiler import profile_model
     from harness.prompts_io import read_prompts
 
     prompts = read_prompts(calib)
-    model = AutoModelForCausalLM.from_pretrained(str(ckpt.path), dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(ckpt.path))
+    model, tokenizer, _ = load_model_and_tokenizer(resolve_model(ckpt.path), dtype="float32", device="cpu")
     profile = profile_model(
         model, tokenizer, [p.text for p in prompts], max_tokens=max_tokens, expert_norms=criterion in ("ean", "reap")
     )

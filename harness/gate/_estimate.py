@@ -10,25 +10,28 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from harness.errors import UserError
 from harness.gate.budgets import ANY_FLAG, Budget
+from harness.gate.results import WorstItem
 from harness.records import ItemRecord, MetricSpec, SuiteRun
-from harness.stats import TInterval, clustered_se, mcnemar_exact_p, mean_of, paired_statistic
+from harness.stats import (
+    TInterval,
+    clustered_se,
+    mcnemar_exact_p,
+    mean_difference,
+    mean_of,
+    perplexity_difference,
+    perplexity_ratio,
+    ratio_of_means,
+)
 from harness.stats.interval import Envelope, Estimator, TangoEstimator
 
 FlagOverrides = dict[str, dict[str, tuple[set[str], set[str]]]]
-
-
-@dataclass
-class WorstItem:
-    item_id: str
-    baseline_score: float | None
-    candidate_score: float | None
-    note: str
 
 
 @dataclass
@@ -69,8 +72,8 @@ def _spec(budget: Budget, runs: list[SuiteRun]) -> MetricSpec | None:
 def _pair(base: SuiteRun, cand: SuiteRun) -> tuple[list[ItemRecord], list[ItemRecord]] | Refused:
     """Match records by item_id; refuse duplicates and items present on one side only."""
     for side, run in (("baseline", base), ("candidate", cand)):
-        seen: set[str] = set()
-        dups = {r.item_id for r in run.records if r.item_id in seen or seen.add(r.item_id)}
+        counts = Counter(r.item_id for r in run.records)
+        dups = {item_id for item_id, count in counts.items() if count > 1}
         if dups:
             return Refused(f"{len(dups)} duplicate item ids in the {side} records (e.g. {sorted(dups)[0]!r})")
     b_by = {r.item_id: r for r in base.records}
@@ -123,7 +126,7 @@ def _worst_by(
     ids: list[str], b: np.ndarray, c: np.ndarray, reg: np.ndarray, note: str, k: int = 10
 ) -> list[WorstItem]:
     order = [i for i in np.argsort(-reg, kind="stable") if reg[i] > 0][:k]
-    return [WorstItem(ids[i], float(b[i]), float(c[i]), note) for i in order]
+    return [WorstItem(item_id=ids[i], baseline_score=float(b[i]), candidate_score=float(c[i]), note=note) for i in order]
 
 
 def measure(
@@ -190,22 +193,16 @@ def _mean_metric(
     n, scale, ids = len(yb), spec.scale, [r.item_id for r in b_recs]
     sign = 1.0 if spec.higher_is_better else -1.0
     reg_items = sign * (yb - yc) * scale
-    values = dict(
-        baseline_value=float(yb.mean() * scale), candidate_value=float(yc.mean() * scale), n_items=n
-    )
+    base_value, cand_value = float(yb.mean() * scale), float(yc.mean() * scale)
     groups = _clusters(b_recs)
     if budget.kind == "ratio":
-        num, den = (0, 1) if spec.higher_is_better else (1, 0)
-        cols = np.column_stack([yb, yc])
-        if np.any(cols.mean(axis=0) <= 0):
+        if yb.mean() <= 0 or yc.mean() <= 0:
             return Refused(f"a ratio needs positive means of {spec.name!r}", n)
-        dist = paired_statistic(
-            cols, lambda m: m[:, num] / m[:, den], groups=groups, n_resamples=n_res, seed=seed
-        )
+        num, den = (yb, yc) if spec.higher_is_better else (yc, yb)
+        dist = ratio_of_means(num, den, groups=groups, n_resamples=n_res, seed=seed)
         worst = _worst_by(ids, yb * scale, yc * scale, reg_items, "largest per-item regression")
-        return Measured(
-            dist, **values, log_scale=True, method="paired bootstrap of the ratio of means", worst=worst
-        )
+        return Measured(dist, base_value, cand_value, n, log_scale=True, method="paired bootstrap of the ratio of means",
+                        worst=worst)  # fmt: skip
     binary = spec.kind in ("binary", "rate") and bool(
         np.all(np.isin(yb, (0, 1))) and np.all(np.isin(yc, (0, 1)))
     )
@@ -222,29 +219,28 @@ def _mean_metric(
         changed = [ids[i] for i in np.flatnonzero(worse)]
         worst = [
             WorstItem(
-                i,
-                1.0 if spec.higher_is_better else 0.0,
-                0.0 if spec.higher_is_better else 1.0,
-                "right → wrong",
+                item_id=i,
+                baseline_score=1.0 if spec.higher_is_better else 0.0,
+                candidate_score=0.0 if spec.higher_is_better else 1.0,
+                note="right → wrong",
             )
             for i in changed[:10]
         ]
         return Measured(
             est,
-            **values,
+            base_value,
+            cand_value,
+            n,
             method=method,
             flips=(b, c),
             mcnemar_p=mcnemar_exact_p(b, c),
             changed=changed,
             worst=worst,
         )
-    cols = np.column_stack([yb, yc])
-    dist = paired_statistic(
-        cols, lambda m: sign * scale * (m[:, 0] - m[:, 1]), groups=groups, n_resamples=n_res, seed=seed
-    )
+    dist = mean_difference(yb, yc, scale=sign * scale, groups=groups, n_resamples=n_res, seed=seed)
     method = "paired cluster bootstrap" if groups else "paired bootstrap"
     worst = _worst_by(ids, yb * scale, yc * scale, reg_items, "largest per-item regression")
-    return Measured(dist, **values, method=method + " of the mean difference", worst=worst)
+    return Measured(dist, base_value, cand_value, n, method=method + " of the mean difference", worst=worst)
 
 
 def _perplexity(
@@ -267,12 +263,9 @@ def _perplexity(
         return Refused("every perplexity window needs a positive token count", len(b_recs))
     ppl_b = math.exp(nll_b.sum() / tok_b.sum())
     ppl_c = math.exp(nll_c.sum() / tok_c.sum())
-    cols = np.column_stack(arrays)
-    if budget.kind == "ratio":
-        stat, log_scale = (lambda m: np.exp(m[:, 2] / m[:, 3] - m[:, 0] / m[:, 1])), True
-    else:
-        stat, log_scale = (lambda m: np.exp(m[:, 2] / m[:, 3]) - np.exp(m[:, 0] / m[:, 1])), False
-    dist = paired_statistic(cols, stat, n_resamples=n_res, seed=seed)
+    log_scale = budget.kind == "ratio"
+    estimate = perplexity_ratio if log_scale else perplexity_difference
+    dist = estimate(nll_b, tok_b, nll_c, tok_c, n_resamples=n_res, seed=seed)
     ids = [r.item_id for r in b_recs]
     per_b, per_c = nll_b / tok_b, nll_c / tok_c
     worst = _worst_by(ids, per_b, per_c, per_c - per_b, "largest rise in nll per token")
@@ -297,7 +290,7 @@ def _flags(
     new = fc & ~fb
     changed = [ids[i] for i in np.flatnonzero(new)]
     note = f"newly flagged {budget.metric}" if budget.metric != ANY_FLAG else "newly flagged"
-    worst = [WorstItem(i, 0.0, 1.0, note) for i in changed[:10]]
+    worst = [WorstItem(item_id=i, baseline_score=0.0, candidate_score=1.0, note=note) for i in changed[:10]]
     b, c, n = int(new.sum()), int((fb & ~fc).sum()), len(ids)
     if budget.kind == "new_flags":
         return Measured(
@@ -341,12 +334,12 @@ def _max_mean(
     dist = mean_of(vals, groups=_clusters(scored), n_resamples=n_res, seed=seed)
     base_value = None
     if base is not None and not base.error and base.records:
-        bv = [v for r in base.records if _finite(v := r.scores.get(budget.metric))]
+        bv = [float(r.scores[budget.metric]) for r in base.records if _finite(r.scores.get(budget.metric))]
         if bv:
             base_value = float(np.mean(bv) * scale)
     ids = [r.item_id for r in scored]
     order = np.argsort(-vals, kind="stable")[:10]
-    worst = [WorstItem(ids[i], None, float(vals[i]), f"highest {budget.metric}") for i in order]
+    worst = [WorstItem(item_id=ids[i], candidate_score=float(vals[i]), note=f"highest {budget.metric}") for i in order]
     return Measured(
         dist, base_value, float(vals.mean()), len(vals), method="bootstrap of the mean", worst=worst
     )

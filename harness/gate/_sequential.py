@@ -2,7 +2,7 @@
 
 A budget is *covered* when its test can be made look by look on a prefix of the items: a paired
 ``drop`` budget on a per-item metric (0/1 items: Tango's score test; continuous: the z-test of
-``harness.sequential``) that every baseline item scores, on items that do not cluster (both tests
+``harness.stats.sequential``) that every baseline item scores, on items that do not cluster (both tests
 assume independent items). A suite whose budgets are all covered runs in chunks, in the baseline's
 stored item order (fixed before the run by a seeded selection, never by outcomes), and stops when every
 budget is decided.
@@ -17,41 +17,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field, computed_field
-
 from harness.gate._estimate import Refused, _clusters, _finite, _spec
 from harness.gate.budgets import Budget, GatePolicy
-from harness.records import ItemRecord, MetricSpec, SuiteRun
-from harness.sequential import SequentialResult, Spending, look_bounds, sequential_noninferiority
-
-
-class SequentialLook(BaseModel):
-    n: int
-    """Items seen at this look."""
-    estimate: float
-    """Regression so far, in the budget's units."""
-    alpha: float
-    """One-sided alpha this look spent on each side."""
-    p_within: float
-    p_beyond: float
-
-
-class SequentialSummary(BaseModel):
-    """How a capability of a suite run in chunks was decided (``[gate] sequential = true``)."""
-
-    items_used: int
-    """Items the decision used (those the candidate answered, or fewer when decided earlier)."""
-    items_total: int
-    looks_planned: int
-    spending: str
-    alpha: float
-    """This capability's alpha over all looks (the gate's alpha / m with Holm: Bonferroni)."""
-    looks: list[SequentialLook] = Field(default_factory=list)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def items_saved(self) -> int:
-        return self.items_total - self.items_used
+from harness.records import ItemRecord, MetricSpec, SequentialInfo, SuiteRun
+from harness.stats.interval import Status
+from harness.stats.sequential import (
+    SequentialResult,
+    Spending,
+    look_bounds,
+    look_points,
+    sequential_noninferiority,
+)
 
 
 def not_covered(budget: Budget, base: SuiteRun) -> str | None:
@@ -172,19 +148,22 @@ def decide_budget(budget: Budget, base: SuiteRun, cand: SuiteRun, alpha: float) 
     )  # fmt: skip
 
 
-def suite_decisions(budgets: list[Budget], base: SuiteRun, cand: SuiteRun, alpha: float) -> dict[str, str]:
+def suite_decisions(budgets: list[Budget], base: SuiteRun, cand: SuiteRun, alpha: float) -> dict[str, Status]:
     """Budget label -> PASS / FAIL / INCONCLUSIVE (a refused comparison counts as decided: FAIL)."""
-    out = {}
+    out: dict[str, Status] = {}
     for budget in budgets:
         d = decide_budget(budget, base, cand, alpha)
         out[budget.display_label] = "FAIL" if isinstance(d, Refused) else d.result.decision
     return out
 
 
-
 @dataclass(frozen=True)
-class SequentialPlan:
-    """What a gate run needs to run suites in chunks: the look plan, the alpha, the baseline's items."""
+class SequentialRule:
+    """The gate's stopping rule for suites run in chunks (``harness.runner.StoppingRule``), pure.
+
+    A suite runs in chunks when every budget on it is covered; at each planned look the rule re-decides
+    those budgets on the items seen so far, and the suite stops when none is undecided.
+    """
 
     looks: int
     spending: Spending
@@ -197,12 +176,29 @@ class SequentialPlan:
     notes: dict[str, str]
     """Suite -> why it runs in full (a budget the sequential test does not cover)."""
 
+    def why_not(self, suite: str) -> str | None:
+        """Why ``suite`` runs in full, or None when it runs in chunks."""
+        if suite in self.notes:
+            return self.notes[suite]
+        return None if suite in self.budgets else "no budget"
 
-def plan_sequential(
+    def look_points(self, total: int) -> list[int]:
+        return look_points(total, self.looks, self.min_items)
+
+    def look(self, suite: str, partial: SuiteRun, total: int) -> SequentialInfo:
+        """The run so far, as the verdict will re-decide it: the plan and each budget's decision."""
+        info = SequentialInfo(items_total=total, items_used=len(partial.records), looks=self.looks,
+                              spending=self.spending, min_items=self.min_items, alpha=self.alpha)  # fmt: skip
+        run = partial.model_copy(update={"sequential": info})
+        info.decisions = dict(suite_decisions(self.budgets[suite], self.baseline[suite], run, self.alpha))
+        return info
+
+
+def sequential_rule(
     budgets: list[Budget], baseline: dict[str, SuiteRun], policy: GatePolicy, *, looks: int, spending: Spending,
     min_items: int,
-) -> SequentialPlan:  # fmt: skip
-    """Which suites run in chunks: those with budgets, every one covered by the sequential test."""
+) -> SequentialRule:  # fmt: skip
+    """Which suites run in chunks (those with budgets, every one covered by the sequential test), and when they stop."""
     by_suite: dict[str, list[Budget]] = {}
     for budget in budgets:
         by_suite.setdefault(budget.suite, []).append(budget)
@@ -216,4 +212,4 @@ def plan_sequential(
             notes[suite] = reasons[0]
         else:
             chunked[suite] = own
-    return SequentialPlan(looks, spending, min_items, sequential_alpha(budgets, policy), chunked, baseline, notes)
+    return SequentialRule(looks, spending, min_items, sequential_alpha(budgets, policy), chunked, baseline, notes)

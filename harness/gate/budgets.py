@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from harness.errors import UserError
+
 BudgetKind = Literal["drop", "ratio", "new_flags", "rate_increase", "max_mean"]
 
 ANY_FLAG = "any"
@@ -79,7 +81,7 @@ class GatePolicy(BaseModel):
     """``fail``: an INCONCLUSIVE capability makes the overall verdict INCONCLUSIVE (exit 3, a CI
     failure). ``pass``: INCONCLUSIVE capabilities are tolerated and the overall verdict is PASS."""
 
-    bootstrap_resamples: int = Field(default=10_000, ge=200, le=1_000_000)
+    bootstrap_resamples: int = Field(default=10_000, ge=1_000, le=1_000_000)
     """Resamples per bootstrap interval."""
     seed: int = 0
     """Base seed of every bootstrap (each capability derives its own from its name): verdicts repeat."""
@@ -87,3 +89,13 @@ class GatePolicy(BaseModel):
     @property
     def alpha(self) -> float:
         return 1.0 - self.confidence
+
+
+def check_labels(budgets: list[Budget]) -> None:
+    """Every budget needs a budget to decide, and a label of its own (reports and JUnit name them)."""
+    if not budgets:
+        raise UserError("the gate has no budgets", "add at least one [[budgets]] to the gate file")
+    labels = [b.display_label for b in budgets]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise UserError(f"two budgets share the label {dup[0]!r}", "give each budget a distinct label")

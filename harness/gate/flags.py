@@ -7,13 +7,17 @@ multiple-choice items and code have nothing for these detectors to read.
 
 from __future__ import annotations
 
-from harness.detectors import detect, input_from_record
+from harness.detectors import DetectorSettings, detect, input_from_record
 from harness.gate._estimate import FlagOverrides
 from harness.records import SuiteRun
 
 
-def detector_flags(baseline: dict[str, SuiteRun], candidate: dict[str, SuiteRun]) -> FlagOverrides:
-    """suite -> item id -> (baseline's own flags, candidate's flags against the baseline's output)."""
+def detector_flags(
+    baseline: dict[str, SuiteRun], candidate: dict[str, SuiteRun], settings: DetectorSettings | None = None
+) -> FlagOverrides:
+    """suite -> item id -> (baseline's own flags, candidate's flags against the baseline's output).
+
+    ``settings``: the gate file's detector thresholds (``[detectors]``), the same for both sides."""
     result: FlagOverrides = {}
     for name, cand_run in candidate.items():
         base_run = baseline.get(name)
@@ -24,8 +28,8 @@ def detector_flags(baseline: dict[str, SuiteRun], candidate: dict[str, SuiteRun]
                 continue
             base_record = base_by_id.get(record.item_id)
             base_input = input_from_record(base_record) if base_record and base_record.output is not None else None
-            base_flags = set(detect(base_input).flags) if base_input else set()
-            cand_flags = set(detect(input_from_record(record), base_input).flags)
+            base_flags = set(detect(base_input, settings=settings).flags) if base_input else set()
+            cand_flags = set(detect(input_from_record(record), base_input, settings).flags)
             per_item[record.item_id] = (base_flags, cand_flags)
         if per_item:
             result[name] = per_item

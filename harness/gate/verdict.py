@@ -10,121 +10,26 @@ sets the per-capability level of its bounds. Exact counts (``new_flags``) and re
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, Field
-
-from harness.errors import UserError
 from harness.gate._estimate import FlagOverrides, Measured, Refused, measure
 from harness.gate._sequential import (
-    SequentialLook,
-    SequentialSummary,
     decide_budget,
     not_covered,
     remaining_alpha,
     sequential_alpha,
     stopped_early,
 )
-from harness.gate.budgets import ANY_FLAG, Budget, BudgetKind, GatePolicy
-from harness.records import ItemRecord, SuiteRun
+from harness.gate.budgets import ANY_FLAG, Budget, GatePolicy, check_labels
+from harness.gate.results import (
+    CapabilityResult,
+    Flips,
+    GateVerdict,
+    SequentialLook,
+    SequentialSummary,
+    Status,
+)
+from harness.records import SuiteRun, display_output
 from harness.stats import holm, items_to_decide
-
-VERDICT_SCHEMA_VERSION = 1
-
-Status = Literal["PASS", "FAIL", "INCONCLUSIVE"]
-
-
-class Flips(BaseModel):
-    right_to_wrong: int
-    """Items the baseline got right and the candidate wrong (or: newly flagged)."""
-    wrong_to_right: int
-    """Items the candidate fixed (or: no longer flagged)."""
-
-
-class WorstItem(BaseModel):
-    item_id: str
-    baseline_text: str | None = None
-    """Short baseline output (or prompt when nothing was generated)."""
-    candidate_text: str | None = None
-    baseline_score: float | None = None
-    candidate_score: float | None = None
-    note: str = ""
-
-
-class CapabilityResult(BaseModel):
-    """One budget's outcome. ``change``, ``ci_low``, ``ci_high`` and ``budget`` share the budget's scale
-    (the regression: bigger = worse), so a bar and a budget line can be drawn on one axis."""
-
-    label: str
-    suite: str
-    metric: str
-    kind: BudgetKind
-    status: Status
-    baseline_value: float | None = None
-    """Metric in display units (accuracy in points, perplexity, flagged items, flag rate in points)."""
-    candidate_value: float | None = None
-    change: float | None = None
-    """The regression the budget bounds (drop in points, ratio, count, rate increase, mean)."""
-    ci_low: float | None = None
-    """One-sided lower bound of ``change`` at level ``1 - adjusted_alpha``."""
-    ci_high: float | None = None
-    """One-sided upper bound of ``change`` at level ``1 - adjusted_alpha``."""
-    budget: float
-    reason: str
-    p_value: float | None = None
-    """One-sided p-value of the claim the data support (within budget, or beyond it)."""
-    adjusted_alpha: float | None = None
-    """Level this capability was tested at after the multiple-testing correction."""
-    mcnemar_p: float | None = None
-    """Exact one-sided McNemar p-value of "any regression" (0/1 metrics and flag rates)."""
-    method: str = ""
-    n_items: int = 0
-    flips: Flips | None = None
-    worst_items: list[WorstItem] = Field(default_factory=list)
-    changed_items: list[str] = Field(default_factory=list)
-    """Every flipped (right->wrong) or newly flagged item id."""
-    items_to_decide: int | None = None
-    """For INCONCLUSIVE: items (same effect and variance) at which the bound would clear the budget."""
-    sequential: SequentialSummary | None = None
-    """Set when the capability was decided by sequential looks; its status is their decision."""
-
-    def explain(self, max_items: int = 5) -> str:
-        """Several lines for a test failure or a log: the reason, then the worst items side by side."""
-        lines = [f"{self.label}: {self.status} — {self.reason}"]
-        for w in self.worst_items[:max_items]:
-            lines.append(
-                f"  {w.item_id} ({w.note}): baseline {w.baseline_text!r} -> candidate {w.candidate_text!r}"
-            )
-        more = len(self.changed_items) - min(max_items, len(self.worst_items))
-        if self.changed_items and more > 0:
-            lines.append(f"  … and {more} more")
-        return "\n".join(lines)
-
-
-class GateVerdict(BaseModel):
-    schema_version: int = VERDICT_SCHEMA_VERSION
-    overall: Status
-    capabilities: list[CapabilityResult]
-    policy: GatePolicy
-
-    @property
-    def ok(self) -> bool:
-        """What CI should do: True only for an overall PASS."""
-        return self.overall == "PASS"
-
-    def summary(self) -> str:
-        """One line for a terminal: ``FAIL: 2 failed, 1 inconclusive, 4 passed (7 capabilities)``."""
-        n = {s: sum(c.status == s for c in self.capabilities) for s in ("FAIL", "INCONCLUSIVE", "PASS")}
-        parts = [f"{n['FAIL']} failed"] * bool(n["FAIL"]) + [f"{n['INCONCLUSIVE']} inconclusive"] * bool(
-            n["INCONCLUSIVE"]
-        )
-        parts.append(f"{n['PASS']} passed")
-        return f"{self.overall}: {', '.join(parts)} ({len(self.capabilities)} capabilities)"
-
-
-def verdict_exit_code(overall: Status) -> int:
-    """Process exit code: 0 PASS, 1 FAIL, 3 INCONCLUSIVE (2 is reserved for user errors)."""
-    return {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}[overall]
+from harness.stats.interval import Estimator
 
 
 def _short(text: str | None, limit: int = 240) -> str | None:
@@ -182,15 +87,7 @@ def _result(
             method=m.method,
             flips=Flips(right_to_wrong=m.flips[0], wrong_to_right=m.flips[1]) if m.flips else None,
             changed_items=m.changed,
-            worst_items=[
-                WorstItem(
-                    item_id=w.item_id,
-                    baseline_score=w.baseline_score,
-                    candidate_score=w.candidate_score,
-                    note=w.note,
-                )
-                for w in m.worst
-            ],
+            worst_items=[w.model_copy() for w in m.worst],
         )
     return CapabilityResult(
         label=budget.display_label, suite=budget.suite, metric=budget.metric, kind=budget.kind, status=status,
@@ -198,21 +95,6 @@ def _result(
         ci_low=kw.get("low"), ci_high=kw.get("high"), change=kw.get("change"),
         p_value=kw.get("p"), adjusted_alpha=kw.get("alpha"), items_to_decide=kw.get("need"), **extra,
     )  # fmt: skip
-
-
-def display_output(record: ItemRecord | None) -> str | None:
-    """What the model answered, for people: the generated text, or the choice a multiple-choice
-    item's loglikelihoods picked (lm-eval records keep ``meta.choices`` and ``meta.loglikelihoods``)."""
-    if record is None:
-        return None
-    if record.output is not None:
-        return record.output
-    choices, lls = record.meta.get("choices"), record.meta.get("loglikelihoods")
-    if isinstance(choices, list) and isinstance(lls, list) and choices and len(choices) == len(lls):
-        k = max(range(len(lls)), key=lambda i: lls[i])
-        letter = chr(ord("A") + k) if k < 26 else str(k)
-        return f"({letter}) {choices[k]}"
-    return None
 
 
 def _attach_texts(
@@ -243,12 +125,7 @@ def evaluate_gate(
             merged with the records' own flags and failed checks.
     """
     policy = policy or GatePolicy()
-    if not budgets:
-        raise UserError("the gate has no budgets", "add at least one [[budget]] to the gate file")
-    labels = [b.display_label for b in budgets]
-    dup = sorted({x for x in labels if labels.count(x) > 1})
-    if dup:
-        raise UserError(f"two budgets share the label {dup[0]!r}", "give each budget a distinct label")
+    check_labels(budgets)
     sequential = _sequential_results(budgets, baseline, candidate, policy, flags)
     measured = [
         None if i in sequential else
@@ -267,8 +144,9 @@ def evaluate_gate(
         else:
             family.append(i)
     alpha = round(remaining_alpha(budgets, policy, len(sequential)), 12)
-    p_within = {i: measured[i].estimator.p_within(budgets[i].max) for i in family}  # type: ignore[union-attr]
-    p_beyond = {i: measured[i].estimator.p_beyond(budgets[i].max) for i in family}  # type: ignore[union-attr]
+    estimators = {i: _estimator(measured[i]) for i in family}
+    p_within = {i: est.p_within(budgets[i].max) for i, est in estimators.items()}
+    p_beyond = {i: est.p_beyond(budgets[i].max) for i, est in estimators.items()}
     decisive = [min(p_within[i], p_beyond[i]) for i in family]
     if policy.correction == "holm" and family:
         h = holm(decisive, alpha)
@@ -276,9 +154,9 @@ def evaluate_gate(
     else:
         reject, levels = [p <= alpha for p in decisive], [alpha] * len(family)
     for j, i in enumerate(family):
-        results[i] = _decide(
-            budgets[i], measured[i], p_within[i], p_beyond[i], reject[j], levels[j], baseline, candidate
-        )  # type: ignore[arg-type]
+        m = measured[i]
+        assert isinstance(m, Measured)
+        results[i] = _decide(budgets[i], m, p_within[i], p_beyond[i], reject[j], levels[j], baseline, candidate)
     final = [r for r in results if r is not None]
     for r in final:
         _attach_texts(r, baseline, candidate)
@@ -289,6 +167,11 @@ def evaluate_gate(
     elif "INCONCLUSIVE" in statuses and policy.inconclusive == "fail":
         overall = "INCONCLUSIVE"
     return GateVerdict(overall=overall, capabilities=final, policy=policy)
+
+
+def _estimator(m: Measured | Refused | None) -> Estimator:
+    assert isinstance(m, Measured) and m.estimator is not None
+    return m.estimator
 
 
 def _direction(budget: Budget, runs: list[SuiteRun | None]) -> tuple[bool, float]:
@@ -367,9 +250,9 @@ def _decide_sequential(
         budget, {budget.suite: d.base_prefix}, {budget.suite: cand}, flags=flags,
         n_resamples=policy.bootstrap_resamples, seed=policy.seed,
     )  # fmt: skip
-    if isinstance(m, Refused) or isinstance(d, Refused):
+    if isinstance(m, Refused):
         return _result(budget, "FAIL", m, f"cannot compare: {m.reason}")
-    assert isinstance(m, Measured) and cand.sequential is not None
+    assert not isinstance(d, Refused) and cand.sequential is not None
     res, info = d.result, cand.sequential
     hib, scale = _direction(budget, [base, cand])
     what = _what(budget, m, d.estimate, hib, scale)

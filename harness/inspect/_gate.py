@@ -1,8 +1,8 @@
-"""The gate's first step: audit the candidate's weights against the baseline's before any suite runs.
+"""Audit a candidate's weights against its baseline's, for the gate (``harness.api`` turns it into a verdict).
 
 A candidate that is not a compression of the baseline (other tensors, other tokenizer) cannot be
-compared: that is a ``UserError`` (exit 2). One whose weights are broken (NaN/Inf, config mismatch,
-tensors outside experts/routers changed) FAILs at once, with the findings as its one capability.
+compared: that is a ``UserError`` (exit 2). Broken weights (NaN/Inf, config mismatch, tensors outside
+experts/routers changed) are findings the gate FAILs on.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.inspect._report import InspectReport, inspect_checkpoint
-
-AUDIT_FILE = "inspect.json"
-"""Where the gate keeps the audit in a run folder (``decide`` puts it in the report's ``extra``)."""
 
 
 def _local_safetensors(model: str) -> Path | None:
@@ -46,29 +43,3 @@ def audit_extra(report: InspectReport) -> dict[str, Any]:
     data = report.model_dump(mode="json", exclude={"tensors"})
     data["tensors"] = len(report.tensors)
     return data
-
-
-def _capability(audit: dict[str, Any]) -> Any:
-    from harness.gate.verdict import CapabilityResult
-
-    problems = list(audit.get("problems") or [])
-    shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-    return CapabilityResult(
-        label="checkpoint audit (moegate inspect)", suite="inspect", metric="problems", kind="new_flags",
-        status="FAIL", change=float(len(problems)), budget=0.0, reason=f"the weights must fail the gate: {shown}",
-        method="moegate inspect against the baseline checkpoint",
-    )
-
-
-def audit_verdict(report: InspectReport, policy: Any) -> Any:
-    """A FAIL verdict whose single capability lists the audit's problems (no suite was run)."""
-    from harness.gate.verdict import GateVerdict
-
-    return GateVerdict(overall="FAIL", capabilities=[_capability(audit_extra(report))], policy=policy)
-
-
-def with_audit(verdict: Any, audit: dict[str, Any] | None) -> Any:
-    """``verdict`` with a failing audit (e.g. damaged norms, measured by the suites too) added as a FAIL."""
-    if not audit or not audit.get("must_fail"):
-        return verdict
-    return verdict.model_copy(update={"overall": "FAIL", "capabilities": [*verdict.capabilities, _capability(audit)]})

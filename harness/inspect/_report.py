@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, computed_field
 
-from harness.backends.loading import TOKENIZER_FILES, resolve_model
+from harness.checkpoint import TOKENIZER_FILES, moe_layout_from_config, resolve_model
 from harness.errors import UserError
 from harness.inspect._scan import TensorStat, read_values, scan_file_cached
-from harness.moe_layout import moe_layout_from_config
 
 COMPRESSIBLE = ("expert", "fused_experts", "router")
 F16_MAX = 65504.0

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,19 +20,12 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from harness.backends.loading import read_safetensors_header
+from harness.checkpoint import classify, read_safetensors_header
 from harness.errors import UserError
 
 CHUNK_BYTES = 32 << 20
 MASK_THRESHOLD = -1e4
 """A router logit at or below this can never win a top-k against real logits: the row is masked."""
-
-EXPERT = re.compile(r"\.layers\.(?P<layer>\d+)\.(?:[\w]+\.)*?experts\.(?P<expert>\d+)\.")
-"""Per-expert tensors (``mlp.experts.3.down_proj.weight``); ``shared_experts.0`` does not match (``_experts``)."""
-FUSED = re.compile(r"\.layers\.(?P<layer>\d+)\.(?:[\w]+\.)*?experts\.[A-Za-z_]+(?:\.weight)?$")
-"""Stacked expert tensors ``[E, ...]`` (transformers 5 ``experts.gate_up_proj``, GPT-OSS ``experts.down_proj_bias``)."""
-ROUTER = re.compile(r"\.layers\.(?P<layer>\d+)\.(?:[\w]+\.)*?(?:gate|router)\.(?:weight|bias|e_score_correction_bias)$")
-"""Router logits (``mlp.gate.weight``, ``block_sparse_moe.gate.weight``, ``mlp.router.bias``)."""
 
 _NATIVE = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
            "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32,
@@ -64,19 +56,6 @@ class TensorStat(BaseModel):
     """Leading-dim rows whose values are all <= MASK_THRESHOLD (routers)."""
     unmasked_inf: int = 0
     """Infinities outside fully masked router rows (a ``-inf`` mask is not damage)."""
-
-
-def classify(name: str) -> tuple[str, int | None, int | None]:
-    """(role, layer, expert) from a tensor name; shared experts count as ``other``."""
-    if "shared_expert" in name:
-        return "other", None, None
-    if m := EXPERT.search(name):
-        return "expert", int(m["layer"]), int(m["expert"])
-    if m := FUSED.search(name):
-        return "fused_experts", int(m["layer"]), None
-    if m := ROUTER.search(name):
-        return "router", int(m["layer"]), None
-    return "other", None, None
 
 
 def decode(raw: np.ndarray, dtype: str) -> np.ndarray | None:
@@ -124,7 +103,8 @@ def scan_tensor(fd: int, offset: int, name: str, info: dict[str, Any], file: str
     """
     dtype, shape = str(info["dtype"]), [int(d) for d in info["shape"]]
     begin, end = (int(x) for x in info["data_offsets"])
-    role, layer, expert = classify(name)
+    found = classify(name)
+    role, layer, expert = found.role, found.layer, found.expert
     size = end - begin
     storage = _NATIVE.get(dtype) or _BITS.get(dtype) or np.uint8
     width = np.dtype(storage).itemsize

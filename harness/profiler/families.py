@@ -12,13 +12,15 @@ whether an always-on shared expert sits beside the routed ones. Families are cho
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
+from harness.checkpoint.layout import FAMILIES as LAYOUT_FAMILIES
+from harness.checkpoint.layout import FamilyFacts
+from harness.checkpoint.names import EXPERTS_ATTR, ROUTER_ATTRS, layer_index
 from harness.errors import UserError
 
 __all__ = ["FAMILIES", "Family", "MoeBlock", "expert_outputs", "family_for", "find_moe_blocks"]
@@ -40,8 +42,8 @@ class Family:
     """
 
     name: str
-    router_attr: str = "gate"
-    experts_attr: str = "experts"
+    router_attr: str = ROUTER_ATTRS[0]
+    experts_attr: str = EXPERTS_ATTR
     score_fn: Literal["softmax", "sigmoid"] = "softmax"
     shared_attrs: tuple[str, ...] = ()
     logits_at: int = 0
@@ -63,25 +65,15 @@ class Family:
         return scores / scores.sum(dim=-1, keepdim=True).clamp_min(1e-20)
 
 
-_SOFTMAX_SHARED = Family("Qwen2-MoE style (softmax top-k, gated shared expert)", shared_attrs=("shared_expert",))
+def _adapter(row: FamilyFacts, label: str) -> Family:
+    sigmoid = row.router_kind.startswith("sigmoid")
+    return Family(label, router_attr=row.router_attr, experts_attr=EXPERTS_ATTR, score_fn="sigmoid" if sigmoid else "softmax",
+                  shared_attrs=(row.shared_attr,) if row.shared_attr else ())
 
-# model_type -> adapter. Keep one line per family; add a family only with a test in tests/test_profiler_families.py.
-FAMILIES: dict[str, Family] = {
-    "mixtral": Family("Mixtral (softmax top-k, renormalised)"),
-    "qwen2_moe": _SOFTMAX_SHARED,
-    "qwen3_moe": Family("Qwen3-MoE (softmax top-k)"),
-    "qwen3_5_moe": _SOFTMAX_SHARED,
-    "qwen3_5_moe_text": _SOFTMAX_SHARED,
-    "olmoe": Family("OLMoE (softmax top-k)"),
-    "deepseek_v2": Family("DeepSeek-V2 (softmax, greedy or group-limited top-k, scaled)", shared_attrs=("shared_experts",)),
-    "deepseek_v3": Family(
-        "DeepSeek-V3 (sigmoid + correction bias, group-limited top-k)", score_fn="sigmoid", shared_attrs=("shared_experts",)
-    ),
-    "glm4_moe": Family(
-        "GLM-4-MoE (DeepSeek-V3 routing)", score_fn="sigmoid", shared_attrs=("shared_experts",)
-    ),
-    "gpt_oss": Family("GPT-OSS (top-k of biased logits, softmax over the k)", router_attr="router"),
-}
+
+# model_type -> adapter, from the checkpoint layer's family table (its rows with a profiler label; add a
+# label there only with a test in tests/test_profiler_families.py).
+FAMILIES: dict[str, Family] = {name: _adapter(row, row.profiler) for name, row in LAYOUT_FAMILIES.items() if row.profiler}
 
 
 def family_for(model: nn.Module) -> Family:
@@ -109,9 +101,6 @@ class MoeBlock:
     has_shared_expert: bool
 
 
-_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
-
-
 def find_moe_blocks(model: nn.Module, family: Family | None = None) -> list[MoeBlock]:
     """All sparse-MoE blocks of ``model`` in layer order (dense layers of hybrid models are skipped).
 
@@ -127,11 +116,10 @@ def find_moe_blocks(model: nn.Module, family: Family | None = None) -> list[MoeB
             continue
         if not hasattr(experts, "num_experts") or not hasattr(router, "top_k"):
             continue
-        match = _LAYER_RE.search(name)
-        layer_index = int(match.group(1)) if match else len(blocks)
+        index = layer_index(name)
         blocks.append(
             MoeBlock(
-                layer_index=layer_index,
+                layer_index=len(blocks) if index is None else index,
                 module_name=name,
                 router=router,
                 experts=experts,

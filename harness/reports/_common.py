@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-from pydantic import BaseModel
-
-from harness.gate._estimate import item_flags
-from harness.gate.verdict import CapabilityResult, GateVerdict, display_output
-from harness.records import ItemRecord, SuiteRun, metric_value
+from harness.gate import CapabilityResult, GateVerdict, item_flags
+from harness.records import ItemRecord, SuiteRun, display_output, metric_value
 
 MAX_ITEMS_PER_CAPABILITY = 200
 """Items shown per capability in the HTML and JSON item lists (all ids stay in the verdict)."""
@@ -148,25 +142,6 @@ def item_sections(
             }
         )
     return sections
-
-
-def to_jsonable(obj: Any) -> Any:
-    """json.dumps ``default``: numpy, paths, sets, pydantic models and dataclasses."""
-    if isinstance(obj, BaseModel):
-        return obj.model_dump(mode="json")
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj, key=str)
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, tuple):
-        return list(obj)
-    raise TypeError(f"cannot put {type(obj).__name__} into report.json")
 
 
 def sequential_totals(verdict: GateVerdict, candidate_runs: dict[str, SuiteRun]) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ import json
 from html import escape
 from typing import Any
 
-from harness.gate.verdict import CapabilityResult, GateVerdict
+from harness.gate import CapabilityResult, GateVerdict
 from harness.records import SuiteRun
 from harness.reports._common import (
     bounds_text,
@@ -22,10 +22,10 @@ from harness.reports._common import (
     overall_line,
     sequential_totals,
     suite_summary,
-    to_jsonable,
 )
 from harness.reports.html_template import page
 from harness.reports.plots import forest_svg, heatmap_svg
+from harness.reports.schema import ModelRun, Report
 
 _EXTRA_JSON_LIMIT = 40_000
 _OPEN_AT_MOST = 12
@@ -36,11 +36,18 @@ def _e(x: object) -> str:
     return escape("" if x is None else str(x), quote=True)
 
 
-def _header(verdict: GateVerdict, extra: dict[str, Any], title: str) -> str:
-    meta = []
-    for key in ("gate", "baseline", "candidate", "created_utc", "moegate_version"):
-        if extra.get(key) is not None:
-            meta.append(f"<dt>{_e(key.replace('_', ' '))}</dt><dd>{_e(extra[key])}</dd>")
+def _side(run: ModelRun | None) -> str | None:
+    if run is None:
+        return None
+    store = f", records in {run.store}" if run.store else ""
+    return f"{run.model} ({run.backend}, fingerprint {run.fingerprint[:16]}{store})"
+
+
+def _header(report: Report, title: str) -> str:
+    verdict = report.verdict
+    rows = {"gate": report.run.gate, "baseline": _side(report.run.baseline), "candidate": _side(report.run.candidate),
+            "created utc": report.created_utc, "moegate version": report.moegate_version}  # fmt: skip
+    meta = [f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>" for key, value in rows.items() if value is not None]
     return (
         f'<header class="top"><div class="badge {verdict.overall}">{verdict.overall}</div>'
         f'<div><h1>{_e(title)}</h1><div class="muted">{_e(overall_line(verdict))}</div>'
@@ -187,17 +194,16 @@ def _sequential_note(verdict: GateVerdict, candidate_runs: dict[str, SuiteRun]) 
 
 
 def render_html(
-    verdict: GateVerdict,
+    report: Report,
     baseline_runs: dict[str, SuiteRun],
     candidate_runs: dict[str, SuiteRun],
     *,
-    extra: dict[str, Any] | None = None,
     title: str = "moegate gate report",
 ) -> str:
     """The whole page as a string."""
-    extra = extra or {}
+    verdict = report.verdict
     parts = [
-        _header(verdict, extra, title),
+        _header(report, title),
         "<h2>Capabilities</h2>",
         '<p class="small muted">Change is the regression each budget bounds (bigger is worse). Bounds are '
         "one-sided confidence bounds at the level shown (after the multiple-testing correction): PASS when "
@@ -209,11 +215,11 @@ def render_html(
         "interval, the dot the estimate, the red tick the budget.</p>",
         f'<div class="figure">{forest_svg(verdict.capabilities)}</div>',
     ]
-    hm = extra.get("expert_heatmap")
-    if isinstance(hm, dict) and hm.get("matrix") is not None:
+    hm = report.expert_heatmap
+    if hm is not None:
         parts += [
             "<h2>Experts</h2>",
-            f'<div class="figure">{heatmap_svg(to_matrix(hm["matrix"]), marked=hm.get("marked") or [], title=str(hm.get("title") or "Expert usage per layer"), layer_labels=hm.get("layer_labels"), colorbar_label=str(hm.get("colorbar_label") or ""))}</div>',
+            f'<div class="figure">{heatmap_svg(to_matrix(hm.matrix), marked=hm.marked, title=hm.title, layer_labels=hm.layer_labels, colorbar_label=hm.colorbar_label)}</div>',
         ]  # fmt: skip
     parts += [
         "<h2>Items</h2>",
@@ -222,9 +228,9 @@ def render_html(
         "<h2>Suites</h2>",
         _suites(baseline_runs, candidate_runs),
     ]
-    rest = {k: v for k, v in extra.items() if k != "expert_heatmap"}
-    if rest:
-        text = json.dumps(rest, indent=2, default=to_jsonable, sort_keys=True)
+    details = report.model_dump(mode="json", include={"run", "inspect"}, exclude_none=True)
+    if details:
+        text = json.dumps(details, indent=2, sort_keys=True)
         if len(text) > _EXTRA_JSON_LIMIT:
             text = text[:_EXTRA_JSON_LIMIT] + "\n… (truncated; see report.json)"
         parts.append(
@@ -240,4 +246,4 @@ def to_matrix(matrix: Any) -> list[list[float]]:
     """Accept nested lists or a numpy array."""
     if hasattr(matrix, "tolist"):
         matrix = matrix.tolist()
-    return [[float(v) for v in row] for row in matrix]
+    return [[float("nan") if v is None else float(v) for v in row] for row in matrix]

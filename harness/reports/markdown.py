@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.gate.verdict import GateVerdict
+from harness.gate import GateVerdict
 from harness.records import SuiteRun
 from harness.reports._common import (
     bounds_text,

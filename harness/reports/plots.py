@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from html import escape
 
-from harness.gate.verdict import CapabilityResult
+from harness.gate import CapabilityResult
 
 STATUS_COLORS = {"PASS": "#1a7f37", "FAIL": "#cf222e", "INCONCLUSIVE": "#bf8700"}
 _VIRIDIS = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]

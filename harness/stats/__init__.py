@@ -6,6 +6,7 @@
 - ``clustered``: cluster-robust standard error of a mean difference (MMLU-Pro subjects).
 - ``multiple``: Holm's step-down across capabilities.
 - ``samplesize``: items that would decide an inconclusive comparison.
+- ``sequential``: group-sequential non-inferiority tests (alpha spending over planned looks).
 """
 
 from harness.stats.bootstrap import (
@@ -13,10 +14,13 @@ from harness.stats.bootstrap import (
     mean_difference,
     mean_of,
     paired_statistic,
+    perplexity_difference,
     perplexity_ratio,
+    ratio_of_means,
     resampled_means,
 )
 from harness.stats.clustered import TInterval, clustered_se, ordinary_se
+from harness.stats.interval import Status
 from harness.stats.mcnemar import (
     mcnemar_exact_p,
     tango_bounds,
@@ -26,21 +30,28 @@ from harness.stats.mcnemar import (
 )
 from harness.stats.multiple import HolmResult, holm
 from harness.stats.samplesize import items_to_decide
+from harness.stats.sequential import SequentialResult, look_points, sequential_noninferiority
 
 __all__ = [
     "BootstrapDistribution",
     "HolmResult",
+    "SequentialResult",
+    "Status",
     "TInterval",
     "clustered_se",
     "holm",
     "items_to_decide",
+    "look_points",
     "mcnemar_exact_p",
     "mean_difference",
     "mean_of",
     "ordinary_se",
     "paired_statistic",
+    "perplexity_difference",
     "perplexity_ratio",
+    "ratio_of_means",
     "resampled_means",
+    "sequential_noninferiority",
     "tango_bounds",
     "tango_p_beyond",
     "tango_p_within",

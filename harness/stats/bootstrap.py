@@ -12,6 +12,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+Values = Sequence[float] | np.ndarray
+"""Per-item (or per-window) numbers: a list or a 1-D array."""
+
 DEFAULT_RESAMPLES = 10_000
 _CHUNK_ELEMENTS = 2_000_000
 
@@ -109,8 +112,8 @@ def paired_statistic(
 
 
 def mean_difference(
-    baseline: Sequence[float],
-    candidate: Sequence[float],
+    baseline: Values,
+    candidate: Values,
     *,
     scale: float = 1.0,
     groups: Sequence[object] | None = None,
@@ -124,29 +127,60 @@ def mean_difference(
     )
 
 
+def ratio_of_means(
+    numerator: Values,
+    denominator: Values,
+    *,
+    groups: Sequence[object] | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> BootstrapDistribution:
+    """Paired bootstrap of ``mean(numerator) / mean(denominator)`` (a ratio budget on a mean metric)."""
+    cols = np.column_stack([np.asarray(numerator, float), np.asarray(denominator, float)])
+    return paired_statistic(cols, lambda m: m[:, 0] / m[:, 1], groups=groups, n_resamples=n_resamples, seed=seed)
+
+
+def _windows(*columns: Values) -> np.ndarray:
+    cols = np.column_stack([np.asarray(x, float) for x in columns])
+    if np.any(cols[:, [1, 3]] <= 0):
+        raise ValueError("every window needs a positive token count")
+    return cols
+
+
 def perplexity_ratio(
-    nll_base: Sequence[float],
-    tok_base: Sequence[float],
-    nll_cand: Sequence[float],
-    tok_cand: Sequence[float],
+    nll_base: Values,
+    tok_base: Values,
+    nll_cand: Values,
+    tok_cand: Values,
     *,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> BootstrapDistribution:
     """Paired bootstrap over windows of ``exp(sum nll_c / sum tok_c - sum nll_b / sum tok_b)``."""
-    cols = np.column_stack([np.asarray(x, float) for x in (nll_base, tok_base, nll_cand, tok_cand)])
-    if np.any(cols[:, [1, 3]] <= 0):
-        raise ValueError("every window needs a positive token count")
+    cols = _windows(nll_base, tok_base, nll_cand, tok_cand)
     return paired_statistic(
-        cols,
-        lambda m: np.exp(m[:, 2] / m[:, 3] - m[:, 0] / m[:, 1]),
-        n_resamples=n_resamples,
-        seed=seed,
+        cols, lambda m: np.exp(m[:, 2] / m[:, 3] - m[:, 0] / m[:, 1]), n_resamples=n_resamples, seed=seed
+    )
+
+
+def perplexity_difference(
+    nll_base: Values,
+    tok_base: Values,
+    nll_cand: Values,
+    tok_cand: Values,
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> BootstrapDistribution:
+    """Paired bootstrap over windows of the perplexity difference, candidate minus baseline."""
+    cols = _windows(nll_base, tok_base, nll_cand, tok_cand)
+    return paired_statistic(
+        cols, lambda m: np.exp(m[:, 2] / m[:, 3]) - np.exp(m[:, 0] / m[:, 1]), n_resamples=n_resamples, seed=seed
     )
 
 
 def mean_of(
-    values: Sequence[float],
+    values: Values,
     *,
     groups: Sequence[object] | None = None,
     n_resamples: int = DEFAULT_RESAMPLES,

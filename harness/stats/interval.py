@@ -7,9 +7,12 @@ comparisons alike (``BootstrapDistribution`` and ``TInterval`` follow the same p
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 from harness.stats.mcnemar import tango_bounds, tango_p_beyond, tango_p_within
+
+Status = Literal["PASS", "FAIL", "INCONCLUSIVE"]
+"""A non-inferiority decision: PASS (confidently within the margin), FAIL (confidently beyond), or neither."""
 
 
 class Estimator(Protocol):

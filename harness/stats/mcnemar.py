@@ -82,7 +82,9 @@ def tango_bounds(b: int, c: int, n: int, alpha: float) -> tuple[float, float]:
     lo_end, hi_end = -1 + eps, 1 - eps
 
     def solve(target: float, default: float) -> float:
-        f = lambda d: tango_statistic(b, c, n, d) - target  # noqa: E731
+        def f(d: float) -> float:
+            return tango_statistic(b, c, n, d) - target
+
         f_lo, f_hi = f(lo_end), f(hi_end)
         if f_lo < 0:
             return lo_end if default < 0 else default

@@ -1,6 +1,20 @@
-"""Suites turn a model into item records. Registered lazily by name; see ``base.Suite``."""
+"""Suites turn a model into item records. Registered lazily by name; see ``base.Suite``.
 
-from harness.suites.base import SUITES, Suite, SuiteSettings, suite_settings
+Built-in suites are listed here; an installed package adds its own through the ``moegate.suites``
+entry point group (a name already taken is an error, never a silent replacement).
+"""
+
+from harness.suites.base import (
+    ITEM_IDS,
+    SUITES,
+    ChosenItems,
+    Suite,
+    SuiteSettings,
+    declared_flags,
+    runs_chosen_items,
+    suite_settings,
+    with_limit,
+)
 
 _LAZY = {
     "wikitext2": "harness.suites.perplexity:WikiText2Suite",
@@ -17,4 +31,14 @@ _LAZY = {
 for _name, _target in _LAZY.items():
     SUITES.register(_name, _target)
 
-__all__ = ["SUITES", "Suite", "SuiteSettings", "suite_settings"]
+__all__ = [
+    "ITEM_IDS",
+    "SUITES",
+    "ChosenItems",
+    "Suite",
+    "SuiteSettings",
+    "declared_flags",
+    "runs_chosen_items",
+    "suite_settings",
+    "with_limit",
+]

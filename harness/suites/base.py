@@ -1,9 +1,8 @@
 """What a suite is, and the registry that finds one by name.
 
 A suite is a small class: pinned settings (a pydantic model, defaults in ``suites/<name>.toml``),
-the metrics it reports, and ``run(backend, settings) -> SuiteRun``. Suites know nothing of the gate.
-A suite that can run exactly a given list of its items (by record ``item_id``, in that order) names
-that setting in an optional ``item_ids_setting`` class attribute; sequential gate runs need it.
+the metrics it reports, and ``run(backend, settings, baseline=None) -> SuiteRun``. Suites know nothing
+of the gate. Third-party suites register through the ``moegate.suites`` entry point group.
 """
 
 from __future__ import annotations
@@ -43,15 +42,59 @@ def as_settings(settings: SuiteSettings, cls: type[S]) -> S:
     return settings if isinstance(settings, cls) else cls.model_validate(settings.model_dump())
 
 
+ITEM_IDS = "item_ids"
+"""The one name of the setting "run only these items"."""
+
+
+class ChosenItems(SuiteSettings):
+    """Settings of a suite that can run exactly a given list of its items (sequential gate runs need it)."""
+
+    item_ids: list[str] | None = None
+    """Only these items (record ``item_id``s), in this order; None: the suite's own selection (``limit``, ``seed``)."""
+
+
 class Suite(Protocol):
+    """A suite.
+
+    Attributes:
+        name: registry name, also every record's ``suite``.
+        Settings: its pinned settings; derive them from ``ChosenItems`` when the suite can run a given
+            list of items (``item_ids``, in that order).
+        metrics: every metric it may report (a gate file's budgets are checked against them).
+        checks: optional class attribute, the names of the pass/fail checks its records carry (budgets
+            on flags may name them besides the detector flags).
+
+    ``run`` receives the baseline's stored run of the same suite when a candidate is gated (None when
+    the baseline itself is recorded), so a suite can score the candidate against what the baseline
+    stored (its records and ``artifacts``).
+    """
+
     name: ClassVar[str]
     Settings: ClassVar[type[SuiteSettings]]
     metrics: ClassVar[tuple[MetricSpec, ...]]
 
-    def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun: ...
+    def run(self, backend: Backend, settings: SuiteSettings, *, baseline: SuiteRun | None = None) -> SuiteRun: ...
 
 
-SUITES: Registry[type[Suite]] = Registry("suite")
+def runs_chosen_items(suite: type[Suite] | Suite) -> bool:
+    """Whether the suite can run exactly a given list of its items (its settings have ``item_ids``)."""
+    return ITEM_IDS in suite.Settings.model_fields
+
+
+def declared_flags(suite: type[Suite]) -> tuple[str, ...]:
+    """The check names a suite's records may fail (``checks``), for budgets on flags."""
+    return tuple(getattr(suite, "checks", ()))
+
+
+def with_limit(settings: SuiteSettings, limit: int) -> SuiteSettings:
+    """``settings`` cut to ``limit`` items: the count, and a pinned item list cut to its first ``limit`` ids."""
+    values = {**settings.model_dump(), "limit": limit}
+    if values.get(ITEM_IDS) is not None:
+        values[ITEM_IDS] = list(values[ITEM_IDS])[:limit]
+    return type(settings).model_validate(values)
+
+
+SUITES: Registry[type[Suite]] = Registry("suite", entry_points="moegate.suites")
 """Suite name -> suite class (lazy "module:Class" entries; see harness/suites/__init__.py)."""
 
 

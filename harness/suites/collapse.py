@@ -28,6 +28,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from harness.backends.base import Backend, GenerateRequest
+from harness.detectors import DetectorSettings
 from harness.detectors.denial import denial_hits
 from harness.detectors.diversity import distinct_n
 from harness.detectors.language import wrong_language
@@ -37,7 +38,7 @@ from harness.errors import UserError
 from harness.records import ItemRecord, MetricSpec, SuiteRun
 from harness.resources import file_sha256, suites_dir
 from harness.suites._common import choose, finish_run
-from harness.suites.base import SuiteSettings, as_settings
+from harness.suites.base import ChosenItems, SuiteSettings, as_settings
 
 PROMPTS_FILE = "collapse_prompts.toml"
 PASS_METRIC = MetricSpec(
@@ -48,6 +49,9 @@ PASS_METRIC = MetricSpec(
     description="share of prompts passing every check",
 )
 _WORDY = regex.compile(r"[\p{L}\p{N}]")
+CHECKS = ("min_len", "min_words", "required_all", "required_any", "forbidden", "no_denial", "script", "language",
+          "repetition")
+"""Every check ``check_output`` may record."""
 
 
 class CollapsePrompt(BaseModel):
@@ -75,15 +79,15 @@ class CollapsePrompt(BaseModel):
     """Highest share of repeated word 3-grams (1 - distinct-3)."""
 
 
-class CollapseSettings(SuiteSettings):
+class CollapseSettings(ChosenItems):
     prompts_file: str = PROMPTS_FILE
-    """File in ``suites/`` (or an absolute path) with the ``[[prompt]]`` tables."""
-    ids: list[str] | None = None
-    """Only these prompt ids (in this order); None: every prompt (then ``limit``/``seed`` apply)."""
+    """File in ``suites/`` (or an absolute path) with the ``[[prompt]]`` tables; ``item_ids`` are prompt ids."""
     limit: int | None = Field(None, ge=1)
     seed: int = 42
     max_tokens: int = Field(200, ge=1)
     chat: bool = True
+    detectors: DetectorSettings = Field(default_factory=DetectorSettings)
+    """Thresholds of the script, language and repetition checks (a gate file's ``[detectors]``)."""
 
 
 def _prompts_path(name: str) -> Path:
@@ -155,8 +159,11 @@ def repeated_ngram_ratio(text: str, n: int = 3) -> float:
     return 1.0 - distinct_n(toks, n)
 
 
-def check_output(prompt: CollapsePrompt, output: str) -> tuple[dict[str, bool], dict[str, Any]]:
+def check_output(
+    prompt: CollapsePrompt, output: str, detectors: DetectorSettings | None = None
+) -> tuple[dict[str, bool], dict[str, Any]]:
     """Run every check of ``prompt`` on ``output``: ``({check: passed}, {failed check: evidence})``."""
+    d = detectors or DetectorSettings()
     folded = output.casefold()
     checks: dict[str, bool] = {}
     evidence: dict[str, Any] = {}
@@ -186,12 +193,17 @@ def check_output(prompt: CollapsePrompt, output: str) -> tuple[dict[str, bool], 
     if prompt.no_denial:
         hits = denial_hits(output)
         record("no_denial", not hits, {"phrases": [h.phrase for h in hits][:5]})
-    mixed = script_mixing(output, prompt.lang, prompt=prompt.prompt)
+    mixed = script_mixing(output, prompt.lang, prompt=prompt.prompt, greek_max_run=d.greek_max_run)
     record("script", mixed is None, mixed)
     if prompt.check_language:
-        wrong = wrong_language(output, prompt.lang)
+        wrong = wrong_language(output, prompt.lang, min_letters=d.language_min_letters,
+                               min_confidence=d.language_min_confidence)
         record("language", wrong is None, wrong)
-    loop = repetition(output)
+    loop = repetition(
+        output, min_repeats=d.repetition_min_repeats, min_cover=d.repetition_min_cover,
+        any_repeats=d.repetition_any_repeats, ngram_n=d.repetition_ngram_n, ngram_max=d.repetition_ngram_max,
+        compress_min_bytes=d.repetition_compress_min_bytes, compress_below=d.repetition_compress_below,
+    )
     ratio = repeated_ngram_ratio(output)
     record(
         "repetition",
@@ -206,22 +218,22 @@ class CollapseSuite:
 
     name: ClassVar[str] = "collapse"
     Settings: ClassVar[type[CollapseSettings]] = CollapseSettings
-    item_ids_setting: ClassVar[str] = "ids"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (PASS_METRIC,)
+    checks: ClassVar[tuple[str, ...]] = CHECKS
 
-    def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
+    def run(self, backend: Backend, settings: SuiteSettings, *, baseline: SuiteRun | None = None) -> SuiteRun:
         started = time.monotonic()
         settings = as_settings(settings, CollapseSettings)
         path = _prompts_path(settings.prompts_file)
         prompts = load_prompts(path)
-        if settings.ids is not None:
+        if settings.item_ids is not None:
             by_id = {p.id: p for p in prompts}
-            unknown = [i for i in settings.ids if i not in by_id]
+            unknown = [i for i in settings.item_ids if i not in by_id]
             if unknown:
                 raise UserError(
                     f"unknown collapse prompt id(s) {', '.join(unknown)} in settings", f"use ids from {path}"
                 )
-            prompts = [by_id[i] for i in settings.ids]
+            prompts = [by_id[i] for i in settings.item_ids]
         else:
             prompts = choose(prompts, settings.limit, settings.seed)
         requests = [
@@ -233,7 +245,7 @@ class CollapseSuite:
         generations = backend.generate(requests)
         records = []
         for prompt, generation in zip(prompts, generations, strict=True):
-            checks, evidence = check_output(prompt, generation.text)
+            checks, evidence = check_output(prompt, generation.text, settings.detectors)
             records.append(
                 ItemRecord(
                     suite=self.name,

@@ -30,7 +30,7 @@ from harness.progress import progress_bar
 from harness.records import ItemRecord, MetricSpec, SuiteRun
 from harness.sandbox import SandboxResult, require_kernel_isolation, run_sandboxed
 from harness.suites._common import choose, finish_run, load_rows
-from harness.suites.base import SuiteSettings, as_settings
+from harness.suites.base import ChosenItems, SuiteSettings, as_settings
 
 HUMANEVAL_FILE = "HumanEval.jsonl.gz"
 HUMANEVAL_SHA256 = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
@@ -48,11 +48,11 @@ PASS_AT_1 = MetricSpec(
 )
 
 
-class HumanEvalSettings(SuiteSettings):
+class HumanEvalSettings(ChosenItems):
+    """``item_ids`` are task ids (``HumanEval/0``); None: all 164 (then ``limit``/``seed`` apply)."""
+
     data_file: str = HUMANEVAL_FILE
     data_sha256: str = HUMANEVAL_SHA256
-    task_ids: list[str] | None = None
-    """Only these problems (in this order); None: all 164 (then ``limit``/``seed`` apply)."""
     limit: int | None = Field(None, ge=1)
     seed: int = 42
     max_tokens: int = Field(1024, ge=1)
@@ -91,23 +91,22 @@ class HumanEvalSuite:
 
     name: ClassVar[str] = "humaneval"
     Settings: ClassVar[type[HumanEvalSettings]] = HumanEvalSettings
-    item_ids_setting: ClassVar[str] = "task_ids"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (PASS_AT_1,)
 
-    def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
+    def run(self, backend: Backend, settings: SuiteSettings, *, baseline: SuiteRun | None = None) -> SuiteRun:
         started = time.monotonic()
         settings = as_settings(settings, HumanEvalSettings)
         require_kernel_isolation()  # before any generation: no model time spent on programs that cannot run
         fields = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
         rows, path = load_rows(settings.data_file, settings.data_sha256, required=fields)
-        if settings.task_ids is not None:
+        if settings.item_ids is not None:
             by_id = {row["task_id"]: row for row in rows}
-            unknown = [t for t in settings.task_ids if t not in by_id]
+            unknown = [t for t in settings.item_ids if t not in by_id]
             if unknown:
                 raise UserError(
                     f"unknown HumanEval task id(s) {', '.join(unknown)}", f"use task ids from {path}"
                 )
-            problems = [by_id[t] for t in settings.task_ids]
+            problems = [by_id[t] for t in settings.item_ids]
         else:
             problems = choose(rows, settings.limit, settings.seed)
         requests = [

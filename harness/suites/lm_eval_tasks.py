@@ -20,21 +20,19 @@ from harness.backends.base import Backend
 from harness.errors import UserError
 from harness.records import ItemRecord, MetricSpec, SuiteRun
 from harness.resources import data_dir, data_file, suites_dir
-from harness.suites.base import SuiteSettings, as_settings
+from harness.suites.base import ChosenItems, SuiteSettings, as_settings
 
 TASKS_DIR_NAME = "lm_eval"
 """``suites/lm_eval``: moegate's lm-eval task configs."""
 
 
-class LmEvalSettings(SuiteSettings):
+class LmEvalSettings(ChosenItems):
     """Pinned settings of an lm-eval suite (defaults in ``suites/<name>.toml``)."""
 
     source: Literal["local", "hub"] = "local"
     """``local``: moegate's benchmark files (checked against ``data_sha256``); ``hub``: the HF datasets."""
     data_sha256: dict[str, str] = Field(default_factory=dict)
     """Every local file the tasks read -> its sha256."""
-    item_ids: list[str] | None = None
-    """Exact items to run (dataset ids); overrides ``limit``/``seed``."""
     num_fewshot: int | None = None
     """Few-shot examples (None: the task's default)."""
     fewshot_seed: int = 1234
@@ -245,7 +243,6 @@ class _LmEvalSuite:
 
     name: ClassVar[str]
     Settings: ClassVar[type[LmEvalSettings]] = LmEvalSettings
-    item_ids_setting: ClassVar[str] = "item_ids"
     metrics: ClassVar[tuple[MetricSpec, ...]]
     tasks: ClassVar[tuple[str, ...]]
     item_id: ClassVar[Callable[[Mapping[str, Any]], str]]
@@ -255,7 +252,7 @@ class _LmEvalSuite:
     def group(doc: Mapping[str, Any]) -> str | None:
         return None
 
-    def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
+    def run(self, backend: Backend, settings: SuiteSettings, *, baseline: SuiteRun | None = None) -> SuiteRun:
         settings = as_settings(settings, self.Settings)
         start = time.perf_counter()
         item_id = type(self).item_id

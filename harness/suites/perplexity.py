@@ -122,7 +122,7 @@ class _CorpusSuite:
     Settings: ClassVar[type[CorpusSettings]]
     metrics: ClassVar[tuple[MetricSpec, ...]] = (PPL_METRIC,)
 
-    def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
+    def run(self, backend: Backend, settings: SuiteSettings, *, baseline: SuiteRun | None = None) -> SuiteRun:
         started = time.monotonic()
         settings = as_settings(settings, self.Settings)
         rows, path = load_rows(settings.data_file, settings.data_sha256)

@@ -134,7 +134,7 @@ class FloresSuite:
     Settings: ClassVar[type[FloresSettings]] = FloresSettings
     metrics: ClassVar[tuple[MetricSpec, ...]] = (CHRF_METRIC, *DIRECTION_METRICS.values())
 
-    def run(self, backend: Backend, settings: SuiteSettings) -> SuiteRun:
+    def run(self, backend: Backend, settings: SuiteSettings, *, baseline: SuiteRun | None = None) -> SuiteRun:
         started = time.monotonic()
         settings = as_settings(settings, FloresSettings)
         columns = ["id"] + [column for column, _, _ in LANGUAGES.values()]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from harness.backends.loading import PICKLE_SUFFIXES, TOKENIZER_FILES, read_safetensors_header
+from harness.checkpoint._files import PICKLE_SUFFIXES, TOKENIZER_FILES, read_safetensors_header
 
 FINGERPRINT_VERSION = 1
 SLICE_BYTES = 64

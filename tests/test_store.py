@@ -1,4 +1,4 @@
-"""Stored runs: round trip, hand-edit detection, comparability checks, atomic replacement."""
+"""Stored runs: round trip, hand-edit detection, artifacts, schema versions, comparability checks, atomic replacement."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.baselines import (
+from harness.errors import UserError
+from harness.store import (
     MANIFEST,
     check_comparable,
     check_same_data,
@@ -17,7 +18,6 @@ from harness.baselines import (
     read_manifest,
     write_store,
 )
-from harness.errors import UserError
 from harness.suites import SUITES
 from tests.gate_toys import ToySettings, acc_run, register_toys
 
@@ -103,8 +103,8 @@ def test_rewrite_replaces_the_store_whole(tmp_path: Path) -> None:
 def test_keys_a_suite_records_beside_its_settings_are_compared_after_the_run(tmp_path: Path) -> None:
     """lm-eval suites record task versions beside their settings; a baseline with them stays comparable,
     and a candidate run with other versions is refused."""
-    from harness.baselines import check_comparable, check_same_data, read_manifest, write_store
     from harness.records import SuiteRun
+    from harness.store import check_comparable, check_same_data, read_manifest, write_store
     from harness.suites.base import SuiteSettings
 
     settings = SuiteSettings(limit=3)
@@ -116,3 +116,48 @@ def test_keys_a_suite_records_beside_its_settings_are_compared_after_the_run(tmp
     other = {**recorded, "lm_eval_tasks": {"arc": "2.0"}}
     with pytest.raises(UserError, match="lm_eval_tasks"):
         check_same_data(manifest, {"s": SuiteRun(suite="s", settings=other)})
+
+
+def test_artifacts_are_files_hashed_in_the_manifest_and_read_on_first_use(tmp_path: Path) -> None:
+    run = acc_run([1, 0]).model_copy(update={"artifacts": {"topk.bin": b"\x00\x01" * 1000, "ids.bin": b"xyz"}})
+    plain = acc_run([1])
+    write_store(tmp_path / "s", {"toy": run, "plain": plain}, model="m", backend="transformers", fingerprint="f")
+    entry = read_manifest(tmp_path / "s").suites["toy"].artifacts["topk.bin"]
+    assert entry.file == "artifacts/toy/topk.bin" and entry.size == 2000
+    _, runs = load_store(tmp_path / "s")
+    loaded = runs["toy"].artifacts
+    assert loaded.loaded() == [] and sorted(loaded) == ["ids.bin", "topk.bin"]  # nothing read into memory yet
+    assert loaded["ids.bin"] == b"xyz" and loaded.loaded() == ["ids.bin"]
+    assert len(runs["plain"].artifacts) == 0 and not (tmp_path / "s" / "artifacts" / "plain").exists()
+
+    (tmp_path / "s" / "artifacts" / "toy" / "topk.bin").write_bytes(b"\x00\x02" * 1000)
+    with pytest.raises(UserError, match=r"artifact .*topk.bin was edited by hand"):
+        load_store(tmp_path / "s")
+    (tmp_path / "s" / "artifacts" / "toy" / "topk.bin").unlink()
+    with pytest.raises(UserError, match=r"artifact .*topk.bin is missing"):
+        load_store(tmp_path / "s")
+
+
+def test_artifact_names_are_plain_file_names() -> None:
+    from harness.records import SuiteRun
+
+    with pytest.raises(ValueError, match="plain file name"):
+        SuiteRun.model_validate({"suite": "s", "settings": {}, "artifacts": {"../x": b""}})
+
+
+def test_stores_of_another_schema_version_are_refused_in_one_line(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    document = json.loads((store / MANIFEST).read_text())
+    document["schema_version"] = 1
+    (store / MANIFEST).write_text(json.dumps(document))
+    with pytest.raises(UserError, match=r"store schema version 1 .*reads version 2") as info:
+        load_store(store)
+    assert "\n" not in info.value.line() and "re-record" in info.value.line()
+
+
+def test_records_of_another_schema_version_are_refused(tmp_path: Path) -> None:
+    run = acc_run([1])
+    run.records[0].version = 0
+    write_store(tmp_path / "s", {"toy": run}, model="m", backend="transformers", fingerprint="f")
+    with pytest.raises(UserError, match="record schema version 0"):
+        load_store(tmp_path / "s")

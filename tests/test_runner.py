@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.api import ModelSpec, open_model, resolve_testbed
 from harness.cache import CachedBackend
-from harness.gate.config import ModelSpec
 from harness.gate.flags import detector_flags
-from harness.pipeline import open_model, resolve_model, run_suites
 from harness.records import ItemRecord, SuiteRun
+from harness.runner import run_suites
 from harness.suites import SuiteSettings
 from tests.gate_toys import ToySettings
 
@@ -33,8 +33,9 @@ def test_suites_run_through_the_cache_and_a_crash_is_recorded(tiny: Path) -> Non
     assert [r.scores for r in again.records] == [r.scores for r in toy.records]
 
 
-def test_model_specs_other_than_the_keyword_pass_through() -> None:
-    assert resolve_model("some/hub-id") == "some/hub-id"
+def test_the_testbed_keyword_is_for_local_backends_only() -> None:
+    assert resolve_testbed("some/hub-id") == "some/hub-id"
+    assert resolve_testbed("testbed", "openai") == "testbed"  # a served model of that name is the server's
 
 
 def _translation(item: str, text: str) -> SuiteRun:
@@ -53,3 +54,16 @@ def test_detector_flags_compare_candidate_text_with_the_baseline() -> None:
     assert base_flags == set() and "script_mixing" in cand_flags
     same = detector_flags(base, base)["flores"]["x"]
     assert same == (set(), set())
+
+
+def test_detector_flags_use_the_gate_files_thresholds() -> None:
+    from harness.detectors import DetectorSettings
+
+    long = " ".join(["The beach is lovely today and the sea is calm and warm."] * 6)
+    base = {"collapse": SuiteRun(suite="collapse", settings={}, records=[
+        ItemRecord(suite="collapse", item_id="x", prompt="Describe the beach.", output=long, lang="en")])}
+    cand = {"collapse": SuiteRun(suite="collapse", settings={}, records=[
+        ItemRecord(suite="collapse", item_id="x", prompt="Describe the beach.", output=long[:120], lang="en")])}
+    assert "length_collapse" in detector_flags(base, cand)["collapse"]["x"][1]
+    lenient = detector_flags(base, cand, DetectorSettings(length_ratio=0.1))
+    assert "length_collapse" not in lenient["collapse"]["x"][1]

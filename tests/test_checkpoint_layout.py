@@ -1,4 +1,4 @@
-"""MoE layouts from config dicts: published configs, and agreement with the modules transformers builds."""
+"""MoE layouts from config dicts (published configs, agreement with transformers) and the expert/router name table."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.moe_layout import moe_layout_from_config
+from harness.checkpoint.layout import moe_layout_from_config
 
 MIXTRAL_8X7B = {"model_type": "mixtral", "num_hidden_layers": 32, "num_local_experts": 8, "num_experts_per_tok": 2,
                 "intermediate_size": 14336}
@@ -108,3 +108,35 @@ def test_layout_matches_the_modules_transformers_builds(config_class: str, kwarg
     config, built = _built_moe_layers(config_class, **kwargs)
     layout = moe_layout_from_config(config)
     assert layout is not None and layout.moe_layers == built
+
+
+@pytest.mark.parametrize(
+    ("name", "role", "layer", "expert", "block"),
+    [
+        ("model.layers.3.mlp.experts.5.down_proj.weight", "expert", 3, 5, "model.layers.3.mlp"),
+        ("model.layers.0.block_sparse_moe.experts.7.w1.weight", "expert", 0, 7, "model.layers.0.block_sparse_moe"),
+        ("model.layers.2.mlp.experts.gate_up_proj", "fused_experts", 2, None, "model.layers.2.mlp"),
+        ("model.layers.2.mlp.experts.down_proj_bias", "fused_experts", 2, None, "model.layers.2.mlp"),
+        ("model.layers.1.mlp.gate.weight", "router", 1, None, "model.layers.1.mlp"),
+        ("model.layers.1.mlp.router.bias", "router", 1, None, "model.layers.1.mlp"),
+        ("model.layers.1.mlp.gate.e_score_correction_bias", "router", 1, None, "model.layers.1.mlp"),
+        ("model.layers.1.mlp.shared_experts.0.up_proj.weight", "other", None, None, None),
+        ("model.layers.1.mlp.shared_expert_gate.weight", "other", None, None, None),
+        ("model.layers.1.mlp.experts.0.gate_proj.weight", "expert", 1, 0, "model.layers.1.mlp"),
+        ("model.layers.1.self_attn.q_proj.weight", "other", None, None, None),
+    ],
+)
+def test_one_name_table_classifies_moe_tensors(name: str, role: str, layer: int | None, expert: int | None,
+                                               block: str | None) -> None:
+    from harness.checkpoint import classify, is_routed_expert, layer_index
+
+    found = classify(name)
+    assert (found.role, found.layer, found.expert, found.block) == (role, layer, expert, block)
+    assert is_routed_expert(name) == (role in ("expert", "fused_experts"))
+    assert layer_index(name) == int(name.split(".")[2])
+
+
+def test_gguf_expert_tensors_are_routed_experts() -> None:
+    from harness.checkpoint import is_routed_expert
+
+    assert is_routed_expert("blk.3.ffn_up_exps.weight") and not is_routed_expert("blk.3.ffn_up.weight")

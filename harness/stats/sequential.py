@@ -16,16 +16,16 @@ their outcomes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from scipy import stats
 
+from harness.stats.interval import Status
 from harness.stats.mcnemar import tango_bounds, tango_p_beyond, tango_p_within
 
 Spending = Literal["obf", "pocock"]
-Decision = Literal["PASS", "FAIL", "INCONCLUSIVE"]
 
 
 def spent_alpha(t: float, alpha: float, kind: Spending = "obf") -> float:
@@ -57,7 +57,7 @@ class Look:
 
 @dataclass(frozen=True)
 class SequentialResult:
-    decision: Decision
+    decision: Status
     items_used: int
     items_total: int
     looks: tuple[Look, ...] = field(default=())
@@ -149,7 +149,7 @@ def sequential_noninferiority(
         raise ValueError(f"need 0 < alpha < 0.5 and looks >= 1, got alpha={alpha}, looks={looks}")
     if binary is None:
         binary = all(d in (-1, 0, 1) for d in diffs)
-    spent, done = 0.0, []
+    spent, done = 0.0, list[Look]()
     for n in look_points(total, looks, min_items):
         if n > len(diffs):
             return SequentialResult("INCONCLUSIVE", len(diffs), total, tuple(done))
@@ -162,26 +162,3 @@ def sequential_noninferiority(
         if p_beyond <= step:
             return SequentialResult("FAIL", n, total, tuple(done))
     return SequentialResult("INCONCLUSIVE", total, total, tuple(done))
-
-
-def run_sequential(
-    score_chunk: Callable[[Sequence[int]], Sequence[float]],
-    n_items: int,
-    margin: float,
-    **options: object,
-) -> SequentialResult:
-    """Evaluate items in chunks with ``score_chunk(indices) -> diffs`` and stop as soon as decided.
-
-    The chunks follow the looks of ``sequential_noninferiority`` (same options), so items after the
-    deciding look are never evaluated.
-    """
-    looks = int(options.get("looks", 5))  # type: ignore[arg-type]
-    min_items = int(options.get("min_items", 20))  # type: ignore[arg-type]
-    diffs: list[float] = []
-    result = SequentialResult("INCONCLUSIVE", 0, n_items)
-    for n in look_points(n_items, looks, min_items):
-        diffs.extend(score_chunk(range(len(diffs), n)))
-        result = sequential_noninferiority(diffs, margin, items_total=n_items, **options)  # type: ignore[arg-type]
-        if result.decision != "INCONCLUSIVE":
-            return result
-    return result

@@ -2,7 +2,8 @@
 
 Families name the same facts differently (``num_local_experts`` / ``num_experts`` / ``n_routed_experts``;
 ``decoder_sparse_step`` vs ``first_k_dense_replace``). One table maps each ``model_type`` to the rules
-that read them; unknown families with standard keys still work through the generic row.
+that read them, and to the module names of its router and shared expert (the profiler's adapters are
+built from it); unknown families with standard keys still work through the generic row.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from harness.checkpoint.names import ROUTER_ATTRS
 
 EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 TOP_K_KEYS = ("num_experts_per_tok", "experts_per_token", "moe_topk", "top_k")
@@ -116,31 +119,50 @@ def _generic_shared(config: dict[str, Any]) -> tuple[int, int | None]:
 
 
 @dataclass(frozen=True)
-class _Family:
+class FamilyFacts:
+    """One model family: how its config reads (layers, shared part, router) and how its modules are named."""
+
     layers: Callable[[dict[str, Any], int], list[int]]
     shared: Callable[[dict[str, Any]], tuple[int, int | None]]
     router_kind: str = "softmax_topk"
     norm_topk_default: bool | None = None
+    router_attr: str = ROUTER_ATTRS[0]
+    """The MoE block's router module (``gate``; GPT-OSS: ``router``)."""
+    shared_attr: str | None = None
+    """The MoE block's always-on shared expert module, if the family has one."""
+    profiler: str | None = None
+    """Label of the profiler's adapter, for families whose hooked routes are tested
+    (tests/test_profiler_families.py); None: the profiler refuses the family."""
 
 
-FAMILIES: dict[str, _Family] = {
-    "mixtral": _Family(_every_layer, _no_shared, "softmax_topk", True),
-    "phimoe": _Family(_every_layer, _no_shared, "sparsemixer", None),
-    "olmoe": _Family(_every_layer, _no_shared, "softmax_topk", False),
-    "granitemoe": _Family(_every_layer, _no_shared, "topk_softmax", True),
-    "gpt_oss": _Family(_every_layer, _no_shared, "topk_softmax", True),
-    "qwen2_moe": _Family(_sparse_step, _qwen_shared, "softmax_topk", False),
-    "qwen3_moe": _Family(_sparse_step, _no_shared, "softmax_topk", False),
-    "qwen3_next": _Family(_sparse_step, _qwen_shared, "softmax_topk", True),
-    "qwen3_5_moe_text": _Family(_sparse_step, _qwen_shared, "softmax_topk", True),
-    "qwen3_vl_moe_text": _Family(_sparse_step, _no_shared, "softmax_topk", True),
-    "deepseek_v2": _Family(_first_k_dense, _deepseek_shared, "softmax_topk", False),
-    "deepseek_v3": _Family(_first_k_dense, _deepseek_shared, "sigmoid_grouped", True),
-    "glm4_moe": _Family(_first_k_dense, _deepseek_shared, "sigmoid_grouped", True),
-    "dots1": _Family(_first_k_dense, _deepseek_shared, "sigmoid_grouped", True),
-    "llama4_text": _Family(_interleave_step, _llama4_shared, "sigmoid_topk", False),
+_QWEN_SHARED, _DEEPSEEK_SHARED = "shared_expert", "shared_experts"
+_QWEN2 = "Qwen2-MoE style (softmax top-k, gated shared expert)"
+
+# model_type -> how its config and modules name the MoE facts. One line per family.
+FAMILIES: dict[str, FamilyFacts] = {
+    "mixtral": FamilyFacts(_every_layer, _no_shared, "softmax_topk", True, profiler="Mixtral (softmax top-k, renormalised)"),
+    "phimoe": FamilyFacts(_every_layer, _no_shared, "sparsemixer", None),
+    "olmoe": FamilyFacts(_every_layer, _no_shared, "softmax_topk", False, profiler="OLMoE (softmax top-k)"),
+    "granitemoe": FamilyFacts(_every_layer, _no_shared, "topk_softmax", True),
+    "gpt_oss": FamilyFacts(_every_layer, _no_shared, "topk_softmax", True, router_attr=ROUTER_ATTRS[1],
+                       profiler="GPT-OSS (top-k of biased logits, softmax over the k)"),
+    "qwen2_moe": FamilyFacts(_sparse_step, _qwen_shared, "softmax_topk", False, shared_attr=_QWEN_SHARED, profiler=_QWEN2),
+    "qwen3_moe": FamilyFacts(_sparse_step, _no_shared, "softmax_topk", False, profiler="Qwen3-MoE (softmax top-k)"),
+    "qwen3_next": FamilyFacts(_sparse_step, _qwen_shared, "softmax_topk", True, shared_attr=_QWEN_SHARED),
+    "qwen3_5_moe": FamilyFacts(_sparse_step, _qwen_shared, "softmax_topk", True, shared_attr=_QWEN_SHARED, profiler=_QWEN2),
+    "qwen3_5_moe_text": FamilyFacts(_sparse_step, _qwen_shared, "softmax_topk", True, shared_attr=_QWEN_SHARED,
+                                profiler=_QWEN2),
+    "qwen3_vl_moe_text": FamilyFacts(_sparse_step, _no_shared, "softmax_topk", True),
+    "deepseek_v2": FamilyFacts(_first_k_dense, _deepseek_shared, "softmax_topk", False, shared_attr=_DEEPSEEK_SHARED,
+                           profiler="DeepSeek-V2 (softmax, greedy or group-limited top-k, scaled)"),
+    "deepseek_v3": FamilyFacts(_first_k_dense, _deepseek_shared, "sigmoid_grouped", True, shared_attr=_DEEPSEEK_SHARED,
+                           profiler="DeepSeek-V3 (sigmoid + correction bias, group-limited top-k)"),
+    "glm4_moe": FamilyFacts(_first_k_dense, _deepseek_shared, "sigmoid_grouped", True, shared_attr=_DEEPSEEK_SHARED,
+                        profiler="GLM-4-MoE (DeepSeek-V3 routing)"),
+    "dots1": FamilyFacts(_first_k_dense, _deepseek_shared, "sigmoid_grouped", True, shared_attr=_DEEPSEEK_SHARED),
+    "llama4_text": FamilyFacts(_interleave_step, _llama4_shared, "sigmoid_topk", False, shared_attr=_QWEN_SHARED),
 }
-GENERIC = _Family(_generic_layers, _generic_shared, "softmax_topk", None)
+GENERIC = FamilyFacts(_generic_layers, _generic_shared, "softmax_topk", None)
 ROUTER_KIND_BY_SCORING = {"sigmoid": "sigmoid_grouped", "softmax": "softmax_topk"}
 
 

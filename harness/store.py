@@ -1,8 +1,10 @@
-"""Stored runs: per-item records (gzip JSONL) plus a manifest of fingerprints, settings and hashes.
+"""Stored runs (baselines and gate candidates): per-item records (gzip JSONL) plus a manifest of fingerprints, settings and hashes.
 
 A baseline is recorded once and compared against many candidates; a gate run stores its candidate
 the same way, so ``moegate verdict`` can recompute everything without a model. The manifest holds the
-sha256 of every records file, so a hand-edited baseline is detected, not silently trusted.
+sha256 of every records file and of every artifact (a suite's binary side data, ``artifacts/<suite>/<name>``),
+so a hand-edited baseline is detected, not silently trusted. A store written by another schema version is
+refused in one line, before anything is compared.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import gzip
 import hashlib
 import json
 import platform
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -21,11 +24,19 @@ from pydantic import BaseModel, Field, ValidationError
 from harness._version import __version__
 from harness.atomic import atomic_dir, atomic_write_text
 from harness.errors import UserError
-from harness.records import ItemRecord, MetricSpec, SequentialInfo, SuiteRun
-from harness.suites import SuiteSettings
+from harness.records import RECORD_SCHEMA_VERSION, Artifacts, ItemRecord, MetricSpec, SequentialInfo, SuiteRun
 
 MANIFEST = "manifest.json"
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2
+"""2: artifacts, backend options, one ``item_ids`` setting name, collapse's detector thresholds in its settings."""
+RE_RECORD = "re-record it with this moegate (moegate baseline record, or moegate run for a candidate)"
+
+
+class StoredArtifact(BaseModel):
+    file: str
+    """Path inside the store (``artifacts/<suite>/<name>``)."""
+    sha256: str
+    size: int
 
 
 class StoredSuite(BaseModel):
@@ -38,6 +49,7 @@ class StoredSuite(BaseModel):
     records_sha256: str
     n_items: int
     sequential: SequentialInfo | None = None
+    artifacts: dict[str, StoredArtifact] = Field(default_factory=dict)
 
 
 class Manifest(BaseModel):
@@ -48,6 +60,8 @@ class Manifest(BaseModel):
     created_utc: str
     model: str
     backend: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    """The backend options the run used (a candidate runs with the baseline's unless told otherwise)."""
     fingerprint: str
     environment: dict[str, str]
     suites: dict[str, StoredSuite]
@@ -69,9 +83,21 @@ def _records_bytes(records: list[ItemRecord]) -> bytes:
     return gzip.compress(lines.encode("utf-8"), mtime=0)
 
 
+def _write_artifacts(tmp: Path, suite: str, artifacts: Artifacts) -> dict[str, StoredArtifact]:
+    stored = {}
+    for name in artifacts:
+        blob = artifacts[name]
+        rel = f"artifacts/{suite}/{name}"
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_bytes(blob)
+        stored[name] = StoredArtifact(file=rel, sha256=hashlib.sha256(blob).hexdigest(), size=len(blob))
+    return stored
+
+
 def write_store(
-    target: Path, runs: dict[str, SuiteRun], *, model: str, backend: str, fingerprint: str
-) -> Manifest:
+    target: Path, runs: dict[str, SuiteRun], *, model: str, backend: str, fingerprint: str,
+    options: Mapping[str, Any] | None = None,
+) -> Manifest:  # fmt: skip
     """Write ``runs`` into ``target`` (replacing it atomically: a crash leaves the old store intact)."""
     suites: dict[str, StoredSuite] = {}
     with atomic_dir(Path(target)) as tmp:
@@ -90,11 +116,13 @@ def write_store(
                 records_sha256=hashlib.sha256(blob).hexdigest(),
                 n_items=len(run.records),
                 sequential=run.sequential,
+                artifacts=_write_artifacts(tmp, name, run.artifacts),
             )
         manifest = Manifest(
             created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             model=model,
             backend=backend,
+            options=dict(options or {}),
             fingerprint=fingerprint,
             environment=environment(),
             suites=suites,
@@ -111,8 +139,19 @@ def read_manifest(store: Path) -> Manifest:
             "record the baseline first: moegate baseline record --gate <gate file>",
         )
     try:
-        return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
-    except (ValidationError, UnicodeDecodeError, ValueError) as exc:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path} is not a valid moegate manifest", "re-record it with moegate baseline record") from exc
+    version = document.get("schema_version") if isinstance(document, dict) else None
+    if isinstance(version, int) and version != STORE_SCHEMA_VERSION:
+        raise UserError(
+            f"stored run {store} has store schema version {version} "
+            f"(written by moegate {document.get('moegate_version', '?')}); this moegate reads version {STORE_SCHEMA_VERSION}",
+            RE_RECORD,
+        )
+    try:
+        return Manifest.model_validate(document)
+    except ValidationError as exc:
         raise UserError(f"{path} is not a valid moegate manifest", "re-record it with moegate baseline record") from exc
 
 
@@ -136,6 +175,10 @@ def load_store(store: Path) -> tuple[Manifest, dict[str, SuiteRun]]:
             records = [ItemRecord.model_validate_json(line) for line in lines if line.strip()]
         except (OSError, UnicodeDecodeError, ValidationError, ValueError) as exc:
             raise UserError(f"stored records {path} cannot be read ({type(exc).__name__})", "re-record the baseline") from exc
+        old = next((r for r in records if r.version != RECORD_SCHEMA_VERSION), None)
+        if old is not None:
+            raise UserError(f"stored records {path} have record schema version {old.version}; this moegate reads "
+                            f"version {RECORD_SCHEMA_VERSION}", RE_RECORD)
         runs[name] = SuiteRun(
             suite=name,
             settings=entry.settings,
@@ -145,11 +188,54 @@ def load_store(store: Path) -> tuple[Manifest, dict[str, SuiteRun]]:
             error=entry.error,
             seconds=entry.seconds,
             sequential=entry.sequential,
+            artifacts=_stored_artifacts(store, entry.artifacts),
         )
     return manifest, runs
 
 
-def check_comparable(manifest: Manifest, settings: dict[str, SuiteSettings], *, store: Path) -> list[str]:
+def _check_artifact(path: Path, expected: str, digest: str | None) -> None:
+    if digest is None:
+        raise UserError(f"stored artifact {path} is missing", "restore it from version control or re-record the run")
+    if digest != expected:
+        raise UserError(f"stored artifact {path} was edited by hand (sha256 differs from {MANIFEST})",
+                        "restore the file from version control or re-record the run")
+
+
+def _streamed_sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_checked(path: Path, expected: str) -> bytes:
+    blob = path.read_bytes() if path.is_file() else None
+    _check_artifact(path, expected, None if blob is None else hashlib.sha256(blob).hexdigest())
+    assert blob is not None
+    return blob
+
+
+def _stored_artifacts(store: Path, entries: dict[str, StoredArtifact]) -> Artifacts:
+    """Artifacts checked now (hashed as a stream: no file is held in memory) and checked again when read."""
+    loaders = {}
+    for name, entry in entries.items():
+        path = store / entry.file
+        _check_artifact(path, entry.sha256, _streamed_sha256(path))
+        loaders[name] = lambda path=path, sha=entry.sha256: _read_checked(path, sha)
+    return Artifacts(loaders=loaders)
+
+
+def settings_differences(manifest: Manifest, name: str, wanted: BaseModel) -> list[str]:
+    """The keys of ``wanted`` (a suite's settings) whose stored values differ (a suite may record more)."""
+    stored = manifest.suites[name].settings
+    current = wanted.model_dump(mode="json")
+    return sorted(k for k in current if current[k] != stored.get(k))
+
+
+def check_comparable(manifest: Manifest, settings: Mapping[str, BaseModel], *, store: Path) -> list[str]:
     """Refuse a comparison whose suites or settings differ from the baseline's; return warnings.
 
     Only the environment (library versions, platform) may differ, and that is warned about.
@@ -161,9 +247,8 @@ def check_comparable(manifest: Manifest, settings: dict[str, SuiteSettings], *, 
                 f"the baseline at {store} has no records for suite '{name}'",
                 "re-record the baseline with this gate file (moegate baseline record)",
             )
-        current = wanted.model_dump(mode="json")
         # a suite may record more than its settings (e.g. lm-eval task versions): that is checked after the run
-        keys = sorted(k for k in current if current[k] != stored.settings.get(k))
+        keys = settings_differences(manifest, name, wanted)
         if keys:
             raise UserError(
                 f"suite '{name}' settings differ from the baseline's ({', '.join(keys)})",

@@ -1,6 +1,10 @@
 """Gate files (``gates/<model>.toml``): which baseline, which suites with which settings, which budgets.
 
-Validated up front so that a typo fails in a second with one clear line, not after an hour of suites.
+The whole file is validated up front (``load_gate``), so a typo fails in a second with one clear line,
+not after an hour of suites: every key, the backend and its options (each backend's options model),
+budget metrics against the metrics and checks each suite declares, distinct budget labels, suite
+settings, and detector thresholds (``[detectors]``, which reach the verdict's detector flags and the
+collapse suite's checks).
 """
 
 from __future__ import annotations
@@ -9,18 +13,21 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
+from harness.backends import BACKENDS
+from harness.detectors import FLAGS, DetectorSettings
 from harness.errors import UserError
-from harness.gate.budgets import Budget, GatePolicy
-from harness.suites import SUITES, SuiteSettings, suite_settings
+from harness.gate import ANY_FLAG, Budget, GatePolicy, check_labels
+from harness.suites import SUITES, SuiteSettings, declared_flags, suite_settings
 
-BackendKind = Literal["transformers", "openai", "mlx"]
+DETECTORS_SETTING = "detectors"
+"""A suite whose settings have this field gets the gate file's ``[detectors]`` (collapse)."""
 
 
 class ModelSpec(BaseModel):
@@ -29,10 +36,30 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    """Local checkpoint path, hub id, ``testbed`` (the built-in test bed) or, for ``openai``, the served name."""
-    backend: BackendKind = "transformers"
+    """Local checkpoint path, hub id, ``testbed`` (the built-in test bed; local backends only) or, for
+    ``openai``, the served name."""
+    backend: str = "transformers"
+    """A kind in ``harness.backends.BACKENDS``."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Backend options, e.g. ``dtype``/``device`` for transformers, ``base_url`` for openai."""
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r} (known: {', '.join(BACKENDS.names())})")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _valid_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        kind = info.data.get("backend")
+        if kind is not None:
+            try:
+                BACKENDS.get(kind).validate(value)
+            except UserError as exc:
+                raise ValueError(exc.line()) from None
+        return value
 
 
 class BaselineSection(ModelSpec):
@@ -40,18 +67,13 @@ class BaselineSection(ModelSpec):
     """Where the stored baseline lives, relative to the project root (the folder holding ``gates/``)."""
 
 
-class GateSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class GateSection(GatePolicy):
+    """``[gate]``: the statistical policy (``GatePolicy``'s fields) plus the gate's name and sequential stopping."""
 
     name: str
-    confidence: float = Field(0.95, gt=0.5, lt=1.0)
-    correction: Literal["holm", "none"] = "holm"
-    inconclusive: Literal["fail", "pass"] = "fail"
-    bootstrap_resamples: int = Field(10_000, ge=1_000)
-    seed: int = 0
     sequential: bool = False
     """Run suites whose budgets are all paired ``drop`` budgets in chunks and stop a capability as soon
-    as its verdict cannot change (group-sequential test, ``harness.sequential``)."""
+    as its verdict cannot change (group-sequential test, ``harness.stats.sequential``)."""
     looks: int = Field(5, ge=1, le=50)
     """Planned looks of a sequential suite (the last at all items)."""
     spending: Literal["obf", "pocock"] = "obf"
@@ -78,6 +100,8 @@ class GateFile(BaseModel):
     baseline: BaselineSection
     suites: dict[str, SuiteEntry]
     budgets: list[Budget] = Field(min_length=1)
+    detectors: DetectorSettings = Field(default_factory=DetectorSettings)
+    """Detector thresholds, for the flags the verdict computes and for the collapse suite's checks."""
 
 
 class GateConfig(BaseModel):
@@ -86,7 +110,7 @@ class GateConfig(BaseModel):
     path: Path
     file: GateFile
     settings: dict[str, SuiteSettings]
-    """Resolved settings per suite (pinned defaults, profile, overrides)."""
+    """Resolved settings per suite (pinned defaults, profile, overrides, detector thresholds)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -103,6 +127,10 @@ class GateConfig(BaseModel):
         return self.file.baseline
 
     @property
+    def detectors(self) -> DetectorSettings:
+        return self.file.detectors
+
+    @property
     def root(self) -> Path:
         """The project root: the parent of ``gates/`` when the file lives there, else its own folder."""
         folder = self.path.parent
@@ -114,14 +142,32 @@ class GateConfig(BaseModel):
         return path if path.is_absolute() else self.root / path
 
     def policy(self) -> GatePolicy:
-        g = self.file.gate
-        return GatePolicy(
-            confidence=g.confidence,
-            correction=g.correction,
-            inconclusive=g.inconclusive,
-            bootstrap_resamples=g.bootstrap_resamples,
-            seed=g.seed,
-        )
+        return GatePolicy.model_validate(self.file.gate.model_dump(include=set(GatePolicy.model_fields)))
+
+
+def _check_budget_metrics(path: Path, gate_file: GateFile) -> None:
+    """Each budget names a metric its suite declares (flag budgets: a detector flag or one of its checks)."""
+    for budget in gate_file.budgets:
+        suite = SUITES.get(budget.suite)
+        if budget.kind in ("new_flags", "rate_increase"):
+            known = [ANY_FLAG, *FLAGS, *declared_flags(suite)]
+            what = "flag or check"
+        else:
+            known = [m.name for m in suite.metrics]
+            what = "metric"
+        if budget.metric not in known:
+            raise UserError(
+                f"gate file {path}: budget '{budget.display_label}' names {what} '{budget.metric}', which suite "
+                f"'{budget.suite}' does not report (it has: {', '.join(known) or 'none'})",
+                "fix the metric name in the gate file",
+            )
+
+
+def _resolved_settings(name: str, entry: SuiteEntry, detectors: DetectorSettings) -> SuiteSettings:
+    settings = suite_settings(name, entry.profile, entry.overrides())
+    if DETECTORS_SETTING in type(settings).model_fields and DETECTORS_SETTING not in entry.overrides():
+        settings = settings.model_copy(update={DETECTORS_SETTING: detectors})
+    return settings
 
 
 def load_gate(path: str | Path) -> GateConfig:
@@ -149,7 +195,10 @@ def load_gate(path: str | Path) -> GateConfig:
                 f"gate file {path}: budget '{budget.display_label}' names suite '{budget.suite}', which [suites] does not run",
                 f"add [suites.{budget.suite}] or remove the budget",
             )
-    settings = {
-        name: suite_settings(name, entry.profile, entry.overrides()) for name, entry in gate_file.suites.items()
-    }
+    try:
+        check_labels(gate_file.budgets)
+    except UserError as exc:
+        raise UserError(f"gate file {path}: {exc.problem}", exc.fix) from None
+    _check_budget_metrics(path, gate_file)
+    settings = {name: _resolved_settings(name, entry, gate_file.detectors) for name, entry in gate_file.suites.items()}
     return GateConfig(path=path.resolve(), file=gate_file, settings=settings)

@@ -1,4 +1,4 @@
-"""Resolve a model spec (local HF directory, GGUF file, hub id) and load it safely.
+"""Resolve a model spec (local HF directory, GGUF file, hub id) and check its files, without torch.
 
 Everything a user can get wrong about a checkpoint is checked here *before* torch touches it, so a
 bad path or a half-copied shard ends in one ``UserError`` line, not a traceback from deep inside
@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,8 +26,6 @@ SAFETENSORS_DTYPE_BYTES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
     "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E8M0": 1, "F4": 1,
 }
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
@@ -102,7 +98,7 @@ def resolve_model(spec: str | os.PathLike[str], *, trust_pickle: bool = False, g
             f"model directory {spec} has no tokenizer files (tokenizer.json, tokenizer_config.json...)",
             "copy the tokenizer files of the original checkpoint next to config.json",
         )
-    safetensors = _safetensors_files(path)
+    safetensors = safetensors_files(path)
     if safetensors:
         for file in safetensors:
             check_safetensors(file)
@@ -118,7 +114,7 @@ def resolve_model(spec: str | os.PathLike[str], *, trust_pickle: bool = False, g
     raise UserError(f"model directory {spec} has no weights (*.safetensors)", "copy the weight files next to config.json")
 
 
-def _safetensors_files(path: Path) -> tuple[Path, ...]:
+def safetensors_files(path: Path) -> tuple[Path, ...]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -218,95 +214,3 @@ def check_gguf(file: Path) -> None:
         magic = handle.read(4)
     if magic != b"GGUF":
         raise UserError(f"{file} is not a GGUF file (bad magic)", "pass a valid .gguf file or a Hugging Face directory")
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device not in DEVICES:
-        raise UserError(f"unknown device '{device}'", f"use one of {', '.join(DEVICES)}")
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' requested but torch sees no CUDA GPU", "use --device cpu or auto")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device 'mps' requested but it is not available", "use --device cpu or auto")
-    return device
-
-
-def resolve_dtype(dtype: str, device: str, config: dict[str, Any] | None = None) -> Any:
-    """``auto`` is float32 on CPU (bf16 matmuls are slow there) and the checkpoint's dtype elsewhere."""
-    import torch
-
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if device == "cpu":
-        return torch.float32
-    stored = (config or {}).get("torch_dtype") or (config or {}).get("dtype") or "bfloat16"
-    return getattr(torch, str(stored).removeprefix("torch."), torch.bfloat16)
-
-
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """transformers prints multi-line load reports; failures become one ``UserError`` line instead."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # moegate shows its own progress; a per-tensor bar is noise
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def load_model_and_tokenizer(source: ModelSource, *, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any, str]:
-    """Load (model, tokenizer, device) in eval mode; loader errors become one-line ``UserError``s."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = resolve_device(device)
-    config = read_config(source.path) if source.kind == "hf_dir" and source.path else None
-    torch_dtype = resolve_dtype(dtype, device, config)
-    kwargs: dict[str, Any] = {}
-    if source.gguf_file:
-        kwargs["gguf_file"] = source.gguf_file
-    model_kwargs = dict(kwargs, dtype=torch_dtype)
-    if source.weight_format == "pickle":
-        model_kwargs["use_safetensors"] = False
-    model_kwargs["output_loading_info"] = True
-    errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, RuntimeError)
-    try:
-        from huggingface_hub.errors import StrictDataclassError
-
-        errors = (*errors, StrictDataclassError)
-    except ImportError:  # older huggingface_hub: config validation raises ValueError
-        pass
-    try:
-        with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(source.load_dir, **kwargs)
-            model, info = AutoModelForCausalLM.from_pretrained(source.load_dir, **model_kwargs)
-    except errors as exc:
-        cause = exc.__cause__ or exc
-        text = str(cause).strip()
-        first = text.splitlines()[0] if text else type(cause).__name__
-        if "mismatched" in text or "size mismatch" in text:
-            first = "weight shapes do not match config.json (e.g. expert count or sizes)"
-        raise UserError(f"could not load model {source.spec}: {first}", "check that config.json and the weights belong together") from None
-    missing = list(info.get("missing_keys") or [])
-    if missing:
-        raise UserError(
-            f"model {source.spec} lacks {len(missing)} weight(s) its config needs (e.g. {sorted(missing)[0]})",
-            "the checkpoint is incomplete or was saved with other tensor names; re-export it",
-        )
-    model.to(device)
-    model.eval()
-    return model, tokenizer, device

@@ -1,0 +1,258 @@
+"""Gate runs end to end: record a baseline, gate a candidate, re-decide a stored run, evaluate a model.
+
+The CLI, the pytest plugin and ``moegate demo`` all call these functions, so they behave alike. Each
+takes a model as a spec string, a ``ModelSpec`` or an already open ``Backend`` (as
+``lm_eval.simple_evaluate(model=str | LM)`` does).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from harness.api._audit import AUDIT_FILE, audit_verdict, expert_heatmap, with_audit
+from harness.api.config import GateConfig, ModelSpec
+from harness.api.models import Log, derived_spec, label_of, open_model, resolve_testbed, spec_differences
+from harness.atomic import atomic_write_text
+from harness.backends import Backend
+from harness.errors import UserError
+from harness.gate import GateVerdict, evaluate_gate, sequential_rule
+from harness.gate.flags import detector_flags
+from harness.inspect import audit_extra, audit_for_gate
+from harness.records import SuiteRun
+from harness.reports import ModelRun, RunInfo, write_reports
+from harness.runner import run_suites
+from harness.store import (
+    Manifest,
+    check_comparable,
+    check_same_data,
+    load_store,
+    settings_differences,
+    write_store,
+)
+from harness.suites import SuiteSettings, suite_settings, with_limit
+
+CANDIDATE_STORE = "candidate"
+RUN_INFO = "run.json"
+
+ModelLike = str | ModelSpec | Backend
+
+
+def _stderr(message: str) -> None:
+    print(f"moegate: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class GateOutcome:
+    verdict: GateVerdict
+    reports: dict[str, Path]
+    run_dir: Path
+    warnings: list[str] = field(default_factory=list)
+    backend_differences: list[str] = field(default_factory=list)
+    """How the candidate's backend settings differ from the baseline's (each marked asked for or not)."""
+
+
+@dataclass
+class Evaluation:
+    runs: dict[str, SuiteRun]
+    fingerprint: str
+    manifest: Manifest | None = None
+    """The store written (``out``), if any."""
+
+
+def _spec(reference: ModelSpec, model: str | None, backend: str | None, options: Mapping[str, Any] | None) -> ModelSpec:
+    try:
+        return derived_spec(reference, model, backend=backend, options=options)
+    except ValidationError as exc:
+        raise UserError(f"model settings: {exc.errors()[0]['msg']}", "fix the backend or its options") from None
+
+
+def default_run_dir(gate_name: str, candidate: str) -> Path:
+    """``reports/<gate>/<UTC time>-<candidate folder name>``."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(candidate.rstrip("/")).name or "candidate")[:48]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path("reports") / gate_name / f"{stamp}-{slug}"
+
+
+def _opened(model: ModelSpec | Backend, log: Log) -> Backend:
+    return open_model(model, log=log) if isinstance(model, ModelSpec) else model
+
+
+def record_baseline(
+    config: GateConfig, *, model: ModelLike | None = None, backend: str | None = None,
+    options: Mapping[str, Any] | None = None, out: Path | None = None, log: Log = _stderr,
+) -> Manifest:  # fmt: skip
+    """Run the gate's suites on its baseline model and store the records (atomically).
+
+    ``model``/``backend``/``options`` override the gate file's ``[baseline]`` (options only by name).
+    """
+    spec = _spec(config.baseline, model, backend, options) if model is None or isinstance(model, str) else model
+    opened = _opened(spec, log)
+    runs = run_suites(opened, config.settings, log=log)
+    target = out or config.baseline_dir
+    name, kind, used = label_of(spec)
+    manifest = write_store(target, runs, model=name, backend=kind, options=used, fingerprint=opened.fingerprint())
+    log(f"baseline stored in {target}")
+    return manifest
+
+
+def stored_spec(manifest: Manifest) -> ModelSpec:
+    """The baseline as it was recorded (not validated: a store may name a backend this install lacks)."""
+    return ModelSpec.model_construct(model=manifest.model, backend=manifest.backend, options=dict(manifest.options))
+
+
+def gate_candidate(
+    config: GateConfig, candidate: ModelLike, run_dir: Path | str, *, backend: str | None = None,
+    options: Mapping[str, Any] | None = None, baseline_dir: Path | None = None, sequential: bool | None = None,
+    log: Log = _stderr,
+) -> GateOutcome:  # fmt: skip
+    """Gate ``candidate`` against the stored baseline; store its records and write the reports.
+
+    A candidate given by name runs with the stored baseline's backend and options, except the
+    ``backend`` and ``options`` named here. ``sequential``: run suites in chunks and stop each once
+    its budgets are decided (None: the gate file's ``[gate] sequential``).
+    """
+    run_dir = Path(run_dir)
+    store = baseline_dir or config.baseline_dir
+    manifest, baseline_runs = load_store(store)  # verified before any time is spent on the candidate, then reused
+    warnings = check_comparable(manifest, config.settings, store=store)
+    base_spec = stored_spec(manifest)
+    if isinstance(candidate, str):
+        spec: ModelSpec | Backend = _spec(base_spec, candidate, backend, options)
+    else:
+        spec = candidate
+    if isinstance(spec, ModelSpec):
+        differences = spec_differences(base_spec, spec, asked=options, asked_backend=backend is not None)
+    else:
+        differences = [f"candidate is an open {spec.name} backend; its options are not recorded"]
+    for line in warnings + [f"backend settings differ: {d}" for d in differences]:
+        log(f"warning: {line}")
+    if isinstance(spec, ModelSpec) and spec.backend == "transformers" and base_spec.backend == "transformers":
+        early = _audit_first(config, spec, base_spec, baseline_runs, run_dir, warnings, log)
+        if early is not None:
+            return early
+    opened = _opened(spec, log)
+    fingerprint = opened.fingerprint()
+    if fingerprint == manifest.fingerprint:
+        log("note: the candidate's fingerprint equals the baseline's (same weights and settings)")
+    g = config.file.gate
+    rule = sequential_rule(config.budgets, baseline_runs, config.policy(), looks=g.looks, spending=g.spending,
+                           min_items=g.min_items) if (g.sequential if sequential is None else sequential) else None  # fmt: skip
+    candidate_runs = run_suites(opened, config.settings, log=log, baseline=baseline_runs, stopping=rule)
+    check_same_data(manifest, candidate_runs)
+    name, kind, used = label_of(spec)
+    write_store(run_dir / CANDIDATE_STORE, candidate_runs, model=name, backend=kind, options=used, fingerprint=fingerprint)
+    info = {"gate": str(config.path), "baseline_dir": str(Path(store).resolve()), "backend_differences": differences}
+    atomic_write_text(run_dir / RUN_INFO, json.dumps(info, indent=2) + "\n")
+    return decide(config, run_dir, baseline_dir=store, warnings=warnings, baseline=(manifest, baseline_runs))
+
+
+def _audit_first(
+    config: GateConfig, candidate: ModelSpec, baseline: ModelSpec, baseline_runs: dict[str, SuiteRun], run_dir: Path,
+    warnings: list[str], log: Log,
+) -> GateOutcome | None:  # fmt: skip
+    """``moegate inspect`` against the baseline's weights; NaN/Inf or config-contradicting weights FAIL before any suite."""
+    audit = audit_for_gate(resolve_testbed(candidate.model, candidate.backend, log),
+                           resolve_testbed(baseline.model, baseline.backend, log))  # fmt: skip
+    if audit is None:
+        return None
+    log(audit.summary())
+    findings = audit_extra(audit)
+    atomic_write_text(run_dir / AUDIT_FILE, json.dumps(findings, indent=2) + "\n")
+    if not audit.fatal:  # other problems (damaged tensors) FAIL in decide(), next to what the suites measured
+        return None
+    verdict = audit_verdict(audit, config.policy())
+    run = RunInfo(gate=config.name, gate_file=str(config.path), warnings=warnings)
+    reports = write_reports(verdict, baseline_runs, {}, run_dir, run=run, inspect=findings)
+    return GateOutcome(verdict=verdict, reports=reports, run_dir=run_dir, warnings=warnings)
+
+
+def decide(
+    config: GateConfig, run_dir: Path | str, *, baseline_dir: Path | None = None, warnings: list[str] | None = None,
+    baseline: tuple[Manifest, dict[str, SuiteRun]] | None = None,
+) -> GateOutcome:  # fmt: skip
+    """Recompute the verdict and reports of a stored run, without any model.
+
+    ``baseline``: the store already loaded (and verified) from ``baseline_dir`` by the caller. Budgets
+    and detector thresholds come from ``config``; suite settings it changes since the run are warned about.
+    """
+    run_dir = Path(run_dir)
+    info = _run_info(run_dir)
+    store = baseline_dir or (Path(info["baseline_dir"]) if info.get("baseline_dir") else config.baseline_dir)
+    manifest, baseline_runs = baseline or load_store(store)
+    cand_manifest, candidate_runs = load_store(run_dir / CANDIDATE_STORE)
+    missing = sorted({b.suite for b in config.budgets} - set(candidate_runs))
+    if missing:
+        raise UserError(f"the stored run has no records for suite(s) {', '.join(missing)}",
+                        "gate with the same gate file the run was made with, or rerun moegate run")
+    warnings = list(warnings or [])
+    for name, wanted in config.settings.items():
+        changed = settings_differences(cand_manifest, name, wanted) if name in cand_manifest.suites else []
+        if changed and baseline is None:
+            warnings.append(f"suite '{name}' ran with other settings than this gate file's ({', '.join(changed)}); "
+                            "its records keep the run's settings")  # fmt: skip
+    flags = detector_flags(baseline_runs, candidate_runs, config.detectors)
+    verdict = evaluate_gate(baseline_runs, candidate_runs, config.budgets, config.policy(), flags=flags)
+    findings = None
+    if (run_dir / AUDIT_FILE).is_file():
+        findings = json.loads((run_dir / AUDIT_FILE).read_text(encoding="utf-8"))
+        verdict = with_audit(verdict, findings)
+    differences = list(info.get("backend_differences") or [])
+    run = RunInfo(
+        gate=config.name, gate_file=str(config.path), warnings=warnings, backend_differences=differences,
+        baseline=ModelRun(model=manifest.model, backend=manifest.backend, options=manifest.options,
+                          fingerprint=manifest.fingerprint, store=str(store)),
+        candidate=ModelRun(model=cand_manifest.model, backend=cand_manifest.backend, options=cand_manifest.options,
+                           fingerprint=cand_manifest.fingerprint, store=str(run_dir / CANDIDATE_STORE)),
+    )  # fmt: skip
+    reports = write_reports(verdict, baseline_runs, candidate_runs, run_dir, run=run, inspect=findings,
+                            expert_heatmap=expert_heatmap(Path(cand_manifest.model)))  # fmt: skip
+    return GateOutcome(verdict=verdict, reports=reports, run_dir=run_dir, warnings=warnings,
+                       backend_differences=differences)  # fmt: skip
+
+
+def _run_info(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_INFO
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path} is not valid JSON", "rerun moegate run to rewrite it") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def evaluate(
+    model: ModelLike, suites: Sequence[str] | Mapping[str, SuiteSettings], *, profile: str = "ci",
+    limit: int | None = None, backend: str | None = None, options: Mapping[str, Any] | None = None,
+    out: Path | None = None, log: Log = _stderr,
+) -> Evaluation:  # fmt: skip
+    """Run suites on one model, no gate and no baseline (``moegate eval``); with ``out``, store the records.
+
+    ``suites``: names (their ``profile`` settings) or resolved settings. ``limit`` cuts every suite to
+    that many items, a profile's pinned item list included.
+    """
+    settings = dict(suites) if isinstance(suites, Mapping) else {name: suite_settings(name, profile) for name in suites}
+    if limit is not None:
+        settings = {name: with_limit(s, limit) for name, s in settings.items()}
+    if isinstance(model, str):
+        reference = ModelSpec.model_construct(model=model, backend=backend or "transformers", options={})
+        spec: ModelSpec | Backend = _spec(reference, None, None, options)
+    else:
+        spec = model
+    opened = _opened(spec, log)
+    runs = run_suites(opened, settings, log=log)
+    fingerprint = opened.fingerprint()
+    manifest = None
+    if out is not None:
+        name, kind, used = label_of(spec)
+        manifest = write_store(out, runs, model=name, backend=kind, options=used, fingerprint=fingerprint)
+    return Evaluation(runs=runs, fingerprint=fingerprint, manifest=manifest)
