@@ -144,7 +144,7 @@ def test_a_passing_completion_cannot_carry_a_secret_into_the_records(
         "    except OSError as exc:\n        sys.stderr.write(f'denied: {exc!r}' + '.' * 3000)\n"
     )
     backend = _by_prompt(problems, lambda p: steal + p["canonical_solution"])
-    run = HumanEvalSuite().run(backend, HumanEvalSettings(task_ids=["HumanEval/23", "HumanEval/2"]))
+    run = HumanEvalSuite().run(backend, HumanEvalSettings(item_ids=["HumanEval/23", "HumanEval/2"]))
     assert [r.scores["pass@1"] for r in run.records] == [1.0, 1.0], [r.meta for r in run.records]
     assert value not in run.model_dump_json()
     assert all(len(r.meta["error_tail"]) <= 500 for r in run.records)
