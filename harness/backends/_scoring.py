@@ -1,5 +1,8 @@
 """Framework-free planning of scoring passes, shared by the transformers and mlx backends.
 
+Also the framework-free halves of the top-k request kind: its jobs (one per window or continuation, each
+with its rows of the probe ids), the batches they run in, and the assembly of per-job rows into tables.
+
 A scored sequence is ``(tokens, n)``: the model reads ``tokens[:-1]`` and the log-probabilities of the
 last ``n`` tokens are summed. Planning decides which rows go through the model together; it never
 looks at a model, so it is pure and can be tested on token lists alone.

@@ -15,9 +15,17 @@ from harness.divergence.kl import (
     kl_full,
     kl_tail_bucket,
 )
-from harness.divergence.topk import TOPK_FORMAT_VERSION, TokenIds, TopKTable, decode_topk, encode_topk
+from harness.divergence.topk import (
+    DEFAULT_TOP_K,
+    TOPK_FORMAT_VERSION,
+    TokenIds,
+    TopKTable,
+    decode_topk,
+    encode_topk,
+)
 
 __all__ = [
+    "DEFAULT_TOP_K",
     "MASS_RESOLUTION",
     "TOPK_FORMAT_VERSION",
     "TokenDivergence",
