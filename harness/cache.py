@@ -8,6 +8,7 @@ stopped. WAL mode and a busy timeout let two processes share one cache file.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -25,8 +26,10 @@ from harness.backends.base import (
     LoglikelihoodRequest,
     RollingRequest,
     RollingResult,
+    TopKRequest,
     WindowScore,
 )
+from harness.divergence.topk import TopKTable, decode_topk, encode_topk
 from harness.errors import UserError
 from harness.progress import progress_bar
 
@@ -36,10 +39,20 @@ _SQL_BATCH = 500
 
 
 def canonical_json(obj: Any) -> str:
-    """Deterministic JSON (sorted keys, no spaces) of a request dataclass or plain data."""
+    """Deterministic JSON (sorted keys, no spaces) of a request dataclass or plain data.
+
+    A field holding a large array (a top-k request's probe ids) enters as its ``cache_identity()``, a
+    content hash, so the key covers every id without writing millions of them into JSON.
+    """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = dataclasses.asdict(obj)
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_identity)
+
+
+def _identity(value: Any) -> Any:
+    if hasattr(value, "cache_identity"):
+        return value.cache_identity()
+    raise TypeError(f"{type(value).__name__} cannot enter a request key")
 
 
 def request_key(fingerprint: str, kind: str, request: Any) -> str:
@@ -116,6 +129,15 @@ def _decode_generation(value: Any) -> Generation:
     return Generation(**value)
 
 
+def _encode_topk(table: TopKTable) -> dict[str, str]:
+    """The table's binary form (``harness.divergence.topk``), base64 in the JSON column."""
+    return {"topk": base64.b64encode(encode_topk(table)).decode("ascii")}
+
+
+def _decode_topk(value: Any) -> TopKTable:
+    return decode_topk(base64.b64decode(value["topk"]))
+
+
 class CachedBackend:
     """Any ``Backend`` with a request cache in front: same protocol, same results, fewer model calls.
 
@@ -155,7 +177,17 @@ class CachedBackend:
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
         return self._run("generate", requests, self.backend.generate, _decode_generation)
 
-    def _run(self, kind: str, requests: Sequence[Any], compute: Callable[[list[Any]], list[Any]], decode: Callable[[Any], Any]) -> list[Any]:
+    def next_token_topk(self, requests: Sequence[TopKRequest]) -> list[TopKTable]:
+        compute = getattr(self.backend, "next_token_topk", None)
+        if compute is None:
+            raise UserError(
+                f"the {self.name} backend cannot return next-token top-k tables",
+                "run this suite with the transformers or mlx backend",
+            )
+        return self._run("next_token_topk", requests, compute, _decode_topk, _encode_topk)
+
+    def _run(self, kind: str, requests: Sequence[Any], compute: Callable[[list[Any]], list[Any]], decode: Callable[[Any], Any],
+             encode: Callable[[Any], Any] = dataclasses.asdict) -> list[Any]:
         fingerprint = self.backend.fingerprint()
         keys = [request_key(fingerprint, kind, r) for r in requests]
         found = self.cache.get_many(keys)
@@ -174,7 +206,7 @@ class CachedBackend:
                 self.stats.model_calls += 1
                 if len(outputs) != len(chunk):
                     raise RuntimeError(f"backend {self.name} returned {len(outputs)} results for {len(chunk)} requests")
-                self.cache.put_many(kind, [(k, dataclasses.asdict(o)) for (k, _), o in zip(chunk, outputs, strict=True)])
+                self.cache.put_many(kind, [(k, encode(o)) for (k, _), o in zip(chunk, outputs, strict=True)])
                 results.update({k: o for (k, _), o in zip(chunk, outputs, strict=True)})
                 advance(len(chunk))
         return [results[k] for k in keys]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.backends import open_backend
-from harness.backends.base import GenerateRequest, LoglikelihoodRequest, RollingRequest
+from harness.backends.base import GenerateRequest, LoglikelihoodRequest, RollingRequest, TopKRequest
+from harness.divergence import TokenIds
 from harness.errors import UserError
 from tests.tiny_models import build_tiny_moe
 
@@ -40,6 +42,20 @@ def test_scores_agree_with_transformers(pair) -> None:
     for g, w in zip(mlx.loglikelihood_rolling(reqs), ref.loglikelihood_rolling(reqs), strict=True):
         assert [x.tokens for x in g.windows] == [x.tokens for x in w.windows]
         assert g.logprob == pytest.approx(w.logprob, rel=1e-3)
+
+
+def test_topk_tables_agree_with_transformers(pair) -> None:
+    mlx, ref = pair
+    reqs = [TopKRequest(TEXTS[1], k=6, window=6), TopKRequest(" Paris.", k=6, prompt="The capital of France is", chat=True)]
+    for g, w in zip(mlx.next_token_topk(reqs), ref.next_token_topk(reqs), strict=True):
+        assert g.window_sizes == w.window_sizes and g.vocab == w.vocab and (g.targets == w.targets).all()
+        assert (g.top_ids == w.top_ids).all()
+        np.testing.assert_allclose(g.top_logprobs, w.top_logprobs, atol=1e-4)
+        np.testing.assert_allclose(g.target_logprobs, w.target_logprobs, atol=1e-4)
+    base = ref.next_token_topk(reqs[:1])[0]
+    (probed,) = mlx.next_token_topk([TopKRequest(TEXTS[1], k=1, window=6, probe=TokenIds(base.top_ids))])
+    np.testing.assert_allclose(probed.probe_logprobs, base.top_logprobs, atol=1e-4)
+    np.testing.assert_allclose(probed.probe_rest_mass, base.rest_mass, atol=1e-4)
 
 
 def test_greedy_generation_agrees(pair) -> None:

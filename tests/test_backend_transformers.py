@@ -5,12 +5,22 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from harness.backends import BACKENDS, open_backend
-from harness.backends.base import Backend, GenerateRequest, LoglikelihoodRequest, RollingRequest
+from harness.backends.base import (
+    Backend,
+    GenerateRequest,
+    LoglikelihoodRequest,
+    RollingRequest,
+    TopKBackend,
+    TopKRequest,
+)
 from harness.backends.transformers import TransformersBackend
+from harness.divergence import TokenIds, TopKTable
+from harness.errors import UserError
 from tests.tiny_models import FAMILIES, build_tiny_moe
 
 LL_REQUESTS = [
@@ -199,3 +209,76 @@ def test_route_trace_equals_router_logits_top_k(tiny_dirs: dict[str, Path], fami
         assert len(layer_ids) == ids.shape[1] == len(trace.tokens)
         for tok_ids, tok_w, ref_i, ref_w in zip(layer_ids, layer_w, top_i.tolist(), top_w.tolist(), strict=True):
             assert dict(zip(tok_ids, tok_w, strict=True)) == pytest.approx(dict(zip(ref_i, ref_w, strict=True)), abs=1e-5)
+
+
+# Next-token top-k tables (the fourth request kind) against log_softmax(model(ids).logits).
+def reference(backend: TransformersBackend, sequences: list[list[int]], scored: list[int]) -> torch.Tensor:
+    """Float64 log-softmax rows at the last ``n`` positions' predictions of each sequence, one forward each."""
+    rows = []
+    for seq, n in zip(sequences, scored, strict=True):
+        with torch.inference_mode():
+            logits = backend.model(torch.tensor([seq[:-1]])).logits[0]
+        rows.append(torch.log_softmax(logits.double(), dim=-1)[len(seq) - 1 - n:])
+    return torch.cat(rows)
+
+
+def assert_table_matches(table: TopKTable, ref: torch.Tensor, targets: list[int], k: int) -> None:
+    assert table.positions == ref.shape[0] and table.vocab == ref.shape[1] and table.k == k
+    assert table.targets.tolist() == targets
+    at = torch.tensor(table.targets.astype(np.int64))[:, None]
+    np.testing.assert_allclose(table.target_logprobs, ref.gather(1, at)[:, 0].numpy(), atol=1e-5)
+    top = ref.topk(k, dim=-1)
+    assert np.array_equal(table.top_ids, top.indices.numpy())
+    np.testing.assert_allclose(table.top_logprobs, top.values.numpy(), atol=1e-5)
+    np.testing.assert_allclose(table.rest_mass, 1 - top.values.exp().sum(-1).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_topk_text_form_equals_log_softmax_on_the_rolling_windows(tiny_dirs: dict[str, Path], family: str) -> None:
+    backend = open_backend(str(tiny_dirs[family]), dtype="float32", device="cpu", max_length=64, batch_size=3)
+    assert isinstance(backend, TopKBackend)
+    (table,) = backend.next_token_topk([TopKRequest(TEXT, k=8, window=20)])
+    tokens = backend.tok_encode(TEXT)
+    chunks = [tokens[s:s + 20] for s in range(0, len(tokens), 20) if len(tokens[s:s + 20]) >= 2]
+    assert_table_matches(table, reference(backend, chunks, [len(c) - 1 for c in chunks]), [t for c in chunks for t in c[1:]], 8)
+    (rolling,) = backend.loglikelihood_rolling([RollingRequest(TEXT, window=20)])  # the perplexity suite's windows
+    assert table.window_sizes == tuple(w.tokens for w in rolling.windows)
+    sums = [float(table.target_logprobs[s].astype(np.float64).sum()) for s in table.window_slices()]
+    np.testing.assert_allclose(sums, [w.logprob for w in rolling.windows], atol=1e-4)
+
+
+def test_topk_continuation_form_probes_and_limits(qwen: TransformersBackend) -> None:
+    backend = qwen
+    prompt, generated = "What is the capital of France?", " The capital of France is Paris."
+    plain, chat = backend.next_token_topk([TopKRequest(generated, k=4, prompt=prompt), TopKRequest(generated, k=4, prompt=prompt, chat=True)])
+    cont = backend.tok_encode(generated, add_special_tokens=False)
+    for table, context in ((plain, backend.tok_encode(prompt)), (chat, backend._prompt_ids(GenerateRequest(prompt, chat=True)))):
+        assert table.window_sizes == (len(cont),)
+        assert_table_matches(table, reference(backend, [context + cont], [len(cont)]), cont, 4)
+    assert not np.array_equal(plain.top_logprobs, chat.top_logprobs)
+    # probing: this model's log-probs at any given ids (here another table's top-8, reversed)
+    (wide,) = backend.next_token_topk([TopKRequest(generated, k=8, prompt=prompt)])
+    ids = wide.top_ids[:, ::-1]
+    (probed,) = backend.next_token_topk([TopKRequest(generated, k=1, prompt=prompt, probe=TokenIds(ids))])
+    assert np.array_equal(probed.probe_ids, ids)
+    np.testing.assert_allclose(probed.probe_logprobs, wide.top_logprobs[:, ::-1], atol=1e-6)
+    np.testing.assert_allclose(probed.probe_rest_mass, wide.rest_mass, atol=1e-6)
+    (first,) = backend.next_token_topk([TopKRequest(TEXT, k=2, window=20, windows=2)])
+    assert first.window_sizes == (19, 19)
+    assert backend.next_token_topk([TopKRequest("", k=2), TopKRequest("", k=2, prompt="Hi")])[1].positions == 0
+    with pytest.raises(UserError, match="probe ids cover 3 positions"):
+        backend.next_token_topk([TopKRequest(generated, k=1, prompt=prompt, probe=TokenIds(ids[:3]))])
+    with pytest.raises(UserError, match="top-k width 0"):
+        backend.next_token_topk([TopKRequest(TEXT, k=0)])
+    with pytest.raises(UserError, match="rolling window 1 is too small"):
+        backend.next_token_topk([TopKRequest(TEXT, k=1, window=1)])
+
+
+def test_batches_do_not_change_topk_tables(tiny_dirs: dict[str, Path]) -> None:
+    path = str(tiny_dirs["mixtral"])
+    requests = [TopKRequest(TEXT, k=5, window=16), TopKRequest(" Paris.", k=5, prompt="The capital of France is"),
+                TopKRequest(TEXT[:90], k=3, window=30)]
+    one, many = (open_backend(path, device="cpu", max_length=64, batch_size=b).next_token_topk(requests) for b in (1, 16))
+    for a, b in zip(one, many, strict=True):
+        assert np.array_equal(a.top_ids, b.top_ids) and a.window_sizes == b.window_sizes
+        np.testing.assert_allclose(a.top_logprobs, b.top_logprobs, atol=1e-5)

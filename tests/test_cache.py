@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from harness.backends import open_backend
-from harness.backends.base import Backend, GenerateRequest, LoglikelihoodRequest, RollingRequest
+from harness.backends.base import Backend, GenerateRequest, LoglikelihoodRequest, RollingRequest, TopKRequest
 from harness.cache import CachedBackend, RequestCache, request_key
+from harness.divergence import TokenIds, encode_topk
+from harness.errors import UserError
 from tests.tiny_models import build_tiny_moe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,3 +162,30 @@ def test_two_processes_share_one_cache(tmp_path: Path, tiny_dirs: dict[str, Path
     out1 = json.loads((tmp_path / "out-p1.json").read_text())
     assert out1 == json.loads((tmp_path / "out-p2.json").read_text())
     assert len(RequestCache(tmp_path / "cache.sqlite")) == len(PROMPTS)
+
+
+TOPK_TEXT = " ".join(PROMPTS) * 2
+
+
+def test_topk_tables_are_cached_in_their_binary_form(tmp_path: Path, backend_a: Backend) -> None:
+    cache = RequestCache(tmp_path / "c.sqlite")
+    (base,) = backend_a.next_token_topk([TopKRequest(TOPK_TEXT, k=16, window=32)])
+    requests = [TopKRequest(TOPK_TEXT, k=2, window=32, probe=TokenIds(base.top_ids)),
+                TopKRequest(TOPK_TEXT, k=2, window=32, probe=TokenIds(base.top_ids[:, :8])), TopKRequest(TOPK_TEXT, k=2, window=32)]
+    first = CachedBackend(backend_a, cache).next_token_topk(requests)
+    again = CachedBackend(backend_a, cache)
+    second = again.next_token_topk(requests)
+    assert again.stats.model_calls == 0 and again.stats.hits == 3 and len(cache) == 3  # each probe its own entry
+    assert all(a == b for a, b in zip(first, second, strict=True)) and second[1].probe_ids.shape[1] == 8
+    stored = [v for (v,) in cache._conn.execute("SELECT value FROM results WHERE kind = 'next_token_topk'")]
+    compact = [json.dumps({"topk": base64.b64encode(encode_topk(t)).decode()}) for t in first]
+    assert sorted(map(len, stored)) == sorted(map(len, compact))  # the binary form, base64 in the JSON column
+
+    class NoTopK:
+        name = "toy"
+
+        def fingerprint(self) -> str:
+            return "toy"
+
+    with pytest.raises(UserError, match="the toy backend cannot return next-token top-k tables"):
+        CachedBackend(NoTopK(), cache).next_token_topk(requests)  # type: ignore[arg-type]

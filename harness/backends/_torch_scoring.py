@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from harness.backends._scoring import Scored, SharedPass
+import numpy as np
+
+from harness.backends._scoring import Scored, SharedPass, TopKJob, TopKRows
 
 Results = dict[Scored, tuple[float, bool]]
+T = TypeVar("T")
 
 
 class TorchScorer:
@@ -36,8 +39,11 @@ class TorchScorer:
         layers = DynamicCache(config=self.model.config).layers
         return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
-    def plain(self, batch: Sequence[Scored], results: Results, *, greedy: bool = True) -> None:
-        """One right-padded forward over ``batch``, keeping only the logits some row scores."""
+    def plain(self, batch: Sequence[Scored], score: Callable[[Any, int], T]) -> list[T]:
+        """One right-padded forward over ``batch``, keeping only the logits some row scores.
+
+        ``score(logits, row)`` gets row ``row``'s logits at its ``n`` scored positions ([n, vocab]).
+        """
         import torch
 
         lengths = [len(seq) - 1 for seq, _ in batch]
@@ -50,9 +56,11 @@ class TorchScorer:
         with torch.inference_mode():
             logits = self.model(ids.to(self.device), use_cache=False, **kwargs).logits
             offset = width - logits.shape[1]
-            for row, (length, (seq, n)) in enumerate(zip(lengths, batch, strict=True)):
+            out = []
+            for row, (length, (_, n)) in enumerate(zip(lengths, batch, strict=True)):
                 start = length - n - offset
-                results[(seq, n)] = target_score(logits[row, start:start + n], seq[-n:], greedy=greedy)
+                out.append(score(logits[row, start:start + n], row))
+            return out
 
     def shared(self, unique: Sequence[Scored], plan: SharedPass, results: Results) -> None:
         """The groups' prefixes in one right-padded pass into a cache; then each chunk of rows on top.
@@ -107,6 +115,27 @@ def target_score(logits: Any, targets: Sequence[int], *, greedy: bool = True) ->
     target = torch.tensor(targets, dtype=torch.long, device=rows.device)
     logprob = float(rows.gather(1, target[:, None]).sum().item())
     return logprob, greedy and bool((rows.argmax(dim=-1) == target).all().item())
+
+
+def topk_rows(logits: Any, job: TopKJob) -> TopKRows:
+    """The top-k table rows of one job from its scored logits ([n, vocab]): one log-softmax, then gathers
+    and one ``topk``; only [n, k]-sized results leave torch."""
+    import torch
+
+    rows = logits.log_softmax(dim=-1, dtype=torch.float32)
+    target = torch.tensor(job.tokens[-job.n:], dtype=torch.long, device=rows.device)
+    top = rows.topk(job.k, dim=-1, sorted=True)
+    probe = None
+    if job.probe is not None:
+        at = torch.from_numpy(np.asarray(job.probe, dtype=np.int64)).to(rows.device)
+        probe = rows.gather(1, at).cpu().numpy()
+    return TopKRows(
+        vocab=int(rows.shape[-1]),
+        target_logprobs=rows.gather(1, target[:, None])[:, 0].cpu().numpy(),
+        top_ids=top.indices.cpu().numpy(),
+        top_logprobs=top.values.cpu().numpy(),
+        probe_logprobs=probe,
+    )
 
 
 def cache_rows(cache: Any, index: Any) -> Any:

@@ -1,4 +1,5 @@
-"""The backend seam: three request kinds (as in lm-eval), plus optional routing traces.
+"""The backend seam: three request kinds (as in lm-eval), teacher-forced top-k next-token tables, and
+optional routing traces.
 
 Every engine — transformers, mlx-lm, an OpenAI-compatible server — sits behind this protocol, and
 everything above it (cache, suites, lm-eval adapter) only sees these types.
@@ -9,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from harness.divergence.topk import TokenIds, TopKTable
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,30 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class TopKRequest:
+    """Teacher-forced next-token distributions over a text: per scored position a ``TopKTable`` row.
+
+    Text form (``prompt`` None): ``text`` is cut into disjoint windows exactly as ``RollingRequest`` does
+    and every token but a window's first is scored. Continuation form: ``text`` (e.g. a baseline's own
+    greedy generation) is scored after ``prompt``, encoded as generation encodes it (chat template when
+    ``chat``); only the continuation's tokens are scored.
+    """
+
+    text: str
+    k: int
+    """Top-k width of the model's own distribution to return (at least 1: the top token)."""
+    prompt: str | None = None
+    chat: bool = False
+    window: int | None = None
+    """Text form: tokens per window; ``None`` means the model's maximum length (capped like rolling)."""
+    windows: int | None = None
+    """Text form: score only the first this many windows (``None``: all)."""
+    probe: TokenIds | None = None
+    """[positions, m] ids (a baseline's top-k) at which to also return this model's log-probs, so the KL
+    needs no full-vocabulary rows; one row per scored position, in order."""
+
+
+@dataclass(frozen=True)
 class RouteTrace:
     """Per MoE layer: the top-k expert ids and their routing weights for every token of one text."""
 
@@ -108,6 +135,16 @@ class Backend(Protocol):
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]: ...
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Generation]: ...
+
+
+@runtime_checkable
+class TopKBackend(Backend, Protocol):
+    """A backend that returns teacher-forced top-k next-token tables (the fourth request kind).
+
+    Kept apart from ``Backend`` until every engine implements it (the openai backend does not yet).
+    """
+
+    def next_token_topk(self, requests: Sequence[TopKRequest]) -> list[TopKTable]: ...
 
 
 @runtime_checkable

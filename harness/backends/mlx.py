@@ -1,4 +1,4 @@
-"""The mlx-lm backend: the same three request kinds on Apple silicon (and, slowly, on Linux as ``mlx[cpu]``).
+"""The mlx-lm backend: the same request kinds on Apple silicon (and, slowly, on Linux as ``mlx[cpu]``).
 
 Many people who compress MoE models run them with mlx-lm, so a gate must be able to score the model
 the way they run it. Tokenization and the lm-eval split (trailing context spaces join the continuation,
@@ -17,7 +17,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.backends._scoring import Scored, batches, unique_longest_first
+import numpy as np
+
+from harness.backends._scoring import (
+    Scored,
+    TopKJob,
+    TopKRows,
+    batches,
+    longest_first_batches,
+    unique_longest_first,
+)
 from harness.backends.base import (
     GenerateRequest,
     Generation,
@@ -48,6 +57,9 @@ class MlxBackend:
     _prompt_ids = TransformersBackend._prompt_ids
     loglikelihood = TransformersBackend.loglikelihood
     loglikelihood_rolling = TransformersBackend.loglikelihood_rolling
+    _rolling_window = TransformersBackend._rolling_window
+    next_token_topk = TransformersBackend.next_token_topk
+    _topk_sequences = TransformersBackend._topk_sequences
 
     def __init__(self, model: Any, tokenizer: Any, path: Path, *, max_length: int | None = None,
                  batch_size: int = 8, add_bos_token: bool | None = None) -> None:
@@ -93,6 +105,37 @@ class MlxBackend:
                 is_greedy = greedy and bool(mx.all(mx.argmax(part, axis=-1) == target).item())
                 results[unique[i]] = (float(lp), is_greedy)
         return [results[s] for s in seqs]
+
+    def _topk_rows(self, jobs: Sequence[TopKJob]) -> list[TopKRows]:
+        """Top-k table rows per job (the transformers backend's batches; log-softmax and top-k in mlx)."""
+        import mlx.core as mx
+
+        rows: dict[int, TopKRows] = {}
+        for batch in longest_first_batches(jobs, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens):
+            width = max(len(jobs[i].tokens) - 1 for i in batch)
+            ids = [list(jobs[i].tokens[:-1]) + [0] * (width + 1 - len(jobs[i].tokens)) for i in batch]
+            logits = self.model(mx.array(ids))
+            for row, i in enumerate(batch):
+                job = jobs[i]
+                start = len(job.tokens) - 1 - job.n
+                part = logits[row, start:start + job.n].astype(mx.float32)
+                lp = part - mx.logsumexp(part, axis=-1, keepdims=True)
+                top = mx.argpartition(-lp, kth=job.k - 1, axis=-1)[:, : job.k]
+                values = mx.take_along_axis(lp, top, axis=-1)
+                order = mx.argsort(-values, axis=-1)
+                target = mx.array(job.tokens[-job.n:])[:, None]
+                probe = None if job.probe is None else mx.take_along_axis(lp, mx.array(job.probe.astype(np.int32)), axis=-1)
+                rows[i] = TopKRows(
+                    vocab=int(lp.shape[-1]),
+                    target_logprobs=np.array(mx.take_along_axis(lp, target, axis=-1)[:, 0]),
+                    top_ids=np.array(mx.take_along_axis(top, order, axis=-1)),
+                    top_logprobs=np.array(mx.take_along_axis(values, order, axis=-1)),
+                    probe_logprobs=None if probe is None else np.array(probe),
+                )
+        return [rows[i] for i in range(len(jobs))]
+
+    def _output_width(self) -> int:
+        return int(self.config.get("vocab_size") or len(self.tokenizer))
 
     # ------------------------------------------------------------------ generation
     def _eos_ids(self) -> set[int]:

@@ -16,12 +16,18 @@ from typing import Any
 from harness.backends._scoring import (
     SHARE_MIN_SAVED_TOKENS,
     Scored,
+    TopKJob,
+    TopKRows,
+    assemble_tables,
     batches,
+    longest_first_batches,
     prefix_groups,
+    rolling_windows,
     shared_passes,
+    topk_jobs,
     unique_longest_first,
 )
-from harness.backends._torch_scoring import TorchScorer
+from harness.backends._torch_scoring import TorchScorer, target_score, topk_rows
 from harness.backends.base import (
     GenerateRequest,
     Generation,
@@ -30,9 +36,11 @@ from harness.backends.base import (
     RollingRequest,
     RollingResult,
     RouteTrace,
+    TopKRequest,
     WindowScore,
 )
 from harness.checkpoint import ModelSource, load_model_and_tokenizer, resolve_model
+from harness.divergence.topk import TopKTable
 from harness.errors import UserError
 
 DEFAULT_MAX_LENGTH = 2048
@@ -180,20 +188,57 @@ class TransformersBackend:
         seqs: list[Scored] = []
         owners: list[int] = []
         for index, req in enumerate(requests):
-            window = min(req.window or ROLLING_WINDOW_CAP, self.max_length)
-            if window < 2:
-                raise UserError(f"rolling window {window} is too small", "use a window of at least 2 tokens")
-            tokens = self.tok_encode(req.text)
-            for start in range(0, len(tokens), window):
-                chunk = tokens[start:start + window]
-                if len(chunk) >= 2:  # a window's first token has no context and is not scored
-                    seqs.append((tuple(chunk), len(chunk) - 1))
-                    owners.append(index)
+            for chunk in rolling_windows(self.tok_encode(req.text), self._rolling_window(req.window)):
+                seqs.append((chunk, len(chunk) - 1))  # a window's first token has no context and is not scored
+                owners.append(index)
         scored = self._score(seqs, greedy=False)  # a window's greedy flag is not reported
         windows: list[list[WindowScore]] = [[] for _ in requests]
         for owner, (_seq, n), (lp, _) in zip(owners, seqs, scored, strict=True):
             windows[owner].append(WindowScore(logprob=lp, tokens=n))
         return [RollingResult(windows=tuple(w)) for w in windows]
+
+    def _rolling_window(self, window: int | None) -> int:
+        size = min(window or ROLLING_WINDOW_CAP, self.max_length)
+        if size < 2:
+            raise UserError(f"rolling window {size} is too small", "use a window of at least 2 tokens")
+        return size
+
+    def next_token_topk(self, requests: Sequence[TopKRequest]) -> list[TopKTable]:
+        """Teacher-forced top-k tables: the rolling windows (or prompt + continuation), one forward pass
+        per window in the same length-sorted batches as rolling log-likelihood."""
+        width = self._output_width()
+        plans = [topk_jobs(self._topk_sequences(req), req, width) for req in requests]
+        rows = self._topk_rows([job for plan in plans for job in plan])
+        return assemble_tables(width, requests, plans, rows)
+
+    def _topk_sequences(self, req: TopKRequest) -> list[Scored]:
+        if req.prompt is None:
+            chunks = rolling_windows(self.tok_encode(req.text), self._rolling_window(req.window))
+            return [(chunk, len(chunk) - 1) for chunk in chunks[: req.windows]]
+        context = self._prompt_ids(GenerateRequest(req.prompt, chat=req.chat)) or [self.prefix_token_id]
+        cont = self.tok_encode(req.text, add_special_tokens=False)
+        if len(cont) > self.max_length:
+            raise UserError(f"continuation is {len(cont)} tokens, more than max_length {self.max_length}", "shorten it")
+        return [(tuple((context + cont)[-(self.max_length + 1):]), len(cont))] if cont else []
+
+    def _topk_rows(self, jobs: Sequence[TopKJob]) -> list[TopKRows]:
+        scorer = self._torch_scorer()
+        rows: list[TopKRows | None] = [None] * len(jobs)
+        for batch in longest_first_batches(jobs, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens):
+            scored = [(jobs[i].tokens, jobs[i].n) for i in batch]
+            found = scorer.plain(scored, lambda logits, r, batch=batch: topk_rows(logits, jobs[batch[r]]))
+            for i, row in zip(batch, found, strict=True):
+                rows[i] = row
+        return [row for row in rows if row is not None]
+
+    def _output_width(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def _torch_scorer(self) -> TorchScorer:
+        if self._scorer is None:
+            self._scorer = TorchScorer(self.model, self.device)
+            self._can_share = self._scorer.can_share_prefixes()
+        return self._scorer
 
     def _score(self, seqs: Sequence[Scored], *, greedy: bool = True) -> list[tuple[float, bool]]:
         """Sum of log-probs of the last ``n`` tokens of each sequence, and whether each is the argmax.
@@ -203,9 +248,7 @@ class TransformersBackend:
         Groups of sequences with a long common context run it once into a key/value cache (see
         ``_scoring``); the rest go through plain right-padded batches, longest first.
         """
-        if self._scorer is None:
-            self._scorer = TorchScorer(self.model, self.device)
-            self._can_share = self._scorer.can_share_prefixes()
+        scorer = self._torch_scorer()
         unique = unique_longest_first(seqs)
         groups, rest = [], list(range(len(unique)))
         if self.share_prefixes and self._can_share:
@@ -213,10 +256,12 @@ class TransformersBackend:
         limits = {"batch_size": self.batch_size, "max_batch_tokens": self.max_batch_tokens}
         results: dict[Scored, tuple[float, bool]] = {}
         for shared in shared_passes(groups, **limits):
-            self._scorer.shared(unique, shared, results)
+            scorer.shared(unique, shared, results)
         plain = [unique[i] for i in rest]
         for batch in batches([len(seq) - 1 for seq, _ in plain], **limits):
-            self._scorer.plain([plain[i] for i in batch], results, greedy=greedy)
+            rows = [plain[i] for i in batch]
+            scores = scorer.plain(rows, lambda logits, r, rows=rows: target_score(logits, rows[r][0][-rows[r][1]:], greedy=greedy))
+            results.update(zip(rows, scores, strict=True))
         return [results[s] for s in seqs]
 
     # ------------------------------------------------------------------ routing
