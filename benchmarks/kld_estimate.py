@@ -151,8 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     args.ks = [int(k) for k in args.ks.split(",")]
 
-    from harness.pipeline import resolve_model
-
+    from harness.api import resolve_testbed
     from harness.backends import open_backend
     from harness.backends.base import TopKRequest
 
@@ -161,7 +160,7 @@ def main() -> None:
         model, candidates = tiny_models(Path(tmp.name))
         args.seq_len = min(args.seq_len, 64)
     else:
-        model = resolve_model(args.model)
+        model = resolve_testbed(args.model)
         candidates = [(Path(c).name, c) for c in args.candidates.split(",") if c]
     text = wikitext_text()
 

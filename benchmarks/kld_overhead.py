@@ -68,8 +68,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    from harness.pipeline import resolve_model
-
+    from harness.api import resolve_testbed
     from harness.backends import open_backend
     from harness.backends.base import RollingRequest, TopKRequest
     from harness.cache import CachedBackend, RequestCache
@@ -80,7 +79,7 @@ def main() -> None:
     settings = WikiText2Settings()
     rows, path = load_rows(settings.data_file, settings.data_sha256)
     text = corpus_text(rows, settings, path)
-    backend = open_backend(resolve_model(args.model), dtype="float32", device="cpu", batch_size=args.batch_size,
+    backend = open_backend(resolve_testbed(args.model), dtype="float32", device="cpu", batch_size=args.batch_size,
                            max_batch_tokens=args.batch_size * (args.seq_len + 1))
     backend.fingerprint()  # hashed once per checkpoint and cached: not part of either side
     _, sent = score_windows(backend, text, args.seq_len, args.windows)
