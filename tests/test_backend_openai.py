@@ -365,3 +365,28 @@ def test_backoff_is_bounded_and_grows(attempt: int, base: float, cap: float) -> 
     assert 0 <= delay <= 1.5 * min(cap, base * 2**attempt)
     assert delay >= 0.5 * min(cap, base * 2**attempt)
     assert policy.delay(attempt, "0", random.Random(0)) == 0
+
+
+# ------------------------------------------------------------------------------- serve-check
+def moegate(*args: str | Path) -> int:
+    from harness.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    return int(info.value.code or 0)
+
+
+def test_serve_check_says_what_runs_and_exits_by_the_gate(server: str, tiny: Path, capsys: pytest.CaptureFixture) -> None:
+    gate = HERE.parent / "gates" / "testbed.toml"
+    assert moegate("serve-check", server, "--model-name", "ref", "--gate", gate) == 0
+    out = capsys.readouterr().out
+    assert "self-consistency" in out and "pass" in out and "arc_challenge" in out and "cannot run" not in out
+    assert moegate("serve-check", server, "--model-name", "ref-selfpair", "--gate", gate, "--reference", tiny) == 2
+    captured = capsys.readouterr()
+    assert "no shift fits" in captured.out and "FAIL" in captured.out
+    assert "cannot run 2 suite(s)" in captured.err and captured.err.count("\n") == 1
+    assert moegate("serve-check", server, "--model-name", "ref-noecho", "--json") == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["engine"]["engine"] == "unknown" and found["consistency"] is None
+    assert found["suites"]["collapse"] == [] and "no prompt log-probs" in found["suites"]["wikitext2"][0]
+    assert "local tokenizer" in found["suites"]["gsm8k_cot"][0]

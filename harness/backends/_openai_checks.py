@@ -12,6 +12,8 @@ Three checks, all through the server's own answers:
   in moegate's cache (a failure is not, so a fixed server is probed again).
 - **alignment** against a local reference backend: which shift of the server's per-token log-probs
   matches the reference, or that none does.
+
+``serve_report`` gathers them (with top-k prompt log-probs, tokenize and determinism) for ``moegate serve-check``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from harness.atomic import atomic_write_text
+from harness.backends._engines import EngineInfo
 from harness.backends._http import RETRY_STATUS, HttpError
-from harness.backends._logprobs import PromptScores, continuation_tokens
-from harness.backends.base import Backend, LoglikelihoodRequest
+from harness.backends._logprobs import PromptScores, continuation_tokens, prompt_positions
+from harness.backends.base import Backend, GenerateRequest, LoglikelihoodRequest
 from harness.resources import cache_dir
 
 if TYPE_CHECKING:
@@ -241,3 +244,60 @@ def check_alignment(backend: OpenAIBackend, reference: Backend, text: str = PROB
     best = min(means, key=lambda s: (means[s], abs(s)))
     return Alignment(shift=best if means[best] <= tol else None, mean_abs_diff=means, max_abs_diff=max(diffs[best]),
                      tokens=len(groups))
+
+
+TOPK_PROBE = 5
+DETERMINISM_PROMPT = "Write one sentence about the sea."
+
+
+@dataclass(frozen=True)
+class ServeReport:
+    """What ``moegate serve-check`` found: every fact moegate relies on, probed through the server itself."""
+
+    engine: EngineInfo
+    capabilities: Capabilities
+    prompt_topk: int | None
+    """k for which ``prompt_logprobs=k`` returned at least k entries at every prompt position (None: no)."""
+    tokenize: bool
+    deterministic: bool | None
+    """Two identical greedy requests gave identical text (None: no completions to try)."""
+    consistency: Consistency | None
+    """The self-consistency probe (None: the server has no prompt log-probs)."""
+    alignment: Alignment | None = None
+    """Against a local reference, when one was given."""
+
+    def missing(self, kind: str) -> str | None:
+        """Why request kind ``kind`` cannot run through the server (None: it can). Kinds: ``generate``, ``chat``,
+        ``loglikelihood``, ``loglikelihood_rolling``, ``local_chat_template`` (lm-eval renders a chat template)."""
+        caps = self.capabilities
+        if kind == "generate":
+            return None if caps.completions else "no /v1/completions"
+        if kind == "chat":
+            return None if caps.chat else "no /v1/chat/completions"
+        if kind == "local_chat_template":
+            return "lm-eval renders the chat template with a local tokenizer, which the openai backend has not"
+        if not caps.prompt_logprobs:
+            return "no prompt log-probs (neither echo + logprobs nor prompt_logprobs)"
+        if self.consistency is not None and not self.consistency.ok:
+            return "its prompt log-probs failed the self-consistency probe"
+        if self.alignment is not None and not self.alignment.ok():
+            return f"its prompt log-probs disagree with the reference ({self.alignment.describe()})"
+        return None
+
+
+def serve_report(backend: OpenAIBackend, reference: Backend | None = None) -> ServeReport:
+    """Probe everything: capabilities, top-k prompt log-probs, tokenize, determinism, self-consistency, alignment."""
+    caps = backend.capabilities()
+    topk = None
+    if caps.vllm_prompt_logprobs:
+        answer = backend.client.post("/completions", backend.one_token(prompt=PROBE_TEXT, prompt_logprobs=TOPK_PROBE))
+        positions = prompt_positions(answer)[1:]
+        topk = TOPK_PROBE if positions and all(p is not None and len(p) >= TOPK_PROBE for p in positions) else None
+    deterministic = None
+    if caps.completions:
+        request = [GenerateRequest(DETERMINISM_PROMPT, max_tokens=24)]
+        deterministic = backend.generate(request)[0].text == backend.generate(request)[0].text
+    consistency = backend.consistency() if caps.prompt_logprobs else None
+    alignment = check_alignment(backend, reference) if reference is not None and caps.prompt_logprobs else None
+    return ServeReport(backend.describe(), caps, topk, backend.tokenize("Hello world") is not None, deterministic,
+                       consistency, alignment)

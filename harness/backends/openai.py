@@ -23,7 +23,6 @@ settings, nothing more.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -39,6 +38,7 @@ from harness.backends._logprobs import (
     prompt_token_ids,
 )
 from harness.backends._openai_checks import Alignment, Capabilities, Consistency
+from harness.backends._openai_rolling import rolling
 from harness.backends.base import (
     Backend,
     GenerateRequest,
@@ -47,7 +47,6 @@ from harness.backends.base import (
     LoglikelihoodRequest,
     RollingRequest,
     RollingResult,
-    WindowScore,
 )
 from harness.errors import UserError
 
@@ -246,8 +245,8 @@ class OpenAIBackend:
                 raise ValueError("no prompt_token_ids in the answer and no tokenize route")
         return parse_prompt_logprobs(answer, prompt, ids, shift)
 
-    def verify(self) -> Consistency:
-        """The self-consistency probe (once per server fingerprint); refuses a server that fails it."""
+    def consistency(self) -> Consistency:
+        """The self-consistency probe's result: a pass stored for this server fingerprint, else probed now."""
         self._require(
             "prompt log-probs (echo + logprobs, or vLLM prompt_logprobs, on /v1/completions)", lambda c: c.prompt_logprobs,
             "serve the model with vLLM (or another server with echo+logprobs), or run generation-only suites",
@@ -256,16 +255,20 @@ class OpenAIBackend:
             fingerprint = self.fingerprint()
             self._consistency = checks.cached_pass(fingerprint) or checks.consistency_probe(self)
             checks.store_pass(fingerprint, self._consistency)
-        if not self._consistency.ok:
+        return self._consistency
+
+    def verify(self) -> Consistency:
+        """Refuse, in one line, a server whose prompt log-probs failed the self-consistency probe."""
+        result = self.consistency()
+        if not result.ok:
             info = self.describe()
             known = f"; known problem of {info.engine}: {self.engine.known_problem}" if self.engine.known_problem else ""
-            engine = " ".join(x for x in (info.engine, info.version) if x)
             raise UserError(
-                f"server {self.base_url} ({engine}, model {self.model_name}) failed the "
-                f"self-consistency probe of its prompt log-probs ({self.capabilities().logprobs_via}): "
-                f"{self._consistency.detail}{known}",
+                f"server {self.base_url} ({' '.join(x for x in (info.engine, info.version) if x)}, model {self.model_name}) "
+                f"failed the self-consistency probe of its prompt log-probs ({self.capabilities().logprobs_via}): "
+                f"{result.detail}{known}",
                 "nothing was scored; score this model locally or through another engine (vLLM), or run generation-only suites")
-        return self._consistency
+        return result
 
     def score_texts(self, prompts: Sequence[str | list[int]], shift: int | None = None) -> dict[Any, PromptScores]:
         """Prompt log-probs of each distinct prompt, the way the probe chose, unchecked (``verify`` is the caller's)."""
@@ -307,58 +310,18 @@ class OpenAIBackend:
             picked = continuation_tokens(scores[prompt], boundary, len(prompt))
             if not picked or picked[0] == 0:
                 raise UserError("the server gives no log-prob for the first prompt token", "give every request a non-empty context")
-            lps = self._values(scores[prompt], picked)
+            lps = self.values(scores[prompt], picked)
             results.append(Loglikelihood(logprob=float(sum(lps)), is_greedy=all(scores[prompt].greedy[i] for i in picked)))
         return results
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
-        """Disjoint windows of ``window`` tokens (default: the server's context less one generated token), each
-        window's first token unscored, as the local backends do. Token-id windows where the engine has a
-        tokenize route and takes token-id prompts; else the text's own tokens, cut at their offsets."""
+        """Disjoint windows within the server's context (see ``_openai_rolling``)."""
         if not requests:
             return []
         self.verify()
-        limit = self.max_model_len()
-        exact = self.engine.token_prompts and self.capabilities().vllm_prompt_logprobs
-        pieces: list[tuple[int, str | list[int]]] = []
-        for index, req in enumerate(requests):
-            window = req.window or (limit - 1 if limit else None)
-            if window is not None and window < 2:
-                raise UserError(f"rolling window {window} is too small", "use a window of at least 2 tokens")
-            if window is not None and limit is not None and window > limit - 1:
-                raise UserError(f"rolling window {window} tokens does not fit server {self.base_url}'s context of {limit} "
-                                "tokens (each request also asks for one generated token)",
-                                f"use a window of at most {limit - 1} tokens, or serve the model with a longer context")
-            ids = self.tokenize(req.text) if exact else None
-            if ids is not None:
-                step = window or len(ids)
-                pieces.extend((index, ids[a: a + step]) for a in range(0, len(ids), step) if len(ids[a: a + step]) >= 2)
-            else:
-                pieces.extend((index, text) for text in self._text_windows(req.text, window))
-        scored = self.score_texts([p for _, p in pieces])
-        windows: list[list[WindowScore]] = [[] for _ in requests]
-        for index, piece in pieces:
-            scores = scored[tuple(piece) if isinstance(piece, list) else piece]
-            lps = self._values(scores, range(1, len(scores.logprobs)))
-            if lps:
-                windows[index].append(WindowScore(logprob=float(sum(lps)), tokens=len(lps)))
-        return [RollingResult(windows=tuple(w)) for w in windows]
+        return rolling(self, requests)
 
-    def _text_windows(self, text: str, window: int | None) -> list[str]:
-        """Without token-id prompts: the whole text when it fits one window, else cut at its tokens' offsets."""
-        count = len(ids) if (ids := self.tokenize(text)) is not None else None
-        limit = self.max_model_len()
-        if count is not None and limit is not None and count > limit - 1:
-            raise UserError(f"a text of {count} tokens does not fit server {self.base_url}'s context of {limit} tokens, and "
-                            f"{self.engine.name} cannot score prompts given as token ids, so windows cannot be cut exactly",
-                            "serve the model with vLLM, or with a context longer than the text")
-        offsets = self.score_texts([text])[text].offsets
-        if window is None or len(offsets) <= window:
-            return [text]
-        starts = [*list(offsets[::window]), len(text)]
-        return [text[a:b] for a, b in itertools.pairwise(starts) if b > a]
-
-    def _values(self, prompt_scores: PromptScores, picked: Iterable[int]) -> list[float]:
+    def values(self, prompt_scores: PromptScores, picked: Iterable[int]) -> list[float]:
         """The log-probs of the ``picked`` tokens; one the answer lacks (a shifted read past its end) is refused."""
         values = []
         for i in picked:

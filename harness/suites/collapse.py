@@ -205,6 +205,7 @@ class CollapseSuite:
     """Collapse prompts across coding, math, puzzles, knowledge, writing, instructions and translation."""
 
     name: ClassVar[str] = "collapse"
+    request_kinds: ClassVar[frozenset[str]] = frozenset({"generate"})
     Settings: ClassVar[type[CollapseSettings]] = CollapseSettings
     item_ids_setting: ClassVar[str] = "ids"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (PASS_METRIC,)
