@@ -390,3 +390,6 @@ def test_serve_check_says_what_runs_and_exits_by_the_gate(server: str, tiny: Pat
     assert found["engine"]["engine"] == "unknown" and found["consistency"] is None
     assert found["suites"]["collapse"] == [] and "no prompt log-probs" in found["suites"]["wikitext2"][0]
     assert "local tokenizer" in found["suites"]["gsm8k_cot"][0]
+    from harness.suites import SUITES
+
+    assert all(SUITES.get(name).request_kinds for name in SUITES.names())  # every built-in suite says what it sends
