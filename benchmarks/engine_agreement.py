@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.backends import open_backend  # noqa: E402
-from harness.backends.openai import OpenAIBackend  # noqa: E402
-from harness.errors import UserError  # noqa: E402
-from harness.records import SuiteRun, metric_value  # noqa: E402
-from harness.suites import SUITES, suite_settings  # noqa: E402
+from harness.backends import open_backend
+from harness.backends.openai import OpenAIBackend
+from harness.errors import UserError
+from harness.records import SuiteRun, metric_value
+from harness.suites import SUITES, suite_settings
 
 
 def run(backend, name: str, limit: int | None) -> SuiteRun:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.backends.openai import OpenAIBackend  # noqa: E402
-from harness.cache import CachedBackend, RequestCache  # noqa: E402
-from harness.suites import SUITES, suite_settings  # noqa: E402
+from harness.backends.openai import OpenAIBackend
+from harness.cache import CachedBackend, RequestCache
+from harness.suites import SUITES, suite_settings
 
 
 def run_once(url: str, model: str | None, concurrency: int, limit: int, profile: str) -> tuple[float, list[str], float]:
@@ -59,7 +59,7 @@ def main() -> None:
         port = free_port()
         cmd = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(ensure_testbed()),
                "--served-model-name", "moegate-testbed", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-               "--enforce-eager", "--max-model-len", "2048"]
+               "--enforce-eager", "--max-model-len", "2048", "--gpu-memory-utilization", "0.2"]
         started = time.perf_counter()
         proc = start_server(cmd, port, timeout_s=600, log=Path(tempfile.gettempdir()) / f"moegate-vllm-{port}.log",
                             env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})

@@ -99,7 +99,7 @@ def vllm(testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     port = free_port()
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(testbed), "--served-model-name",
            "moegate-testbed", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-           "--max-model-len", "2048"]
+           "--max-model-len", "2048", "--gpu-memory-utilization", "0.2"]  # a share of CPU memory, on CPU
     yield from serve("vllm", cmd, port, "moegate-testbed", tmp_path_factory.mktemp("vllm"), timeout_s=600)
 
 
