@@ -1,10 +1,12 @@
 """A small JSON-over-HTTP client with bounded retries, for the OpenAI-compatible backend.
 
-Standard library only (``urllib``), so the client adds no dependency. Retries cover what a busy
+Standard library only (``urllib``, ``concurrent.futures``), so the client adds no dependency. Retries cover what a busy
 inference server does under load: 429 (rate limit), 5xx, timeouts and refused/reset connections. Each
 retry waits ``base * 2**attempt`` seconds (capped), times a random jitter in [0.5, 1.5), or the
 server's ``Retry-After`` when it gives one. 4xx other than 408/429 is the caller's fault and is not
-retried.
+retried. ``ordered_map`` keeps at most N requests in flight and returns results in request order; the
+first request that fails for good cancels those not yet started (they would fail the same way), so a
+dropped server ends a call within one retry budget, and what the request cache stored before stays.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import random
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
@@ -27,7 +33,7 @@ class HttpError(Exception):
     def __init__(self, url: str, status: int, body: str, attempts: int) -> None:
         self.url, self.status, self.body, self.attempts = url, status, body, attempts
         what = f"HTTP {status}" if status else "no response"
-        super().__init__(f"{url}: {what} after {attempts} attempt(s): {body[:300]}")
+        super().__init__(f"{url}: {what} after {attempts} attempt(s): {' '.join(body[:300].split())}")
 
 
 @dataclass
@@ -100,3 +106,17 @@ class JsonClient:
             self._sleep(self.retry.delay(attempt, retry_after, self._rng))
             attempt += 1
             self.retries_done += 1
+
+
+def ordered_map(fn: Callable[[T], R], items: Sequence[T], concurrency: int) -> list[R]:
+    """``[fn(x) for x in items]`` with at most ``concurrency`` calls at once; the first failure is raised."""
+    if concurrency <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(items))) as pool:
+        futures = [pool.submit(fn, x) for x in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise

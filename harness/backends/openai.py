@@ -4,35 +4,41 @@ For models that need a cluster: the engine scales (tensor/expert parallel), moeg
 
 - ``generate`` goes through ``/v1/completions`` (or ``/v1/chat/completions`` when ``chat=True``) with
   temperature 0 and a seed; stop strings are sent to the server and applied again locally.
-- ``loglikelihood`` and ``loglikelihood_rolling`` need *prompt* log-probabilities, asked for in one of two
-  ways (``capabilities()`` probes both once; echo is used when both work): ``echo: true`` with
-  ``logprobs`` on ``/v1/completions`` (the legacy OpenAI API; vLLM, llama.cpp), or vLLM's
-  ``prompt_logprobs`` extension (see ``_logprobs.py`` for the format and how the prompt token of each
-  position is found exactly). Per-token character offsets locate the continuation, so no local tokenizer
-  is needed; a token that straddles the context/continuation boundary counts as continuation.
-  ``is_greedy`` comes from the top log-probs or the rank. A server that gives neither is refused with a
-  one-line ``UserError``, never scored wrongly.
-- ``check_alignment(reference)`` scores a short text on the server and on a local reference backend
-  and reports whether the server's prompt log-probs are shifted (one llama.cpp build returned them one
-  position off), whichever way the log-probs are asked for; ``logprob_shift`` corrects a known shift
-  (a late ``prompt_logprobs`` answer has nothing for the last prompt token, so it is refused instead).
+- ``loglikelihood`` and ``loglikelihood_rolling`` need *prompt* log-probabilities, asked for with
+  ``echo: true`` + ``logprobs`` (legacy OpenAI API; llama.cpp) or vLLM's ``prompt_logprobs`` (preferred
+  where the engine's row says so; see ``_logprobs.py`` for both formats). Per-token character offsets
+  locate the continuation, so no local tokenizer is needed: every token that ends past the
+  context/continuation boundary or starts at it counts. Rolling windows are cut client-side in token ids
+  (the server's tokenize route) and sent as token-id prompts where the engine takes them, so no request
+  exceeds the server's context; a context-length refusal becomes a one-line hint.
+- Nothing is scored on a server that has not passed the self-consistency probe (``_openai_checks``).
+- Engine quirks (version route, tokenize route, context error text) come from one table, ``_engines.py``;
+  ``describe()`` says which engine serves the model, and the fingerprint covers it.
 
 A server cannot prove which weights it serves: the fingerprint hashes the base URL, the model name,
-what ``/v1/models`` reveals about it (id, root, max_model_len...) and the settings, nothing more.
+what ``/v1/models`` reveals about it (id, root, max_model_len...), the engine and its version, and the
+settings, nothing more.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
-from harness.backends._http import RETRY_STATUS, HttpError, JsonClient, RetryPolicy
-from harness.backends._logprobs import PromptScores, parse_echo, parse_prompt_logprobs, prompt_token_ids
+from harness.backends import _openai_checks as checks
+from harness.backends._engines import Engine, EngineInfo, detect, is_context_error
+from harness.backends._http import HttpError, JsonClient, RetryPolicy, ordered_map
+from harness.backends._logprobs import (
+    PromptScores,
+    continuation_tokens,
+    parse_echo,
+    parse_prompt_logprobs,
+    prompt_token_ids,
+)
+from harness.backends._openai_checks import Alignment, Capabilities, Consistency
+from harness.backends._openai_rolling import rolling
 from harness.backends.base import (
     Backend,
     GenerateRequest,
@@ -41,52 +47,11 @@ from harness.backends.base import (
     LoglikelihoodRequest,
     RollingRequest,
     RollingResult,
-    WindowScore,
 )
 from harness.errors import UserError
 
-PROBE_TEXT = "The capital of France is Paris. The capital of Italy is Rome."
-VOLATILE_MODEL_KEYS = frozenset({"created", "object", "permission"})
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What the server showed it can do when probed."""
-
-    models: tuple[str, ...]
-    completions: bool
-    echo_logprobs: bool
-    """``echo`` + ``logprobs`` on /v1/completions returns per-token log-probs and offsets of the prompt."""
-    vllm_prompt_logprobs: bool
-    """vLLM's ``prompt_logprobs`` on /v1/completions returns them, with the prompt token ids."""
-    chat: bool
-    notes: tuple[str, ...] = ()
-
-    @property
-    def logprobs_via(self) -> str | None:
-        """How prompt log-probs are asked for: "echo" when it works, else "prompt_logprobs", else None."""
-        return "echo" if self.echo_logprobs else "prompt_logprobs" if self.vllm_prompt_logprobs else None
-
-    @property
-    def prompt_logprobs(self) -> bool:
-        """The server can score (loglikelihood, rolling) one way or the other."""
-        return self.logprobs_via is not None
-
-
-@dataclass(frozen=True)
-class Alignment:
-    """Server prompt log-probs vs a local reference on the same text."""
-
-    shift: int
-    """The offset s for which server[k + s] best matches reference[k]; 0 when aligned."""
-    mean_abs_diff: dict[int, float] = field(default_factory=dict)
-    """Mean |server[k + s] - reference[k]| per tried shift s."""
-    max_abs_diff: float = 0.0
-    """Largest per-token difference at the best shift."""
-    tokens: int = 0
-
-    def ok(self, tol: float = 1e-2) -> bool:
-        return self.shift == 0 and self.max_abs_diff <= tol
+VOLATILE_MODEL_KEYS = frozenset({"created", "object", "permission", "permissions", "status"})
+__all__ = ["Alignment", "Capabilities", "Consistency", "OpenAIBackend", "open_openai"]
 
 
 class OpenAIBackend:
@@ -96,7 +61,7 @@ class OpenAIBackend:
         base_url: e.g. ``http://127.0.0.1:8000/v1`` (``/v1`` is added when missing).
         model_name: the served model id; default the only one ``/v1/models`` lists.
         api_key: sent as a bearer token when given.
-        concurrency: requests in flight at once.
+        concurrency: requests in flight at once (results keep the order of the requests).
         timeout_s: per-request timeout.
         max_retries: retries on 429/5xx/timeouts/connection errors, with exponential backoff and jitter.
         seed: sent with every request (servers that honour it become reproducible when sampling).
@@ -123,24 +88,36 @@ class OpenAIBackend:
             raise UserError(f"base URL {base_url!r} is not http(s)", "give e.g. --base-url http://127.0.0.1:8000/v1")
         self.base_url = base if base.endswith("/v1") else base + "/v1"
         kwargs: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
-        self.client = JsonClient(self.base_url, api_key=api_key, timeout_s=timeout_s,
-                                 retry=RetryPolicy(max_retries=max_retries), **kwargs)
+        retry = RetryPolicy(max_retries=max_retries)
+        self.client = JsonClient(self.base_url, api_key=api_key, timeout_s=timeout_s, retry=retry, **kwargs)
         self.root_client = JsonClient(self.base_url.removesuffix("/v1"), api_key=api_key, timeout_s=timeout_s,
-                                      retry=RetryPolicy(max_retries=max_retries), **kwargs)
-        """For vLLM's ``/tokenize``, which lives beside ``/v1``, not under it."""
+                                      retry=RetryPolicy(max_retries=min(max_retries, 1)), **kwargs)
+        """For routes beside ``/v1`` (vLLM's ``/tokenize``, ``/version``); few retries: a missing route is common."""
         self.concurrency = max(1, int(concurrency))
         self.seed = seed
         self.logprob_shift = int(logprob_shift)
         self._models: list[dict[str, Any]] | None = None
         self.model_name = model_name or self._only_model()
         self._caps: Capabilities | None = None
+        self._engine: tuple[Engine, str | None] | None = None
+        self._consistency: Consistency | None = None
 
     # ------------------------------------------------------------------ server facts
+    def _fail(self, err: HttpError) -> UserError:
+        """One line for a request that failed for good: a context-length refusal says so."""
+        if is_context_error(self.engine, err.status, err.body):
+            limit = self.max_model_len()
+            return UserError(f"server {self.base_url} ({self.model_name}) refused a request longer than its context"
+                             f"{f' of {limit} tokens' if limit else ''}: {err.body[:200]}",
+                             "use a shorter window/seq_len or fewer few-shot examples, or serve the model with a "
+                             "longer context (vLLM: --max-model-len)")
+        return UserError(f"server {self.base_url} failed: {err}", "check that the server is up and serves this model")
+
     def _call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         try:
             return self.client.get(path) if method == "GET" else self.client.post(path, payload or {})
         except HttpError as err:
-            raise UserError(f"server {self.base_url} failed: {err}", "check that the server is up and serves this model") from None
+            raise self._fail(err) from None
 
     def models(self) -> list[dict[str, Any]]:
         """The /v1/models entries; empty when the server answers that route with nothing usable (mlx_lm.server may)."""
@@ -158,126 +135,161 @@ class OpenAIBackend:
     def _only_model(self) -> str:
         ids = [str(m.get("id")) for m in self.models()]
         if len(ids) != 1:
-            raise UserError(f"server {self.base_url} serves {len(ids)} models ({', '.join(ids[:5])})", "choose one with --model NAME")
+            raise UserError(f"server {self.base_url} serves {len(ids)} models ({', '.join(ids[:5])})",
+                            "choose one with --model-name NAME")
         return ids[0]
 
-    def capabilities(self) -> Capabilities:
-        """Probe once: listed models, plain completions, prompt log-probs (echo; vLLM prompt_logprobs), chat."""
-        if self._caps is not None:
-            return self._caps
+    def _entry(self) -> dict[str, Any]:
+        return next((m for m in self.models() if m.get("id") == self.model_name), {})
+
+    def _root_get(self, route: str) -> Any:
         try:
-            self._caps = self._probe()
-        except HttpError as err:  # busy or down (retries spent), not "unsupported"
-            raise UserError(f"server {self.base_url} failed while probed: {err}", "check that the server is up") from None
+            return self.root_client.get(route)
+        except HttpError:
+            return None
+
+    @property
+    def engine(self) -> Engine:
+        """The adapter-table row of the engine serving the model (``UNKNOWN`` when it shows no marker)."""
+        return self._detect()[0]
+
+    def _detect(self) -> tuple[Engine, str | None]:
+        if self._engine is None:
+            fingerprint = None
+            if not self._entry():  # no model entry to tell by (mlx_lm.server): a completion's system_fingerprint
+                try:
+                    answer = self.client.post("/completions", self.one_token(prompt="Hello"))
+                    fingerprint = answer.get("system_fingerprint") if isinstance(answer, dict) else None
+                except HttpError:
+                    fingerprint = None
+            self._engine = detect(self._entry(), self._root_get, fingerprint if isinstance(fingerprint, str) else None)
+        return self._engine
+
+    def describe(self) -> EngineInfo:
+        """Engine name and version (where the server tells), served model and max context."""
+        engine, version = self._detect()
+        return EngineInfo(engine=engine.name, version=version, model=self.model_name,
+                          max_context=self.max_model_len(), base_url=self.base_url)
+
+    def capabilities(self) -> Capabilities:
+        """Probe once (see ``_openai_checks.probe_capabilities``)."""
+        if self._caps is None:
+            try:
+                self._caps = checks.probe_capabilities(self)
+            except HttpError as err:  # busy or down (retries spent), not "unsupported"
+                raise UserError(f"server {self.base_url} failed while probed: {err}", "check that the server is up") from None
         return self._caps
 
-    def _probe(self) -> Capabilities:
-        notes: list[str] = []
-        completions = echo = vllm = chat = False
-        try:
-            self.client.post("/completions", self._one_token(prompt="Hello"))
-            completions = True
-        except HttpError as err:
-            _unsupported_or_raise(err)
-            notes.append(f"completions: {err}")
-        if completions:
-            echo = self._probe_logprobs("echo+logprobs", lambda: self._fetch_echo(PROBE_TEXT), notes)
-            vllm = self._probe_logprobs("prompt_logprobs", lambda: self._fetch_prompt_logprobs(PROBE_TEXT), notes)
-        try:
-            self.client.post("/chat/completions", self._one_token(messages=[{"role": "user", "content": "Hello"}]))
-            chat = True
-        except HttpError as err:
-            _unsupported_or_raise(err)
-            notes.append(f"chat: {err}")
-        return Capabilities(tuple(str(m.get("id")) for m in self.models()), completions, echo, vllm, chat, tuple(notes))
-
-    @staticmethod
-    def _probe_logprobs(what: str, fetch: Callable[[], PromptScores], notes: list[str]) -> bool:
-        """True when ``fetch`` gives log-probs for the probe text; a 4xx or an unusable answer means no."""
-        try:
-            scores = fetch()
-        except HttpError as err:
-            _unsupported_or_raise(err)
-            notes.append(f"{what}: {err}")
-            return False
-        except ValueError as err:
-            notes.append(f"{what}: {err}")
-            return False
-        return len(scores.offsets) >= 2 and any(lp is not None for lp in scores.logprobs)
-
     def fingerprint(self) -> str:
-        """Hash of base URL, model name, the server's /v1/models entry and settings (weights cannot be proven)."""
-        entry = next((m for m in self.models() if m.get("id") == self.model_name), {})
+        """Hash of base URL, model name, the server's /v1/models entry, engine and version, and settings."""
+        info = self.describe()
         facts = {
             "backend": self.name,
             "base_url": self.base_url,
             "model": self.model_name,
-            "entry": {k: v for k, v in entry.items() if k not in VOLATILE_MODEL_KEYS},
+            "entry": {k: v for k, v in self._entry().items() if k not in VOLATILE_MODEL_KEYS},
+            "engine": info.engine,
+            "engine_version": info.version,
             "logprob_shift": self.logprob_shift,
             "seed": self.seed,
         }
         return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
     def max_model_len(self) -> int | None:
-        entry = next((m for m in self.models() if m.get("id") == self.model_name), {})
+        entry = self._entry()
         for key in ("max_model_len", "context_length", "max_context_length"):
-            if isinstance(entry.get(key), int):
+            if isinstance(entry.get(key), int) and not isinstance(entry.get(key), bool):
                 return int(entry[key])
         return None
+
+    def tokenize(self, text: str) -> list[int] | None:
+        """Token ids of ``text`` (with the tokenizer's default special tokens) from the engine's tokenize route."""
+        route = self.engine.tokenizer
+        if route is None:
+            return None
+        try:
+            answer = self.root_client.post(route.route, {"model": self.model_name, route.field: text, **dict(route.extra)})
+        except HttpError as err:
+            if err.status in (404, 405):
+                return None
+            raise self._fail(err) from None
+        ids = answer.get(route.answer) if isinstance(answer, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            return None
+        return list(ids)
 
     # ------------------------------------------------------------------ prompt log-probs
     def _require(self, what: str, ok: Callable[[Capabilities], bool], fix: str) -> None:
         if not ok(self.capabilities()):
             raise UserError(f"server {self.base_url} ({self.model_name}) does not support {what}", fix)
 
-    def _one_token(self, **fields: Any) -> dict[str, Any]:
+    def one_token(self, **fields: Any) -> dict[str, Any]:
         """A deterministic one-token request body: what the probes and prompt scoring send."""
         return {"model": self.model_name, "max_tokens": 1, "temperature": 0.0, "seed": self.seed, **fields}
 
-    def _fetch_echo(self, prompt: str, shift: int = 0) -> PromptScores:
+    def fetch_echo(self, prompt: str, shift: int = 0) -> PromptScores:
         """``echo`` + ``logprobs``: raises HttpError, or ValueError for an unusable answer."""
-        payload = self._one_token(prompt=prompt, echo=True, logprobs=1)
-        return parse_echo(self.client.post("/completions", payload), prompt, shift)
+        return parse_echo(self.client.post("/completions", self.one_token(prompt=prompt, echo=True, logprobs=1)), prompt, shift)
 
-    def _fetch_prompt_logprobs(self, prompt: str, shift: int = 0) -> PromptScores:
-        """vLLM ``prompt_logprobs`` (top-1 besides the prompt token, so greediness is exact); the prompt token
-        ids come from the answer (``return_token_ids``, newer vLLM) or else from ``/tokenize``."""
-        payload = self._one_token(prompt=prompt, prompt_logprobs=1, return_token_ids=True)
-        answer = self.client.post("/completions", payload)
+    def fetch_prompt_logprobs(self, prompt: str | list[int], shift: int = 0, top: int = 1) -> PromptScores:
+        """vLLM ``prompt_logprobs`` (top-1 besides the prompt token, so greediness is exact). The prompt token
+        ids are the prompt itself (token-id prompt), or come from the answer (``return_token_ids``), or else
+        from the tokenize route; a token-id prompt gets no character offsets."""
+        answer = self.client.post("/completions", self.one_token(prompt=prompt, prompt_logprobs=top, return_token_ids=True))
+        if isinstance(prompt, list):
+            return parse_prompt_logprobs(answer, None, prompt, shift)
         ids = prompt_token_ids(answer)
         if ids is None:
-            try:
-                tokens = self.root_client.post("/tokenize", {"model": self.model_name, "prompt": prompt,
-                                                             "add_special_tokens": True})
-            except HttpError as err:
-                if err.status in (404, 405):
-                    raise ValueError("no prompt_token_ids in the answer and no /tokenize route") from None
-                raise
-            ids = tokens.get("tokens") if isinstance(tokens, dict) else None
-            if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
-                raise ValueError("no prompt_token_ids in the answer and /tokenize gave no token ids")
+            ids = self.tokenize(prompt)
+            if ids is None:
+                raise ValueError("no prompt_token_ids in the answer and no tokenize route")
         return parse_prompt_logprobs(answer, prompt, ids, shift)
 
-    def _scores_many(self, prompts: Sequence[str], raw: bool = False) -> dict[str, PromptScores]:
-        """Prompt log-probs of each distinct prompt, the way the probe chose (``raw``: ignore ``logprob_shift``)."""
+    def consistency(self) -> Consistency:
+        """The self-consistency probe's result: a pass stored for this server fingerprint, else probed now."""
         self._require(
             "prompt log-probs (echo + logprobs, or vLLM prompt_logprobs, on /v1/completions)", lambda c: c.prompt_logprobs,
             "serve the model with vLLM (or another server with echo+logprobs), or run generation-only suites",
         )
-        fetch = self._fetch_echo if self.capabilities().logprobs_via == "echo" else self._fetch_prompt_logprobs
-        shift = 0 if raw else self.logprob_shift
+        if self._consistency is None:
+            fingerprint = self.fingerprint()
+            self._consistency = checks.cached_pass(fingerprint) or checks.consistency_probe(self)
+            checks.store_pass(fingerprint, self._consistency)
+        return self._consistency
 
-        def one(prompt: str) -> PromptScores:
+    def verify(self) -> Consistency:
+        """Refuse, in one line, a server whose prompt log-probs failed the self-consistency probe."""
+        result = self.consistency()
+        if not result.ok:
+            info = self.describe()
+            known = f"; known problem of {info.engine}: {self.engine.known_problem}" if self.engine.known_problem else ""
+            raise UserError(
+                f"server {self.base_url} ({' '.join(x for x in (info.engine, info.version) if x)}, model {self.model_name}) "
+                f"failed the self-consistency probe of its prompt log-probs ({self.capabilities().logprobs_via}): "
+                f"{result.detail}{known}",
+                "nothing was scored; score this model locally or through another engine (vLLM), or run generation-only suites")
+        return result
+
+    def score_texts(self, prompts: Sequence[str | list[int]], shift: int | None = None) -> dict[Any, PromptScores]:
+        """Prompt log-probs of each distinct prompt, the way the probe chose, unchecked (``verify`` is the caller's)."""
+        way = self.capabilities().logprobs_via
+        if way is None:
+            raise UserError(f"server {self.base_url} ({self.model_name}) does not support prompt log-probs", "use another server")
+        shift = self.logprob_shift if shift is None else shift
+
+        def one(prompt: str | list[int]) -> PromptScores:
             try:
-                return fetch(prompt, shift)
+                if way == "echo" and not isinstance(prompt, list):
+                    return self.fetch_echo(prompt, shift)
+                return self.fetch_prompt_logprobs(prompt, shift)
             except HttpError as err:
-                raise UserError(f"server {self.base_url} failed: {err}", "check that the server is up and serves this model") from None
+                raise self._fail(err) from None
             except ValueError as err:
                 raise UserError(f"server {self.base_url} ({self.model_name}) returned unusable prompt log-probs "
-                                f"({self.capabilities().logprobs_via}): {err}", "score this text on another server or backend") from None
+                                f"({way}): {err}", "score this text on another server or backend") from None
 
-        unique = list(dict.fromkeys(prompts))
-        return dict(zip(unique, self._map(one, unique), strict=True))
+        keyed = {tuple(p) if isinstance(p, list) else p: p for p in prompts}
+        return dict(zip(keyed, ordered_map(one, list(keyed.values()), self.concurrency), strict=True))
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
         splits = []
@@ -289,41 +301,27 @@ class OpenAIBackend:
             if not continuation:
                 raise UserError(f"continuation {req.continuation!r} is empty", "give a non-empty continuation")
             splits.append((context + continuation, len(context)))
-        scores = self._scores_many([p for p, _ in splits])
+        if not splits:
+            return []
+        self.verify()
+        scores = self.score_texts([p for p, _ in splits])
         results = []
         for prompt, boundary in splits:
-            prompt_scores = scores[prompt]
-            ends = [*list(prompt_scores.offsets[1:]), len(prompt)]
-            picked = [i for i, end in enumerate(ends) if end > boundary]
+            picked = continuation_tokens(scores[prompt], boundary, len(prompt))
             if not picked or picked[0] == 0:
                 raise UserError("the server gives no log-prob for the first prompt token", "give every request a non-empty context")
-            lps = self._values(prompt_scores, picked)
-            results.append(Loglikelihood(logprob=float(sum(lps)), is_greedy=all(prompt_scores.greedy[i] for i in picked)))
+            lps = self.values(scores[prompt], picked)
+            results.append(Loglikelihood(logprob=float(sum(lps)), is_greedy=all(scores[prompt].greedy[i] for i in picked)))
         return results
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]:
-        """Whole text in one request; when it has more tokens than the window, windows cut at the server's token offsets."""
-        scores = self._scores_many([r.text for r in requests])
-        chunks: list[tuple[int, str]] = []
-        for index, req in enumerate(requests):
-            window = req.window or self.max_model_len()
-            prompt_scores = scores[req.text]
-            if window is None or len(prompt_scores.offsets) <= window:
-                chunks.append((index, req.text))
-                continue
-            if window < 2:
-                raise UserError(f"rolling window {window} is too small", "use a window of at least 2 tokens")
-            starts = [*list(prompt_scores.offsets[::window]), len(req.text)]
-            chunks.extend((index, req.text[a:b]) for a, b in itertools.pairwise(starts) if b > a)
-        chunk_scores = self._scores_many([t for _, t in chunks if t not in scores]) | scores
-        windows: list[list[WindowScore]] = [[] for _ in requests]
-        for index, text in chunks:
-            lps = self._values(chunk_scores[text], range(1, len(chunk_scores[text].logprobs)))
-            if lps:
-                windows[index].append(WindowScore(logprob=float(sum(lps)), tokens=len(lps)))
-        return [RollingResult(windows=tuple(w)) for w in windows]
+        """Disjoint windows within the server's context (see ``_openai_rolling``)."""
+        if not requests:
+            return []
+        self.verify()
+        return rolling(self, requests)
 
-    def _values(self, prompt_scores: PromptScores, picked: Iterable[int]) -> list[float]:
+    def values(self, prompt_scores: PromptScores, picked: Iterable[int]) -> list[float]:
         """The log-probs of the ``picked`` tokens; one the answer lacks (a shifted read past its end) is refused."""
         values = []
         for i in picked:
@@ -335,20 +333,9 @@ class OpenAIBackend:
             values.append(value)
         return values
 
-    def check_alignment(self, reference: Backend, text: str = PROBE_TEXT) -> Alignment:
+    def check_alignment(self, reference: Backend, text: str = checks.PROBE_TEXT) -> Alignment:
         """Compare per-token prompt log-probs with ``reference`` (e.g. the transformers backend on the same model)."""
-        prompt_scores = self._scores_many([text], raw=True)[text]  # judge the server as it answers
-        offsets = [*list(prompt_scores.offsets), len(text)]
-        reqs = [LoglikelihoodRequest(text[: offsets[k]], text[offsets[k]: offsets[k + 1]]) for k in range(1, len(prompt_scores.offsets))]
-        ref = [None, *(r.logprob for r in reference.loglikelihood(reqs))]
-        diffs: dict[int, list[float]] = {}
-        for shift in (-1, 0, 1):
-            raw = prompt_scores.logprobs
-            diffs[shift] = [abs(raw[k + shift] - ref[k]) for k in range(1, len(ref))
-                            if 0 <= k + shift < len(raw) and raw[k + shift] is not None and ref[k] is not None]
-        means = {s: sum(d) / len(d) for s, d in diffs.items() if d}
-        best = min(means, key=lambda s: (means[s], abs(s)))
-        return Alignment(shift=best, mean_abs_diff=means, max_abs_diff=max(diffs[best]), tokens=len(ref) - 1)
+        return checks.check_alignment(self, reference, text)
 
     # ------------------------------------------------------------------ generation
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
@@ -357,7 +344,7 @@ class OpenAIBackend:
         if any(not r.chat for r in requests):
             self._require("completions", lambda c: c.completions, "use chat=true or a server with /v1/completions")
         unique = list(dict.fromkeys(requests))
-        outs = dict(zip(unique, self._map(self._generate_one, unique), strict=True))
+        outs = dict(zip(unique, ordered_map(self._generate_one, unique, self.concurrency), strict=True))
         return [outs[r] for r in requests]
 
     def _generate_one(self, req: GenerateRequest) -> Generation:
@@ -382,18 +369,6 @@ class OpenAIBackend:
         tokens = int(((answer.get("usage") or {}).get("completion_tokens")) or 0)
         return Generation(text=text, tokens=tokens, finish_reason=reason)
 
-    def _map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        if len(items) <= 1 or self.concurrency == 1:
-            return [fn(x) for x in items]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
-            return list(pool.map(fn, items))
-
-
-def _unsupported_or_raise(err: HttpError) -> None:
-    """A 4xx answer to a probe means "not supported"; a spent retry budget or a 5xx means the server failed."""
-    if err.status == 0 or err.status in RETRY_STATUS or err.status >= 500:
-        raise err
-
 
 def open_openai(model: str, **options: Any) -> OpenAIBackend:
     """Registry factory for ``kind="openai"``: ``model`` is the served model name, or the base URL when
@@ -407,3 +382,4 @@ def open_openai(model: str, **options: Any) -> OpenAIBackend:
     elif name is None and model:
         name = model
     return OpenAIBackend(base_url, name, **options)
+

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "verdict": "harness.cli.gate:verdict",
     "demo": "harness.cli.demo:demo",
     "inspect": "harness.cli.inspect:inspect_cmd",
+    "serve-check": "harness.cli.serve_check:serve_check",
 }
 
 

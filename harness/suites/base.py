@@ -70,6 +70,10 @@ class Suite(Protocol):
     """
 
     name: ClassVar[str]
+    request_kinds: ClassVar[frozenset[str]]
+    """Backend request kinds it sends: ``generate``, ``loglikelihood``, ``loglikelihood_rolling`` (what
+    ``moegate serve-check`` needs to say which suites a server can run; ``generate`` with a ``chat`` setting
+    that is on means chat completions)."""
     Settings: ClassVar[type[SuiteSettings]]
     metrics: ClassVar[tuple[MetricSpec, ...]]
 

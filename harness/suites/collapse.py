@@ -217,6 +217,7 @@ class CollapseSuite:
     """Collapse prompts across coding, math, puzzles, knowledge, writing, instructions and translation."""
 
     name: ClassVar[str] = "collapse"
+    request_kinds: ClassVar[frozenset[str]] = frozenset({"generate"})
     Settings: ClassVar[type[CollapseSettings]] = CollapseSettings
     metrics: ClassVar[tuple[MetricSpec, ...]] = (PASS_METRIC,)
     checks: ClassVar[tuple[str, ...]] = CHECKS

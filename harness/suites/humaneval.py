@@ -90,6 +90,7 @@ class HumanEvalSuite:
     """HumanEval (164 Python problems), greedy pass@1 with sandboxed execution."""
 
     name: ClassVar[str] = "humaneval"
+    request_kinds: ClassVar[frozenset[str]] = frozenset({"generate"})
     Settings: ClassVar[type[HumanEvalSettings]] = HumanEvalSettings
     metrics: ClassVar[tuple[MetricSpec, ...]] = (PASS_AT_1,)
 

@@ -242,6 +242,7 @@ class _LmEvalSuite:
     """Shared run(): subclasses name the lm-eval tasks, the item id, and which lm-eval metrics to keep."""
 
     name: ClassVar[str]
+    request_kinds: ClassVar[frozenset[str]]
     Settings: ClassVar[type[LmEvalSettings]] = LmEvalSettings
     metrics: ClassVar[tuple[MetricSpec, ...]]
     tasks: ClassVar[tuple[str, ...]]
@@ -285,6 +286,7 @@ class ArcChallengeSuite(_LmEvalSuite):
     """lm-eval's arc_challenge: loglikelihood of each choice text (acc, and acc_norm by byte length)."""
 
     name = "arc_challenge"
+    request_kinds = frozenset({"loglikelihood"})
     tasks = ("moegate_arc_challenge",)
     item_id = staticmethod(_field_id("id"))
     score_names: ClassVar = {("acc", "none"): "acc", ("acc_norm", "none"): "acc_norm"}
@@ -295,6 +297,7 @@ class Gsm8kSuite(_LmEvalSuite):
     """lm-eval's gsm8k: 5-shot generation, strict ("#### N") and flexible (last number) exact match."""
 
     name = "gsm8k"
+    request_kinds = frozenset({"generate"})
     tasks = ("moegate_gsm8k",)
     item_id = staticmethod(_sha_id("question"))
     score_names = _GSM8K_SCORES
@@ -305,6 +308,7 @@ class Gsm8kCotSuite(_LmEvalSuite):
     """lm-eval's gsm8k_cot_llama: chat-templated chain of thought, "The final answer is N"."""
 
     name = "gsm8k_cot"
+    request_kinds = frozenset({"generate"})
     tasks = ("moegate_gsm8k_cot",)
     item_id = staticmethod(_sha_id("question"))
     score_names = _GSM8K_SCORES
@@ -315,6 +319,7 @@ class MmluProSuite(_LmEvalSuite):
     """lm-eval's mmlu_pro: generative 5-shot CoT per subject; subject kept as the item's cluster."""
 
     name = "mmlu_pro"
+    request_kinds = frozenset({"generate"})
     tasks = tuple(f"moegate_mmlu_pro_{s}" for s in MMLU_PRO_SUBJECTS)
     item_id = staticmethod(_field_id("question_id"))
     score_names: ClassVar = {("exact_match", "custom-extract"): "exact_match"}
@@ -329,6 +334,7 @@ class MmluProMcSuite(_LmEvalSuite):
     """lm-eval's leaderboard_mmlu_pro: loglikelihood of option letters after 5 validation shots."""
 
     name = "mmlu_pro_mc"
+    request_kinds = frozenset({"loglikelihood"})
     tasks = ("moegate_mmlu_pro_mc",)
     item_id = staticmethod(_field_id("question_id"))
     score_names: ClassVar = {("acc", "none"): "acc"}

@@ -118,6 +118,7 @@ def perplexity(records: Sequence[ItemRecord]) -> float:
 
 class _CorpusSuite:
     name: ClassVar[str]
+    request_kinds: ClassVar[frozenset[str]] = frozenset({"loglikelihood_rolling"})
     corpus_label: ClassVar[str]
     Settings: ClassVar[type[CorpusSettings]]
     metrics: ClassVar[tuple[MetricSpec, ...]] = (PPL_METRIC,)

@@ -131,6 +131,7 @@ class FloresSuite:
     """FLORES-200 devtest chrF++ in 14 directions (English <-> 7 languages, 4 scripts beyond Latin)."""
 
     name: ClassVar[str] = "flores"
+    request_kinds: ClassVar[frozenset[str]] = frozenset({"generate"})
     Settings: ClassVar[type[FloresSettings]] = FloresSettings
     metrics: ClassVar[tuple[MetricSpec, ...]] = (CHRF_METRIC, *DIRECTION_METRICS.values())
 
