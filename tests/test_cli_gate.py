@@ -141,7 +141,7 @@ max = 1.05
 [[budgets]]
 suite = "collapse"
 metric = "any"
-kind = "new_flags"
+kind = "new_flags_count"
 max = 0
 """
 

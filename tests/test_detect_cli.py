@@ -61,6 +61,14 @@ def test_json_output_pairs_by_id(files, capsys) -> None:
     }  # fmt: skip
 
 
+def test_lines_may_carry_model_tokens_and_the_finish_reason(tmp_path: Path, capsys) -> None:
+    cut = {"id": "river", "response": "Goat, wolf, cabbage.", "tokens": 160, "finish_reason": "length"}
+    cand = write_jsonl(tmp_path / "c.jsonl", [cut])
+    base = write_jsonl(tmp_path / "b.jsonl", [{"id": "river", "response": LONG, "tokens": 160, "finish_reason": "length"}])
+    code, out, _ = run(["detect", "--candidate", str(cand), "--baseline", str(base), "--json"], capsys)
+    assert code == 0 and json.loads(out)["items"][0]["flags"] == []  # cut at the limit: not a length collapse
+
+
 def test_table_output_and_exit_0_when_flagged(files, capsys) -> None:
     cand, _ = files
     code, out, _ = run(["detect", "--candidate", str(cand)], capsys)
@@ -86,6 +94,7 @@ def test_unpaired_baseline_ids_are_not_errors(tmp_path: Path, capsys) -> None:
         (b'["a", "b"]\n', "c.jsonl:1: expected a JSON object"),
         (b'{"id": "a", "response": "x", "min_len": "ten"}\n', "c.jsonl:1: min_len must be an integer"),
         (b'{"id": "a", "response": 5}\n', "c.jsonl:1: field 'response'"),
+        (b'{"id": "a", "response": "x", "finish_reason": "eos"}\n', "c.jsonl:1: field 'finish_reason'"),
     ],
 )
 def test_unreadable_input_exits_2_naming_the_line(

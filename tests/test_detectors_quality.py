@@ -42,7 +42,17 @@ def test_every_flag_keeps_precision_and_recall_above_0_9() -> None:
     assert not low, f"below 0.9 (precision, recall): {low}; mismatches: {errors[:10]}"
 
 
-def test_benchmark_prints_a_table_and_a_summary_line(capsys) -> None:
+def test_held_out_set_is_separate_from_the_tuning_set() -> None:
+    bench = _bench()
+    tuning, held_out = (bench.load_labelled(p) for p in (bench.DEFAULT_DATA, bench.DEFAULT_HELDOUT))
+    assert len(held_out) >= 40 and sum(bool(i["labels"]) for i in held_out) >= 15
+    assert not {i["id"] for i in tuning} & {i["id"] for i in held_out}
+    assert not {i["candidate"] for i in tuning} & {i["candidate"] for i in held_out}
+
+
+def test_benchmark_scores_both_sets_separately(capsys) -> None:
     assert _bench().main([]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[-1].startswith("summary: ") and any(line.startswith("| script_mixing |") for line in out)
+    summaries = [line for line in out if line.startswith("summary (")]
+    assert [s.split(")")[0] for s in summaries] == ["summary (tuning set (in-sample", "summary (held-out set (never tuned on"]
+    assert sum(line.startswith("| repetition |") for line in out) == 2

@@ -74,7 +74,7 @@ BAD = {
     ),
     "unknown flag": (
         '[gate]\nname="x"\n[baseline]\nmodel="m"\ndir="b"\n[suites.toy]\n'
-        '[[budgets]]\nsuite="toy"\nmetric="script_mix"\nkind="new_flags"\nmax=0\n',
+        '[[budgets]]\nsuite="toy"\nmetric="script_mix"\nkind="new_flags_count"\nmax=0\n',
         "names flag or check 'script_mix'",
     ),
     "two budgets, one label": (
@@ -126,7 +126,7 @@ def test_detector_thresholds_and_backend_options_are_read(tmp_path: Path) -> Non
         [[budgets]]
         suite = "collapse"
         metric = "script"
-        kind = "new_flags"
+        kind = "new_flags_count"
         max = 0
         """
     )

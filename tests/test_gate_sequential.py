@@ -86,7 +86,7 @@ def test_a_prefix_is_refused_without_a_sequential_block_or_out_of_order() -> Non
 
 def test_a_budget_needing_every_item_is_refused_on_a_stopped_suite() -> None:
     cand = acc_run([1] * 80).model_copy(update={"sequential": _info(80)})
-    flags = Budget(suite="toy", metric="any", kind="new_flags", max=0)
+    flags = Budget(suite="toy", metric="any", kind="new_flags_count", max=0)
     caps = evaluate_gate({"toy": acc_run([1] * N)}, {"toy": cand}, [BUDGET, flags]).capabilities
     assert caps[0].status == "PASS"
     assert caps[1].status == "FAIL" and "needs every item" in caps[1].reason
@@ -217,7 +217,7 @@ def test_gate_runs_stop_early_when_clear_and_verdict_redecides(
 def test_a_suite_with_an_uncovered_budget_runs_in_full(quiz: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "gates").mkdir()
     gate = tmp_path / "gates" / "quiz.toml"
-    gate.write_text(GATE + '[[budgets]]\nsuite = "quiz"\nmetric = "any"\nkind = "new_flags"\nmax = 0\n')
+    gate.write_text(GATE + '[[budgets]]\nsuite = "quiz"\nmetric = "any"\nkind = "new_flags_count"\nmax = 0\n')
     config = load_gate(gate)
     backends = {"scripted-base": ScriptedBackend("base"), "same": ScriptedBackend("same")}
     monkeypatch.setattr("harness.api.gating.open_model", _open(backends))

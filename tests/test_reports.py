@@ -89,8 +89,8 @@ def runs():
 BUDGETS = [
     Budget(suite="arc", metric="acc", kind="drop", max=2, label="ARC <challenge>"),
     Budget(suite="wikitext2", metric="perplexity", kind="ratio", max=1.05),
-    Budget(suite="collapse", metric="script_mixing", kind="new_flags", max=0),
-    Budget(suite="collapse", metric="min_len", kind="new_flags", max=1),
+    Budget(suite="collapse", metric="script_mixing", kind="new_flags_count", max=0),
+    Budget(suite="collapse", metric="min_len", kind="new_flags_count", max=1),
     Budget(suite="gsm8k", metric="acc", kind="drop", max=2, label="GSM8K"),
 ]
 

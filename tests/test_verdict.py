@@ -68,7 +68,7 @@ BUDGETS = [
     Budget(suite="arc", metric="acc", kind="drop", max=5, label="ARC accuracy"),
     Budget(suite="flores", metric="chrf", kind="drop", max=1),
     Budget(suite="wikitext2", metric="perplexity", kind="ratio", max=1.05),
-    Budget(suite="collapse", metric="script_mixing", kind="new_flags", max=0),
+    Budget(suite="collapse", metric="script_mixing", kind="new_flags_count", max=0),
 ]
 
 
@@ -149,7 +149,7 @@ def test_holm_levels_and_no_correction() -> None:
     levels = sorted(c.adjusted_alpha for c in v.capabilities if c.adjusted_alpha is not None)
     assert levels == pytest.approx(
         [0.05 / 3, 0.05 / 2, 0.05]
-    )  # new_flags is an exact count: not in the family
+    )  # new_flags_count is an exact count: not in the family
     v2 = evaluate_gate(*world(2, broken=True), BUDGETS, POLICY.model_copy(update={"correction": "none"}))
     assert {c.adjusted_alpha for c in v2.capabilities if c.adjusted_alpha is not None} == {0.05}
 
@@ -212,7 +212,7 @@ def test_duplicate_ids_and_missing_scores_are_refused() -> None:
     assert "no finite 'acc' score" in v.capabilities[0].reason
 
 
-def test_new_flags_from_flags_checks_and_overrides() -> None:
+def test_flag_counts_from_flags_checks_and_overrides() -> None:
     base = {"collapse": flag_run([[], [], ["denial"], []], [{"min_len": True}] * 4)}
     cand = {
         "collapse": flag_run(
@@ -221,10 +221,10 @@ def test_new_flags_from_flags_checks_and_overrides() -> None:
         )
     }
     budgets = [
-        Budget(suite="collapse", metric="script_mixing", kind="new_flags", max=0),
-        Budget(suite="collapse", metric="denial", kind="new_flags", max=0),
-        Budget(suite="collapse", metric="min_len", kind="new_flags", max=1),
-        Budget(suite="collapse", metric="any", kind="new_flags", max=1, label="anything"),
+        Budget(suite="collapse", metric="script_mixing", kind="new_flags_count", max=0),
+        Budget(suite="collapse", metric="denial", kind="new_flags_count", max=0),
+        Budget(suite="collapse", metric="min_len", kind="new_flags_count", max=1),
+        Budget(suite="collapse", metric="any", kind="new_flags_count", max=1, label="anything"),
     ]
     extra = {"collapse": {"c3": (set(), {"denial"})}}
     v = evaluate_gate(base, cand, budgets, POLICY, flags=extra)
@@ -302,11 +302,13 @@ def test_budget_and_gate_input_validation() -> None:
     with pytest.raises(ValidationError, match="ratio budget needs max > 0"):
         Budget(suite="w", metric="perplexity", kind="ratio", max=0)
     with pytest.raises(ValidationError, match="count of items"):
-        Budget(suite="c", metric="denial", kind="new_flags", max=0.5)
+        Budget(suite="c", metric="denial", kind="new_flags_count", max=0.5)
+    with pytest.raises(ValidationError, match=r"tolerated rate in points.*new_flags_count"):
+        Budget(suite="c", metric="denial", kind="new_flags", max=0)
     with pytest.raises(ValidationError, match="kind"):
         Budget(suite="c", metric="denial", kind="fewer", max=1)
     with pytest.raises(ValidationError, match="extra"):
-        Budget(suite="c", metric="denial", kind="new_flags", max=0, maximum=3)
+        Budget(suite="c", metric="denial", kind="new_flags_count", max=0, maximum=3)
     with pytest.raises(ValidationError):
         GatePolicy(confidence=1.5)
     base, cand = world(0)

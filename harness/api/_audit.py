@@ -23,7 +23,7 @@ def _capability(findings: dict[str, Any]) -> CapabilityResult:
     problems = list(findings.get("problems") or [])
     shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
     return CapabilityResult(
-        label="checkpoint audit (moegate inspect)", suite="inspect", metric="problems", kind="new_flags",
+        label="checkpoint audit (moegate inspect)", suite="inspect", metric="problems", kind="new_flags_count",
         status="FAIL", change=float(len(problems)), budget=0.0, reason=f"the weights must fail the gate: {shown}",
         method="moegate inspect against the baseline checkpoint",
     )

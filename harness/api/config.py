@@ -23,7 +23,8 @@ else:  # pragma: no cover
 from harness.backends import BACKENDS
 from harness.detectors import FLAGS, DetectorSettings
 from harness.errors import UserError
-from harness.gate import ANY_FLAG, Budget, GatePolicy, check_labels
+from harness.gate import ANY_FLAG, Budget, GatePolicy, check_labels, flag_budget_warnings
+from harness.gate.budgets import FLAG_KINDS
 from harness.suites import SUITES, SuiteSettings, declared_flags, suite_settings
 
 DETECTORS_SETTING = "detectors"
@@ -111,6 +112,8 @@ class GateConfig(BaseModel):
     file: GateFile
     settings: dict[str, SuiteSettings]
     """Resolved settings per suite (pinned defaults, profile, overrides, detector thresholds)."""
+    warnings: list[str] = Field(default_factory=list)
+    """What loading found doubtful but not wrong (flag budgets too small to tell noise from regression)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -149,7 +152,7 @@ def _check_budget_metrics(path: Path, gate_file: GateFile) -> None:
     """Each budget names a metric its suite declares (flag budgets: a detector flag or one of its checks)."""
     for budget in gate_file.budgets:
         suite = SUITES.get(budget.suite)
-        if budget.kind in ("new_flags", "rate_increase"):
+        if budget.kind in FLAG_KINDS:
             known = [ANY_FLAG, *FLAGS, *declared_flags(suite)]
             what = "flag or check"
         else:
@@ -201,4 +204,6 @@ def load_gate(path: str | Path) -> GateConfig:
         raise UserError(f"gate file {path}: {exc.problem}", exc.fix) from None
     _check_budget_metrics(path, gate_file)
     settings = {name: _resolved_settings(name, entry, gate_file.detectors) for name, entry in gate_file.suites.items()}
-    return GateConfig(path=path.resolve(), file=gate_file, settings=settings)
+    planned = {name: s.planned_items() for name, s in settings.items()}
+    warnings = flag_budget_warnings(gate_file.budgets, planned, 1.0 - gate_file.gate.confidence)
+    return GateConfig(path=path.resolve(), file=gate_file, settings=settings, warnings=warnings)

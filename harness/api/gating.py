@@ -123,7 +123,7 @@ def gate_candidate(
     run_dir = Path(run_dir)
     store = baseline_dir or config.baseline_dir
     manifest, baseline_runs = load_store(store)  # verified before any time is spent on the candidate, then reused
-    warnings = check_comparable(manifest, config.settings, store=store)
+    warnings = [*config.warnings, *check_comparable(manifest, config.settings, store=store)]
     base_spec = stored_spec(manifest)
     if isinstance(candidate, str):
         spec: ModelSpec | Backend = _spec(base_spec, candidate, backend, options)
@@ -193,7 +193,7 @@ def decide(
     if missing:
         raise UserError(f"the stored run has no records for suite(s) {', '.join(missing)}",
                         "gate with the same gate file the run was made with, or rerun moegate run")
-    warnings = list(warnings or [])
+    warnings = list(config.warnings if warnings is None else warnings)
     for name, wanted in config.settings.items():
         changed = settings_differences(cand_manifest, name, wanted) if name in cand_manifest.suites else []
         if changed and baseline is None:

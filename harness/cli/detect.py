@@ -16,7 +16,7 @@ from harness.detectors import FLAGS, DetectInput, DetectResult
 from harness.detectors import detect as detect_item
 from harness.errors import UserError
 
-_FIELDS = {"id", "prompt", "response", "lang", "min_len"}
+_FIELDS = {"id", "prompt", "response", "lang", "min_len", "tokens", "finish_reason"}
 
 
 def _parse_line(path: Path, lineno: int, line: str) -> DetectInput:

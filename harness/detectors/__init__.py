@@ -13,7 +13,7 @@ with their evidence. Flag names are stable: reports, budgets (``new_flags``) and
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -64,6 +64,10 @@ class DetectInput(BaseModel):
     """Expected output language, ISO 639-1 (``es``; ``pt-BR`` and ``spa_Latn`` are understood)."""
     min_len: int | None = None
     """Minimum visible (non-whitespace) characters: below it the item is ``too_short``."""
+    tokens: int | None = Field(None, ge=0)
+    """Model tokens generated (the backend's count); length comparisons use it when both sides have it."""
+    finish_reason: Literal["stop", "length"] | None = None
+    """``length``: generation stopped at its token limit (a cut output is not a length collapse)."""
 
 
 class DetectResult(BaseModel):
@@ -96,6 +100,12 @@ class DetectorSettings(BaseModel):
     repetition_compress_min_bytes: int = 400
     repetition_compress_below: float = 0.2
     """Texts of at least ``repetition_compress_min_bytes`` compressing below this ratio (zlib) loop."""
+    repetition_symbol_run: int = 12
+    """A punctuation or emoji unit (``!``, ``? ``, ``?!``) repeated this many times is a degenerate run..."""
+    repetition_structural_run: int = 100
+    """...a unit of rule, table, banner, leader or bracket characters needs this many (or most of the output)..."""
+    repetition_letter_run_chars: int = 24
+    """...and a unit with letters (``a``, ``_def``) this many characters."""
     greek_max_run: int = 3
     """Greek runs up to this many letters are math symbols, not Greek text."""
     language_min_letters: int = 30
@@ -105,19 +115,24 @@ class DetectorSettings(BaseModel):
     """``low_diversity`` when the candidate's mean distinct-2/3/4 is below this x the baseline's."""
     diversity_min_tokens: int = 30
     length_ratio: float = 0.5
-    """``length_collapse`` when the candidate has fewer than this x the baseline's tokens."""
+    """``length_collapse`` when the candidate has fewer than this x the baseline's tokens (model tokens
+    when both sides report them, else words)."""
     length_min_baseline_tokens: int = 40
 
 
 def input_from_record(record: ItemRecord) -> DetectInput:
-    """The detector input for one item record (``meta["min_len"]`` becomes ``min_len``)."""
-    min_len = record.meta.get("min_len")
+    """The detector input for one item record: ``meta["min_len"]`` becomes ``min_len``; the generation
+    suites' ``meta["tokens"]`` (when positive: 0 is a backend that did not count) and
+    ``meta["finish_reason"]`` carry over."""
+    min_len, tokens, finish = (record.meta.get(k) for k in ("min_len", "tokens", "finish_reason"))
     return DetectInput(
         id=record.item_id,
         prompt=record.prompt,
         response=record.output or "",
         lang=record.lang,
         min_len=int(min_len) if min_len is not None else None,
+        tokens=tokens if isinstance(tokens, int) and tokens > 0 else None,
+        finish_reason=finish if finish in ("stop", "length") else None,
     )
 
 
@@ -156,6 +171,9 @@ def detect(
             ngram_max=s.repetition_ngram_max,
             compress_min_bytes=s.repetition_compress_min_bytes,
             compress_below=s.repetition_compress_below,
+            symbol_run=s.repetition_symbol_run,
+            structural_run=s.repetition_structural_run,
+            letter_run_chars=s.repetition_letter_run_chars,
         )
         refs = (base_text, candidate.prompt) if base_text is not None else ()
         found["script_mixing"] = script_mixing(
@@ -173,8 +191,10 @@ def detect(
             text, base_text, ratio=s.diversity_ratio, min_tokens=s.diversity_min_tokens
         )
         found["length_collapse"] = length_collapse(
-            text, base_text, ratio=s.length_ratio, min_baseline_tokens=s.length_min_baseline_tokens
-        )
+            text, base_text, ratio=s.length_ratio, min_baseline_tokens=s.length_min_baseline_tokens,
+            candidate_tokens=candidate.tokens, baseline_tokens=baseline.tokens if baseline else None,
+            candidate_at_limit=candidate.finish_reason == "length",
+        )  # fmt: skip
         found["denial"] = denial(text, base_text, prompt=candidate.prompt)
     flags = tuple(f for f in FLAGS if found.get(f))
     return DetectResult(id=candidate.id, flags=flags, details={f: found[f] for f in flags})

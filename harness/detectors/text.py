@@ -1,10 +1,11 @@
 """Text-only detectors: ``empty``, ``too_short``, ``repetition``; plus the tokenizer other detectors share.
 
-A looping model repeats itself in three visible ways, each cheap to measure without a model: a unit of
+A looping model repeats itself in four visible ways, each cheap to measure without a model: a unit of
 tokens repeated back to back ("the the the", a sentence over and over), the same long n-gram coming
-back again and again with other text in between, and text so redundant that zlib squeezes it to a
-fraction of its size. Each signal has a floor on length so short, legitimately repetitive answers
-("yes, yes") never fire.
+back again and again with other text in between, text so redundant that zlib squeezes it to a
+fraction of its size, and a degenerate run of one character or a short pattern (``!!!!``, ``? ? ?``;
+:mod:`.runs`). Each signal has a floor on length so short, legitimately repetitive answers
+("yes, yes", "!!!", a Markdown rule) never fire.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from typing import Any
 
 import regex
 
+from harness.detectors.runs import degenerate_run
+
 # One token per CJK character (no spaces to split on), one per word elsewhere, one per symbol.
-# A run of one symbol ("-----", "!!!", "😂😂😂") is one token, so rules and emphasis are not loops.
-_TOKEN = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}]|[\w\p{M}]+|([^\w\s])\1*", regex.V1)
+# A run of one symbol ("-----", "!!!", "😂😂😂") is one token, so rules and emphasis are not loops
+# (degenerate runs are :mod:`.runs`' job). Underscores separate words: ``monad_def_def`` is three.
+_TOKEN = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}]|[[\w\p{M}]--_]+|([^\w\s])\1*", regex.V1)
 _LETTER = regex.compile(r"\p{L}")
 _DIGITS = regex.compile(r"\d+")
 
@@ -95,14 +99,18 @@ def repetition(
     ngram_max: int = 5,
     compress_min_bytes: int = 400,
     compress_below: float = 0.2,
+    symbol_run: int = 12,
+    structural_run: int = 100,
+    letter_run_chars: int = 24,
 ) -> dict[str, Any] | None:
     """Evidence of looping output, or ``None``.
 
     Fires when (a) a unit of tokens repeats back to back ``min_repeats`` times covering at least
     ``min_cover`` tokens, or ``any_repeats`` times whatever its size (units without letters need
     three times the cover; units that differ only in their numbers count at ``any_repeats``); (b) one ``ngram_n``-gram occurs
-    ``ngram_max`` times or more; or (c) texts of ``compress_min_bytes`` or more compress below
-    ``compress_below`` of their size.
+    ``ngram_max`` times or more; (c) texts of ``compress_min_bytes`` or more compress below
+    ``compress_below`` of their size; or (d) a degenerate character run (:func:`.runs.degenerate_run`
+    with ``symbol_run``, ``structural_run`` and ``letter_run_chars``).
     """
     toks = tokens(text)
     reasons: dict[str, Any] = {}
@@ -131,4 +139,7 @@ def repetition(
         ratio = compression_ratio(text)
         if ratio < compress_below:
             reasons["compression"] = {"ratio": round(ratio, 4), "bytes": size}
+    run = degenerate_run(text, symbol_run=symbol_run, structural_run=structural_run, letter_chars=letter_run_chars)
+    if run is not None:
+        reasons["run"] = {"unit": run.unit[:20], "repeats": run.repeats, "kind": run.kind}
     return reasons or None

@@ -11,7 +11,7 @@ imports a backend, the CLI, the reports or the application layer (``harness.api`
 
 from harness.gate._estimate import item_flags
 from harness.gate._sequential import SequentialRule, sequential_rule
-from harness.gate.budgets import ANY_FLAG, Budget, BudgetKind, GatePolicy, check_labels
+from harness.gate.budgets import ANY_FLAG, Budget, BudgetKind, GatePolicy, check_labels, flag_budget_warnings
 from harness.gate.results import (
     VERDICT_SCHEMA_VERSION,
     CapabilityResult,
@@ -38,6 +38,7 @@ __all__ = [
     "WorstItem",
     "check_labels",
     "evaluate_gate",
+    "flag_budget_warnings",
     "item_flags",
     "read_verdict",
     "sequential_rule",

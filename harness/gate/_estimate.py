@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.errors import UserError
-from harness.gate.budgets import ANY_FLAG, Budget
+from harness.gate.budgets import ANY_FLAG, FLAG_KINDS, Budget
 from harness.gate.results import WorstItem
 from harness.records import ItemRecord, MetricSpec, SuiteRun
 from harness.stats import (
@@ -49,6 +49,8 @@ class Measured:
     changed: list[str] = field(default_factory=list)
     worst: list[WorstItem] = field(default_factory=list)
     count: int | None = None
+    not_evidence: list[str] = field(default_factory=list)
+    """Flag budgets: items newly flagged where the baseline had already failed (not counted)."""
 
 
 @dataclass
@@ -155,7 +157,7 @@ def measure(
     if isinstance(paired, Refused):
         return paired
     b_recs, c_recs = paired
-    if budget.kind in ("new_flags", "rate_increase"):
+    if budget.kind in FLAG_KINDS:
         return _flags(budget, b_recs, c_recs, (flags or {}).get(budget.suite, {}))
     spec = _spec(budget, [base, cand])
     if spec is None:
@@ -280,41 +282,36 @@ def _flags(
     c_recs: list[ItemRecord],
     extra: dict[str, tuple[set[str], set[str]]],
 ) -> Measured:
-    def has(rec: ItemRecord, which: int) -> bool:
-        fl = item_flags(rec, extra.get(rec.item_id, (set(), set()))[which])
-        return bool(fl) if budget.metric == ANY_FLAG else budget.metric in fl
+    """Flag flips, counted only against a healthy item: newly flagged = the baseline had no flag and no
+    failed check, the candidate has the budget's flag; cleared = the mirror image. A new flag on an
+    item the baseline already failed is no evidence of a regression (``not_evidence``)."""
+    base = [item_flags(r, extra.get(r.item_id, (set(), set()))[0]) for r in b_recs]
+    cand = [item_flags(r, extra.get(r.item_id, (set(), set()))[1]) for r in c_recs]
 
-    fb = np.array([has(r, 0) for r in b_recs])
-    fc = np.array([has(r, 1) for r in c_recs])
-    ids = [r.item_id for r in b_recs]
-    new = fc & ~fb
-    changed = [ids[i] for i in np.flatnonzero(new)]
+    def has(flags: set[str]) -> bool:
+        return bool(flags) if budget.metric == ANY_FLAG else budget.metric in flags
+
+    items = list(zip([r.item_id for r in b_recs], base, cand, strict=True))
+    changed = [i for i, fb, fc in items if not fb and has(fc)]
+    cleared = [i for i, fb, fc in items if has(fb) and not fc]
+    ignored = [i for i, fb, fc in items if fb and not has(fb) and has(fc)]
     note = f"newly flagged {budget.metric}" if budget.metric != ANY_FLAG else "newly flagged"
     worst = [WorstItem(item_id=i, baseline_score=0.0, candidate_score=1.0, note=note) for i in changed[:10]]
-    b, c, n = int(new.sum()), int((fb & ~fc).sum()), len(ids)
-    if budget.kind == "new_flags":
+    b, c, n = len(changed), len(cleared), len(items)
+    flagged_b, flagged_c = sum(map(has, base)), sum(map(has, cand))
+    if budget.is_count:
         return Measured(
-            None,
-            float(fb.sum()),
-            float(fc.sum()),
-            n,
-            method="exact count of newly flagged items",
-            flips=(b, c),
-            changed=changed,
-            worst=worst,
-            count=b,
-        )
+            None, float(flagged_b), float(flagged_c), method="exact count of newly flagged items", count=b,
+            n_items=n, flips=(b, c), changed=changed, worst=worst, not_evidence=ignored,
+        )  # fmt: skip
     return Measured(
         TangoEstimator(b, c, n, 100.0),
-        100.0 * fb.mean(),
-        100.0 * fc.mean(),
-        n,
-        method="Tango score bounds for the paired flag-rate increase",
-        flips=(b, c),
+        100.0 * flagged_b / n,
+        100.0 * flagged_c / n,
+        method="Tango score bounds for the paired flag flips (newly flagged vs cleared)",
         mcnemar_p=mcnemar_exact_p(b, c),
-        changed=changed,
-        worst=worst,
-    )
+        n_items=n, flips=(b, c), changed=changed, worst=worst, not_evidence=ignored,
+    )  # fmt: skip
 
 
 def _max_mean(

@@ -49,8 +49,8 @@ def not_covered(budget: Budget, base: SuiteRun) -> str | None:
 
 
 def _statistical(budgets: list[Budget]) -> int:
-    """m: the capabilities decided by a test (``new_flags`` are exact counts, outside the correction)."""
-    return sum(b.kind != "new_flags" for b in budgets)
+    """m: the capabilities decided by a test (``new_flags_count`` budgets are exact counts, outside the correction)."""
+    return sum(not b.is_count for b in budgets)
 
 
 def sequential_alpha(budgets: list[Budget], policy: GatePolicy) -> float:

@@ -13,11 +13,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.errors import UserError
+from harness.stats import mcnemar_exact_p, paired_items_to_pass, tango_bounds
 
-BudgetKind = Literal["drop", "ratio", "new_flags", "rate_increase", "max_mean"]
+BudgetKind = Literal["drop", "ratio", "new_flags", "rate_increase", "new_flags_count", "max_mean"]
 
 ANY_FLAG = "any"
-"""``metric`` value for ``new_flags`` / ``rate_increase`` meaning "any flag or failed check"."""
+"""``metric`` value for flag budgets meaning "any flag or failed check"."""
+PAIRED_FLAG_KINDS: tuple[BudgetKind, ...] = ("new_flags", "rate_increase")
+"""Flag budgets decided by the paired test on flag flips (Tango score bounds, in points)."""
+FLAG_KINDS: tuple[BudgetKind, ...] = (*PAIRED_FLAG_KINDS, "new_flags_count")
 
 
 class Budget(BaseModel):
@@ -34,8 +38,11 @@ class Budget(BaseModel):
     """drop: baseline minus candidate in display units (``MetricSpec.scale``, e.g. points) for
     higher-is-better metrics, candidate minus baseline for lower-is-better ones. ratio: candidate /
     baseline for lower-is-better metrics (perplexity), baseline / candidate for higher-is-better.
-    new_flags: count of items flagged in the candidate but not the baseline. rate_increase: flag
-    rate increase in points. max_mean: the candidate's mean per-item score (e.g. KL) itself."""
+    new_flags: the net rate of newly flagged items in points, (newly flagged - cleared) / items, by a
+    paired test on the flag flips; a flag is evidence only against a healthy item (newly flagged: no
+    flag or failed check on the baseline; cleared: the mirror image). rate_increase: the same test.
+    new_flags_count: a literal count of newly flagged items (exact, no test: one noisy item counts
+    as much as a regression). max_mean: the candidate's mean per-item score (e.g. KL) itself."""
     max: float
     """The margin: the largest regression that still passes."""
     label: str | None = None
@@ -55,9 +62,14 @@ class Budget(BaseModel):
             raise ValueError(f"{where}: max must be a finite number, got {self.max}")
         if self.kind == "ratio" and self.max <= 0:
             raise ValueError(f"{where}: a ratio budget needs max > 0 (e.g. 1.05 for +5%), got {self.max}")
-        if self.kind == "new_flags" and (self.max < 0 or self.max != int(self.max)):
-            raise ValueError(f"{where}: new_flags max is a count of items (0, 1, 2, ...), got {self.max}")
-        if self.kind in ("drop", "rate_increase") and self.max < 0:
+        if self.kind == "new_flags_count" and (self.max < 0 or self.max != int(self.max)):
+            raise ValueError(f"{where}: new_flags_count max is a count of items (0, 1, 2, ...), got {self.max}")
+        if self.kind in PAIRED_FLAG_KINDS and not 0 < self.max <= 100:
+            raise ValueError(
+                f"{where}: {self.kind} max is a tolerated rate in points, in (0, 100] (e.g. 10), got {self.max:g}; "
+                'a rate of 0 can never be confirmed — for a literal count of newly flagged items use kind = "new_flags_count"'
+            )
+        if self.kind == "drop" and self.max < 0:
             raise ValueError(
                 f"{where}: {self.kind} max must be >= 0 (a tolerated regression), got {self.max}"
             )
@@ -66,6 +78,11 @@ class Budget(BaseModel):
     @property
     def display_label(self) -> str:
         return self.label or f"{self.suite}/{self.metric}"
+
+    @property
+    def is_count(self) -> bool:
+        """Decided by an exact count, outside the tests and the multiple-testing family."""
+        return self.kind == "new_flags_count"
 
 
 class GatePolicy(BaseModel):
@@ -99,3 +116,40 @@ def check_labels(budgets: list[Budget]) -> None:
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise UserError(f"two budgets share the label {dup[0]!r}", "give each budget a distinct label")
+
+
+def flag_budget_warnings(budgets: list[Budget], planned_items: dict[str, int | None], alpha: float) -> list[str]:
+    """Flag budgets that cannot tell one noisy item from a regression, one line each (for ``load_gate``).
+
+    A paired budget warns when its suite (``planned_items``: suite -> items, None when unknown) is too
+    small for a candidate with one noisy newly flagged item, and nothing else changed, to PASS at
+    ``alpha``. A count budget warns when ``max + 1`` newly flagged items — enough to FAIL it — are
+    not evidence of a regression (exact McNemar p > ``alpha``): one line per suite.
+    """
+    out: list[str] = []
+    counted: dict[str, list[Budget]] = {}
+    for budget in budgets:
+        n = planned_items.get(budget.suite)
+        if budget.kind in PAIRED_FLAG_KINDS and n:
+            upper = 100 * tango_bounds(1, 0, n, alpha)[1]
+            if upper > budget.max:
+                need = paired_items_to_pass(1, 0, budget.max / 100, alpha)
+                more = f"about {need} items" if need else "more items than is practical"
+                out.append(
+                    f"budget '{budget.display_label}': suite {budget.suite} has {n} items, too few to tell one noisy "
+                    f"item from a regression (one newly flagged item gives an upper bound of {upper:.0f} points, "
+                    f"budget {budget.max:g}); it needs {more}, or a larger max"
+                )
+        elif budget.is_count and mcnemar_exact_p(int(budget.max) + 1, 0) > alpha:
+            counted.setdefault(budget.suite, []).append(budget)
+    for suite, group in counted.items():
+        n = planned_items.get(suite)
+        labels = ", ".join(f"'{b.display_label}'" for b in group)
+        k = int(min(b.max for b in group)) + 1
+        noisy = f"{k} newly flagged item{'s' if k > 1 else ''}"
+        line = f"suite {suite}{f' has {n} items' if n else ''}: literal count budgets {labels} FAIL on {noisy} "
+        line += f"(exact McNemar p {mcnemar_exact_p(k, 0):.2g}: no evidence of a regression)"
+        if n:
+            line += f"; a paired new_flags budget would tolerate one noisy item only at max >= {100 * tango_bounds(1, 0, n, alpha)[1]:.0f} points"
+        out.append(line)
+    return out

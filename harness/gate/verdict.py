@@ -4,8 +4,8 @@ Non-inferiority per capability: with the regression ``r`` (bigger = worse) and t
 PASS when the one-sided upper bound of ``r`` is within ``m``, FAIL when the one-sided lower bound is
 beyond ``m``, INCONCLUSIVE otherwise. Each statistical capability contributes the p-value of the
 claim its data support (within or beyond); Holm across capabilities decides which claims stand and
-sets the per-capability level of its bounds. Exact counts (``new_flags``) and refused comparisons
-(errors, missing items) are decided outside the family.
+sets the per-capability level of its bounds. Exact counts (``new_flags_count``) and refused
+comparisons (errors, missing items) are decided outside the family.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from harness.gate._sequential import (
     sequential_alpha,
     stopped_early,
 )
-from harness.gate.budgets import ANY_FLAG, Budget, GatePolicy, check_labels
+from harness.gate.budgets import ANY_FLAG, PAIRED_FLAG_KINDS, Budget, GatePolicy, check_labels
 from harness.gate.results import (
     CapabilityResult,
     Flips,
@@ -49,7 +49,7 @@ def _pct(alpha: float) -> str:
 
 
 def _what(budget: Budget, m: Measured, change: float, higher_is_better: bool, scale: float) -> str:
-    unit = " points" if budget.kind == "rate_increase" or scale == 100 else ""
+    unit = " points" if budget.kind in PAIRED_FLAG_KINDS or scale == 100 else ""
     if budget.kind == "drop":
         word = (
             ("dropped" if change >= 0 else "rose")
@@ -59,9 +59,9 @@ def _what(budget: Budget, m: Measured, change: float, higher_is_better: bool, sc
         return f"{budget.metric} {word} {_num(abs(change))}{unit}"
     if budget.kind == "ratio":
         return f"{budget.metric} ratio {change:.4f}"
-    if budget.kind == "rate_increase":
+    if budget.kind in PAIRED_FLAG_KINDS:
         flag = "any flag" if budget.metric == ANY_FLAG else f"{budget.metric!r}"
-        return f"{flag} rate {'rose' if change >= 0 else 'fell'} {_num(abs(change))} points"
+        return f"{flag} net rate of new flags {'rose' if change >= 0 else 'fell'} {_num(abs(change))} points"
     return f"mean {budget.metric} {change:.4g}"
 
 
@@ -72,7 +72,13 @@ def _decide_count(budget: Budget, m: Measured) -> CapabilityResult:
     some = ", ".join(m.changed[:5]) + (", …" if len(m.changed) > 5 else "")
     reason = f"{count} newly {flag} item{'s' if count != 1 else ''}, budget {budget.max:g}"
     reason += (": " + some if some else "") + (": beyond budget" if status == "FAIL" else ": within budget")
+    reason += _not_evidence(m)
     return _result(budget, status, m, reason, change=float(count), low=float(count), high=float(count))
+
+
+def _not_evidence(m: Measured) -> str:
+    ids = ", ".join(m.not_evidence[:3]) + (", …" if len(m.not_evidence) > 3 else "")
+    return f" ({len(m.not_evidence)} more flagged on items the baseline already failed, not counted: {ids})" if ids else ""
 
 
 def _result(
@@ -204,7 +210,7 @@ def _decide(
     flips = (
         f", {m.flips[0]} right→wrong / {m.flips[1]} wrong→right" if m.flips and budget.kind == "drop" else ""
     )
-    if m.flips and budget.kind == "rate_increase":
+    if m.flips and budget.kind in PAIRED_FLAG_KINDS:
         flips = f", {m.flips[0]} newly flagged / {m.flips[1]} cleared"
     fmt = (lambda x: f"{x:.4f}") if budget.kind == "ratio" else _num
     reason = f"{what} (bounds {fmt(low)}–{fmt(high)} at {_pct(level)}{flips}), budget {_num(budget.max)}: "
@@ -218,6 +224,7 @@ def _decide(
         reason += "the interval straddles the budget; " + (
             f"about {need} items would decide it" if need else "more items would not decide it"
         )
+    reason += _not_evidence(m)
     return _result(budget, status, m, reason, change=change, low=low, high=high,
                    p=p_in if p_in <= p_out else p_out, alpha=level, need=need)  # fmt: skip
 

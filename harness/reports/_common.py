@@ -24,7 +24,7 @@ def fmt(x: float | None, kind: str = "") -> str:
 
 
 def bounds_text(cap: CapabilityResult) -> str:
-    if cap.ci_low is None or cap.ci_high is None or cap.kind == "new_flags":
+    if cap.ci_low is None or cap.ci_high is None or cap.kind == "new_flags_count":
         return "–"
     return f"{fmt(cap.ci_low, cap.kind)} – {fmt(cap.ci_high, cap.kind)}"
 
@@ -34,7 +34,7 @@ def change_text(cap: CapabilityResult) -> str:
         return "–"
     if cap.kind == "ratio":
         return f"×{cap.change:.4f}"
-    if cap.kind in ("drop", "rate_increase"):
+    if cap.kind in ("drop", "new_flags", "rate_increase"):
         return f"{cap.change:+.2f}".rstrip("0").rstrip(".") if cap.change else "0"
     return fmt(cap.change, cap.kind)
 
@@ -43,8 +43,9 @@ def change_header(cap: CapabilityResult) -> str:
     return {
         "drop": "drop",
         "ratio": "ratio",
-        "new_flags": "new flagged items",
+        "new_flags": "net new-flag rate (points)",
         "rate_increase": "rate increase (points)",
+        "new_flags_count": "new flagged items",
         "max_mean": "mean",
     }[cap.kind]
 

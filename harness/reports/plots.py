@@ -84,7 +84,7 @@ def forest_svg(capabilities: Sequence[CapabilityResult], *, width: int = 1040) -
                 for v in (cap.change, cap.ci_low, cap.ci_high)
                 if v is not None and math.isfinite(v)
             ]
-            span = 1.0 if cap.kind == "new_flags" else max([*values, 1e-9])
+            span = 1.0 if cap.kind == "new_flags_count" else max([*values, 1e-9])
 
         def u_of(v: float, ref: float = ref, span: float = span) -> float:
             return (v - ref) / span

@@ -5,7 +5,7 @@
 - ``bootstrap``: paired (and cluster) bootstrap for mean differences, the perplexity ratio, a mean.
 - ``clustered``: cluster-robust standard error of a mean difference (MMLU-Pro subjects).
 - ``multiple``: Holm's step-down across capabilities.
-- ``samplesize``: items that would decide an inconclusive comparison.
+- ``samplesize``: items that would decide an inconclusive comparison; items a flip count needs to PASS.
 - ``sequential``: group-sequential non-inferiority tests (alpha spending over planned looks).
 """
 
@@ -29,7 +29,7 @@ from harness.stats.mcnemar import (
     tango_statistic,
 )
 from harness.stats.multiple import HolmResult, holm
-from harness.stats.samplesize import items_to_decide
+from harness.stats.samplesize import items_to_decide, paired_items_to_pass
 from harness.stats.sequential import SequentialResult, look_points, sequential_noninferiority
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "mean_difference",
     "mean_of",
     "ordinary_se",
+    "paired_items_to_pass",
     "paired_statistic",
     "perplexity_difference",
     "perplexity_ratio",

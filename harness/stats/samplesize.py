@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+from harness.stats.mcnemar import tango_bounds
+
 _MAX_ITEMS = 10**12
 """Beyond this, more items will not decide it in practice: ``None``."""
 
@@ -54,3 +56,26 @@ def items_to_decide(
         return None
     need = n * (half / gap) ** 2
     return max(n, math.ceil(need))
+
+
+def paired_items_to_pass(right_to_wrong: int, wrong_to_right: int, margin: float, alpha: float) -> int | None:
+    """Fewest paired items at which these flip *counts* (the rest unchanged) give a Tango upper bound
+    of the regression ``(b - c) / n`` within ``margin`` (a share, not points); ``None`` beyond
+    ``10**9`` items or for a margin of 0 or less.
+
+    The question a budget on a small suite raises: how many items before one noisy flip (``1, 0``) —
+    or none at all (``0, 0``) — can PASS?
+    """
+    if margin <= 0:
+        return None
+    low, high = max(1, right_to_wrong + wrong_to_right), 10**9
+
+    def passes(n: int) -> bool:
+        return tango_bounds(right_to_wrong, wrong_to_right, n, alpha)[1] <= margin
+
+    if not passes(high):
+        return None
+    while low < high:  # the upper bound falls as unchanged items are added
+        mid = (low + high) // 2
+        low, high = (low, mid) if passes(mid) else (mid + 1, high)
+    return low

@@ -33,6 +33,10 @@ class SuiteSettings(BaseModel):
     """Number of items (None: all). Items are chosen by ``seed`` when fewer than all."""
     seed: int = 1234
 
+    def planned_items(self) -> int | None:
+        """Items a run will record, when the settings alone say (None: it depends on the data)."""
+        return self.limit
+
 
 S = TypeVar("S", bound=SuiteSettings)
 
@@ -51,6 +55,9 @@ class ChosenItems(SuiteSettings):
 
     item_ids: list[str] | None = None
     """Only these items (record ``item_id``s), in this order; None: the suite's own selection (``limit``, ``seed``)."""
+
+    def planned_items(self) -> int | None:
+        return len(self.item_ids) if self.item_ids is not None else super().planned_items()
 
 
 class Suite(Protocol):

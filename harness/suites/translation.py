@@ -75,6 +75,10 @@ class FloresSettings(SuiteSettings):
     prompt: str = DEFAULT_PROMPT
     """Placeholders: ``{source}``, ``{target}`` (English language names) and ``{text}``."""
 
+    def planned_items(self) -> int | None:
+        """``limit`` sentences in each direction."""
+        return self.limit * len(self.directions) if self.limit is not None else None
+
     @field_validator("directions")
     @classmethod
     def _known_directions(cls, value: list[str]) -> list[str]:
