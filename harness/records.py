@@ -11,12 +11,16 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, field_validator
 from pydantic_core import core_schema
 
 RECORD_SCHEMA_VERSION = 1
 
-MetricKind = Literal["binary", "continuous", "perplexity", "rate"]
+MetricKind = Literal["binary", "continuous", "perplexity", "rate", "token"]
+TokenStatistic = Literal["mean", "rms"] | float
+"""How a ``token`` metric summarizes per-token values: their mean, their root mean square, or a quantile
+(a level in [0, 1]; 1 is the maximum)."""
 
 
 class MetricSpec(BaseModel):
@@ -29,11 +33,26 @@ class MetricSpec(BaseModel):
     kind: MetricKind
     """``binary``: 0/1 per item (McNemar). ``continuous``: a per-item score whose mean is the metric
     (paired bootstrap). ``perplexity``: exp(sum nll / sum tokens) over windows (bootstrap of the ratio).
-    ``rate``: share of items carrying a flag (new-flag counts)."""
+    ``rate``: share of items carrying a flag (new-flag counts). ``token``: a statistic (``statistic``) of
+    per-token values pooled over every token of the items (logit divergence): each record carries
+    ``scores["tokens"]`` and its own value over its tokens in ``scores[name]`` (mean: pooled weighted by
+    tokens; rms: root of the token-weighted mean square) or, for a quantile, its per-token values in
+    ``ItemRecord.per_token[values]``."""
     higher_is_better: bool
     scale: float = 1.0
     """Multiply the mean by this for display and budgets (100 for accuracies in points)."""
     description: str = ""
+    statistic: TokenStatistic = "mean"
+    """``token`` metrics: ``mean``, ``rms`` or a quantile level (e.g. 0.99)."""
+    values: str | None = None
+    """``token`` metrics that are quantiles: the key of ``ItemRecord.per_token`` they are read from."""
+
+    @field_validator("statistic")
+    @classmethod
+    def _level(cls, v: TokenStatistic) -> TokenStatistic:
+        if not isinstance(v, str) and not 0.0 <= v <= 1.0:
+            raise ValueError(f"a quantile level is in [0, 1], got {v}")
+        return v
 
 
 class ItemRecord(BaseModel):
@@ -65,6 +84,9 @@ class ItemRecord(BaseModel):
     """Detector flags raised on this item (see ``harness.detectors``)."""
     meta: dict[str, Any] = Field(default_factory=dict)
     """Anything else worth keeping (loglikelihoods per choice, token counts, extraction details)."""
+    per_token: dict[str, list[float]] = Field(default_factory=dict)
+    """Per-token values of an item whose metrics summarize tokens (``kld``: ``kl`` per scored position),
+    pooled over items by quantile (``token`` metrics)."""
 
 
 class SequentialInfo(BaseModel):
@@ -184,8 +206,36 @@ def metric_value(records: list[ItemRecord], spec: MetricSpec) -> float | None:
         if not records or None in nll or None in tokens or sum(tokens) <= 0:  # type: ignore[arg-type]
             return None
         return math.exp(sum(nll) / sum(tokens))  # type: ignore[arg-type]
+    if spec.kind == "token":
+        value = token_metric(records, spec)
+        return None if value is None else spec.scale * value
     values = [r.scores[spec.name] for r in records if spec.name in r.scores]
     return spec.scale * sum(values) / len(values) if values else None
+
+
+def token_metric(records: list[ItemRecord], spec: MetricSpec) -> float | None:
+    """A ``token`` metric over every token of ``records`` (unscaled); None when a record lacks what it needs."""
+    if isinstance(spec.statistic, str):
+        pairs = [(r.scores.get(spec.name), r.scores.get("tokens")) for r in records]
+        if not pairs or any(v is None or n is None for v, n in pairs):
+            return None
+        total = sum(n for _, n in pairs if n is not None)
+        if total <= 0:
+            return None
+        if spec.statistic == "rms":
+            return math.sqrt(sum(v * v * n for v, n in pairs if v is not None and n is not None) / total)
+        return sum(v * n for v, n in pairs if v is not None and n is not None) / total
+    key = spec.values or spec.name
+    pooled = [x for r in records for x in r.per_token.get(key, ())]
+    if not pooled or any(key not in r.per_token for r in records):
+        return None
+    return pooled_quantile(pooled, spec.statistic)
+
+
+def pooled_quantile(values: list[float], level: float) -> float:
+    """The ``level`` quantile by linear interpolation at ``level · (n − 1)`` of the sorted values (numpy's and
+    llama.cpp's definition)."""
+    return float(np.quantile(np.asarray(values, dtype=np.float64), level))
 
 
 def display_output(record: ItemRecord | None) -> str | None:

@@ -214,6 +214,12 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                         ids, choice["prompt_logprobs"] = state.prompt_logprobs(prompt, int(body["prompt_logprobs"]), shift)
                         if body.get("return_token_ids") and not name.endswith("-noids"):
                             choice["prompt_token_ids"] = ids
+                elif path == "/tokenize" and not name.endswith("-noecho") and "messages" in body:  # vLLM's chat form
+                    text = state.tokenizer.apply_chat_template(body["messages"], tokenize=False,
+                                                               add_generation_prompt=body.get("add_generation_prompt", True))
+                    ids = state.tokenizer(text, add_special_tokens=body.get("add_special_tokens", False))["input_ids"]
+                    self._send(200, {"count": len(ids), "max_model_len": state.args.max_len, "tokens": list(ids)})
+                    return
                 elif path == "/tokenize" and not name.endswith("-noecho"):
                     ids = state.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))["input_ids"]
                     self._send(200, {"count": len(ids), "max_model_len": state.args.max_len, "tokens": list(ids)})

@@ -185,6 +185,11 @@ def topk_jobs(seqs: Sequence[Scored], request: TopKRequest, vocab: int) -> list[
             f"the probe ids cover {probe.shape[0]} positions, this model's tokenizer gives {positions} for the text",
             "probe with a baseline recorded with the same tokenizer and window settings",
         )
+    if probe is not None and probe.size and int(probe.max()) >= vocab:
+        raise UserError(
+            f"the baseline's top-k holds token id {int(probe.max())}, this model's vocabulary has {vocab} tokens",
+            "compare models that share a tokenizer and vocabulary (KL over different vocabularies means nothing)",
+        )
     jobs, offset = [], 0
     for tokens, n in seqs:
         jobs.append(TopKJob(tokens, n, request.k, None if probe is None else probe[offset:offset + n]))

@@ -141,7 +141,9 @@ class Backend(Protocol):
 class TopKBackend(Backend, Protocol):
     """A backend that returns teacher-forced top-k next-token tables (the fourth request kind).
 
-    Kept apart from ``Backend`` until every engine implements it (the openai backend does not yet).
+    The transformers, mlx and openai backends implement it (openai through vLLM's ``prompt_logprobs=k``; a
+    server cannot be probed, so its tables carry no ``probe_*`` and ``vocab`` 0). Kept apart from ``Backend``
+    so that a backend for generation only still fits the seam.
     """
 
     def next_token_topk(self, requests: Sequence[TopKRequest]) -> list[TopKTable]: ...

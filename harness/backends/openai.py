@@ -47,7 +47,9 @@ from harness.backends.base import (
     LoglikelihoodRequest,
     RollingRequest,
     RollingResult,
+    TopKRequest,
 )
+from harness.divergence.topk import TopKTable
 from harness.errors import UserError
 
 VOLATILE_MODEL_KEYS = frozenset({"created", "object", "permission", "permissions", "status"})
@@ -320,6 +322,12 @@ class OpenAIBackend:
             return []
         self.verify()
         return rolling(self, requests)
+
+    def next_token_topk(self, requests: Sequence[TopKRequest]) -> list[TopKTable]:
+        """Top-k tables through vLLM's ``prompt_logprobs=k`` on token-id prompts (see ``_openai_topk``)."""
+        from harness.backends._openai_topk import next_token_topk
+
+        return next_token_topk(self, requests)
 
     def values(self, prompt_scores: PromptScores, picked: Iterable[int]) -> list[float]:
         """The log-probs of the ``picked`` tokens; one the answer lacks (a shifted read past its end) is refused."""

@@ -7,6 +7,7 @@ Everything here is pure numpy: no model is touched.
 """
 
 from harness.divergence.kl import (
+    KL_RESOLUTION,
     MASS_RESOLUTION,
     TokenDivergence,
     check_aligned,
@@ -20,12 +21,14 @@ from harness.divergence.topk import (
     TOPK_FORMAT_VERSION,
     TokenIds,
     TopKTable,
+    concat_tables,
     decode_topk,
     encode_topk,
 )
 
 __all__ = [
     "DEFAULT_TOP_K",
+    "KL_RESOLUTION",
     "MASS_RESOLUTION",
     "TOPK_FORMAT_VERSION",
     "TokenDivergence",
@@ -33,6 +36,7 @@ __all__ = [
     "TopKTable",
     "check_aligned",
     "compare",
+    "concat_tables",
     "decode_topk",
     "encode_topk",
     "kl_both_top_k",

@@ -39,8 +39,8 @@ _HAS_PROBE = 2
 
 
 def id_dtype(vocab: int) -> np.dtype:
-    """The smallest unsigned dtype that holds every id of a ``vocab``-token vocabulary."""
-    return np.dtype(np.uint16) if vocab <= 1 << 16 else np.dtype(np.uint32)
+    """The smallest unsigned dtype that holds every id of a ``vocab``-token vocabulary (0, unknown: 32 bits)."""
+    return np.dtype(np.uint16) if 0 < vocab <= 1 << 16 else np.dtype(np.uint32)
 
 
 def rest_mass(logprobs: np.ndarray) -> np.ndarray:
@@ -81,7 +81,7 @@ class TopKTable:
     """Teacher-forced next-token top-k of one model over one text or continuation."""
 
     vocab: int
-    """Size of the model's output distribution (logits width)."""
+    """Size of the model's output distribution (logits width); 0 when unknown (a served model does not tell)."""
     window_sizes: tuple[int, ...]
     """Scored positions per window, in order (a continuation is one window); they sum to ``positions``."""
     targets: np.ndarray
@@ -142,6 +142,18 @@ class TopKTable:
             yield slice(start, start + size)
             start += size
 
+    def select_windows(self, start: int, stop: int) -> TopKTable:
+        """The table of windows ``start`` … ``stop - 1`` only (probe rows included)."""
+        sizes = self.window_sizes[start:stop]
+        first = sum(self.window_sizes[:start])
+        rows = slice(first, first + sum(sizes))
+        changes: dict[str, object] = {"window_sizes": sizes}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                changes[f.name] = value[rows]
+        return replace(self, **changes)  # type: ignore[arg-type]
+
     def truncate(self, k: int) -> TopKTable:
         """The same table at a smaller k: the dropped entries' mass moves into the rest (probes too)."""
         if not 1 <= k <= self.k:
@@ -169,6 +181,22 @@ class TopKTable:
         return True
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def concat_tables(tables: list[TopKTable]) -> TopKTable:
+    """One table holding ``tables`` one after another, each table's windows kept (same vocab, k and probe)."""
+    if not tables:
+        raise ValueError("no tables to concatenate")
+    first = tables[0]
+    for table in tables[1:]:
+        if table.vocab != first.vocab or table.k != first.k or (table.probe_ids is None) != (first.probe_ids is None):
+            raise ValueError(f"cannot concatenate tables of vocab {table.vocab}/k {table.k} and vocab {first.vocab}/k {first.k}")
+    values: dict[str, object] = {"vocab": first.vocab,
+                                 "window_sizes": tuple(n for t in tables for n in t.window_sizes)}
+    for f in fields(first):
+        if isinstance(getattr(first, f.name), np.ndarray):
+            values[f.name] = np.concatenate([getattr(t, f.name) for t in tables])
+    return TopKTable(**values)  # type: ignore[arg-type]
 
 
 def encode_topk(table: TopKTable) -> bytes:

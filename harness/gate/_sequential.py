@@ -39,6 +39,8 @@ def not_covered(budget: Budget, base: SuiteRun) -> str | None:
         return f"the baseline has no metric {budget.metric!r}"
     if spec.kind == "perplexity":
         return "perplexity is a corpus ratio, not a mean over items"
+    if spec.kind == "token":
+        return "a per-token metric pools tokens, not a mean over items"
     if base.error or not base.records:
         return "the baseline run has no items"
     if not all(_finite(r.scores.get(spec.name)) for r in base.records):

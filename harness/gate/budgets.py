@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from harness.errors import UserError
 from harness.stats import mcnemar_exact_p, paired_items_to_pass, tango_bounds
 
-BudgetKind = Literal["drop", "ratio", "new_flags", "rate_increase", "new_flags_count", "max_mean"]
+BudgetKind = Literal["drop", "ratio", "new_flags", "rate_increase", "new_flags_count", "max_mean", "max_quantile"]
 
 ANY_FLAG = "any"
 """``metric`` value for flag budgets meaning "any flag or failed check"."""
@@ -42,7 +42,10 @@ class Budget(BaseModel):
     paired test on the flag flips; a flag is evidence only against a healthy item (newly flagged: no
     flag or failed check on the baseline; cleared: the mirror image). rate_increase: the same test.
     new_flags_count: a literal count of newly flagged items (exact, no test: one noisy item counts
-    as much as a regression). max_mean: the candidate's mean per-item score (e.g. KL) itself."""
+    as much as a regression). max_mean: the candidate's mean per-item score (e.g. KL) itself; for a
+    ``token`` metric (``kl_mean``, ``dp_rms``) its mean over every token, bootstrapped over items.
+    max_quantile: a quantile of the candidate's per-token values pooled over items (``kl_p99``: the
+    99th percentile of per-token KL), bootstrapped over items; the metric must be a ``token`` quantile."""
     max: float
     """The margin: the largest regression that still passes."""
     label: str | None = None

@@ -62,6 +62,8 @@ def _what(budget: Budget, m: Measured, change: float, higher_is_better: bool, sc
     if budget.kind in PAIRED_FLAG_KINDS:
         flag = "any flag" if budget.metric == ANY_FLAG else f"{budget.metric!r}"
         return f"{flag} net rate of new flags {'rose' if change >= 0 else 'fell'} {_num(abs(change))} points"
+    if budget.kind == "max_quantile":
+        return f"{budget.metric} {change:.4g}"
     return f"mean {budget.metric} {change:.4g}"
 
 

@@ -47,6 +47,7 @@ def change_header(cap: CapabilityResult) -> str:
         "rate_increase": "rate increase (points)",
         "new_flags_count": "new flagged items",
         "max_mean": "mean",
+        "max_quantile": "quantile",
     }[cap.kind]
 
 

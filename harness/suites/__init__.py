@@ -21,6 +21,7 @@ _LAZY = {
     "c4": "harness.suites.perplexity:C4Suite",
     "flores": "harness.suites.translation:FloresSuite",
     "collapse": "harness.suites.collapse:CollapseSuite",
+    "kld": "harness.suites.kld:KldSuite",
     "humaneval": "harness.suites.humaneval:HumanEvalSuite",
     "arc_challenge": "harness.suites.lm_eval_tasks:ArcChallengeSuite",
     "gsm8k": "harness.suites.lm_eval_tasks:Gsm8kSuite",
