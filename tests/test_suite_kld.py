@@ -59,7 +59,7 @@ def gate_file(folder: Path, model: Path, *, mean: float = 0.001, p99: float = 0.
               suites: str | None = None) -> Path:  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     body = suites if suites is not None else KLD.format(mean=mean, p99=p99, extra=extra)
-    head = f'[gate]\nname = "kldtiny"\n[baseline]\nmodel = "{model}"\noptions = {{ max_length = 64 }}\ndir = "baseline"\n'
+    head = f'[gate]\nname = "kldtiny"\n[baseline]\nmodel = "{model}"\noptions = {{ max_length = 256 }}\ndir = "baseline"\n'
     path = folder / "kld.toml"
     path.write_text(head + textwrap.dedent(body), encoding="utf-8")
     return path
@@ -203,7 +203,7 @@ def test_stored_tables_of_another_width_are_refused(recorded: Path, models: dict
     narrow = {name: encode_topk(decode_topk(run.artifacts[name]).truncate(8)) for name in run.artifacts}
     run.artifacts = type(run.artifacts)(narrow)
     settings = SUITES.get("kld").Settings.model_validate(run.settings)
-    backend = open_backend(str(models["base"]), device="cpu", dtype="float32", max_length=64)
+    backend = open_backend(str(models["base"]), device="cpu", dtype="float32", max_length=256)
     with pytest.raises(UserError, match="stored top-k is 8 wide"):
         SUITES.get("kld")().run(backend, settings, baseline=run)
 
@@ -218,3 +218,41 @@ def test_pooled_statistics_match_llama_cpp_definitions(recorded: Path) -> None:
     assert metric_value(run.records, specs["kl_mean"]) == 0 and metric_value(run.records, specs["same_top"]) == 100
     kl = np.concatenate([r.per_token["kl"] for r in run.records])
     assert metric_value(run.records, specs["kl_p99"]) == float(np.quantile(kl, 0.99))
+
+
+@pytest.fixture(scope="module")
+def served(models: dict[str, Path]):
+    """The reference server (vLLM's prompt_logprobs format) over the baseline's own weights."""
+    import sys
+
+    from tests.servers import free_port, start_server, stop_server
+
+    port = free_port()
+    proc = start_server([sys.executable, str(Path(__file__).parent / "openai_ref_server.py"), "--model", str(models["base"]),
+                         "--port", str(port)], port)  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop_server(proc)
+
+
+def test_a_served_candidate_gets_both_sides_top_k(recorded: Path, served: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The same weights behind vLLM-style prompt_logprobs=k: the both-top-k estimate finds no divergence."""
+    monkeypatch.setenv("MOEGATE_CACHE_DIR", str(tmp_path / "cache"))
+    outcome = gate_candidate(load_gate(recorded), "ref-vllm", tmp_path / "run", backend="openai",
+                             options={"base_url": served}, log=QUIET)  # fmt: skip
+    _, runs = load_store(tmp_path / "run" / "candidate")
+    records = runs["kld"].records
+    assert {r.meta["method"] for r in records} == {"both_top_k"} and len(records) == 5
+    assert max(r.scores["kl_max"] for r in records) < 1e-4 and min(r.scores["same_top"] for r in records) == 1
+    assert outcome.verdict.overall == "PASS"
+
+
+def test_a_server_without_top_k_prompt_logprobs_is_refused(recorded: Path, served: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setenv("MOEGATE_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(UserError, match=r"cannot return next-token top-k tables: it lacks top-k prompt log-probs") as err:
+        gate_candidate(load_gate(recorded), "ref-noecho", tmp_path / "run", backend="openai",
+                       options={"base_url": served}, log=QUIET)  # fmt: skip
+    assert "\n" not in err.value.line() and not (tmp_path / "run" / "candidate").exists()

@@ -40,11 +40,11 @@ def next_token_topk(backend: OpenAIBackend, requests: Sequence[TopKRequest]) -> 
         return []
     where = f"server {backend.base_url} ({backend.model_name})"
     caps = backend.capabilities()
-    lacks = [what for what, ok in (("vLLM's prompt_logprobs", caps.vllm_prompt_logprobs),
-                                   ("token-id prompts", backend.engine.token_prompts),
-                                   ("a tokenize route", backend.engine.tokenizer is not None)) if not ok]
+    lacks = [what for what, ok in (("top-k prompt log-probs (vLLM's prompt_logprobs)", caps.vllm_prompt_logprobs),
+                                   (f"token-id prompts ({backend.engine.name})", backend.engine.token_prompts),
+                                   (f"a tokenize route ({backend.engine.name})", backend.engine.tokenizer is not None)) if not ok]
     if lacks:
-        raise UserError(f"{where} cannot return next-token top-k tables: it has no {', no '.join(lacks)}", FIX)
+        raise UserError(f"{where} cannot return next-token top-k tables: it lacks {'; '.join(lacks)}", FIX)
     backend.verify()
     plans = [_sequences(backend, req) for req in requests]
     jobs = [(seq, n, req.k) for plan, req in zip(plans, requests, strict=True) for seq, n in plan]
