@@ -13,6 +13,7 @@ from harness.reports._common import (
     overall_line,
     sequential_totals,
 )
+from harness.reports.kld import kld_markdown_line
 
 _ICON = {"PASS": "✅", "FAIL": "❌", "INCONCLUSIVE": "⚠️"}
 TOP_ITEMS = 10
@@ -54,6 +55,9 @@ def render_markdown(
                   f"({len(totals['suites'])} suite(s)). "
                   + "; ".join(f"{_cell(c.label)}: {looks_text(c)}" for c in verdict.capabilities if c.sequential)
                   + f". _{totals['note']}._"]  # fmt: skip
+    kld = kld_markdown_line(candidate_runs, baseline_runs)
+    if kld:
+        lines += ["", kld]
     undecided = [c for c in verdict.capabilities if c.status == "INCONCLUSIVE" and c.items_to_decide]
     if undecided:
         lines += ["", "To decide the inconclusive capabilities: " + "; ".join(
