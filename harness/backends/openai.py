@@ -71,6 +71,8 @@ class OpenAIBackend:
     """
 
     name = "openai"
+    topk_probe = False
+    """``next_token_topk`` cannot return log-probs at given ids (a server returns its own top-k only)."""
 
     def __init__(
         self,

@@ -45,6 +45,8 @@ from harness.suites.perplexity import (
     corpus_text,
 )
 
+CANDIDATE_K = 8
+"""The probed candidate's own top-k width (its top token and the report's top 5 need no more)."""
 TEXT_ARTIFACT = "text.topk"
 GEN_ARTIFACT = "generations.topk"
 RE_RECORD = "re-record the baseline with this gate file (moegate baseline record)"
@@ -124,7 +126,7 @@ class KldSuite:
                 base = _stored(baseline, TEXT_ARTIFACT, settings)
                 chars = int(_text_records(baseline)[0].meta["chars_sent"])
                 probe = TokenIds(base.top_ids) if base.positions else None
-                (cand,) = topk([TopKRequest(text[:chars], k=settings.top_k, window=settings.seq_len,
+                (cand,) = topk([TopKRequest(text[:chars], k=_own_k(backend, settings), window=settings.seq_len,
                                             windows=len(base.window_sizes), probe=probe)])
                 items = [(r.item_id, r.prompt, None, r) for r in _text_records(baseline)]
                 records += _records(self.name, items, base, cand, settings, decode, {"chars_sent": chars}, "text")
@@ -143,7 +145,7 @@ class KldSuite:
                     if len(base.window_sizes) != len(base_items):
                         raise UserError(f"the baseline's {GEN_ARTIFACT} holds {len(base.window_sizes)} generations, its "
                                         f"records {len(base_items)}", RE_RECORD)
-                    requests = [TopKRequest(r.output or "", k=settings.top_k, prompt=r.prompt, chat=settings.chat,
+                    requests = [TopKRequest(r.output or "", k=_own_k(backend, settings), prompt=r.prompt, chat=settings.chat,
                                             probe=TokenIds(part.top_ids))
                                 for r, part in zip(base_items, _windows(base), strict=True)]
                     cand = concat_tables(list(topk(requests)))
@@ -152,6 +154,12 @@ class KldSuite:
         run = finish_run(self.name, settings, data, self.metrics, records, started)
         run.artifacts = Artifacts(artifacts)
         return run
+
+
+def _own_k(backend: Backend, settings: KldSettings) -> int:
+    """The candidate's own top-k width: a backend that returns log-probs at the baseline's ids (``topk_probe``,
+    the local ones) needs only its top few (same-top, the report's top 5); a served one needs the full k."""
+    return min(CANDIDATE_K, settings.top_k) if getattr(backend, "topk_probe", True) else settings.top_k
 
 
 def _decoder(backend: Backend) -> Callable[[int], str] | None:
