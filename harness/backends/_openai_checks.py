@@ -268,7 +268,8 @@ class ServeReport:
 
     def missing(self, kind: str) -> str | None:
         """Why request kind ``kind`` cannot run through the server (None: it can). Kinds: ``generate``, ``chat``,
-        ``loglikelihood``, ``loglikelihood_rolling``, ``local_chat_template`` (lm-eval renders a chat template)."""
+        ``loglikelihood``, ``loglikelihood_rolling``, ``next_token_topk``, ``local_chat_template`` (lm-eval renders a chat
+        template)."""
         caps = self.capabilities
         if kind == "generate":
             return None if caps.completions else "no /v1/completions"
@@ -278,6 +279,8 @@ class ServeReport:
             return "lm-eval renders the chat template with a local tokenizer, which the openai backend has not"
         if not caps.prompt_logprobs:
             return "no prompt log-probs (neither echo + logprobs nor prompt_logprobs)"
+        if kind == "next_token_topk" and not (caps.vllm_prompt_logprobs and self.prompt_topk):
+            return "no top-k prompt log-probs (vLLM's prompt_logprobs=k)"
         if self.consistency is not None and not self.consistency.ok:
             return "its prompt log-probs failed the self-consistency probe"
         if self.alignment is not None and not self.alignment.ok():
