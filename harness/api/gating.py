@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from harness.api._audit import AUDIT_FILE, audit_verdict, expert_heatmap, with_audit
+from harness.api.calibrate import calibrated_budgets
 from harness.api.config import GateConfig, ModelSpec
 from harness.api.models import (
     SCORING_KINDS,
@@ -35,6 +36,7 @@ from harness.backends import Backend
 from harness.backends.base import engine_of
 from harness.errors import UserError
 from harness.gate import GateVerdict, evaluate_gate, sequential_rule
+from harness.gate.churn import annotated
 from harness.gate.flags import detector_flags
 from harness.inspect import audit_extra, audit_for_gate
 from harness.records import SuiteRun
@@ -135,6 +137,8 @@ def gate_candidate(
     store = baseline_dir or config.baseline_dir
     manifest, baseline_runs = load_store(store)  # verified before any time is spent on the candidate, then reused
     warnings = [*config.warnings, *check_comparable(manifest, config.settings, store=store)]
+    budgets, _, noted = calibrated_budgets(config, Path(store))  # a budget the baseline's own churn FAILs: refused now
+    warnings += noted
     base_spec = stored_spec(manifest)
     if isinstance(candidate, str):
         spec: ModelSpec | Backend = _spec(base_spec, candidate, backend, options)
@@ -160,7 +164,7 @@ def gate_candidate(
     if fingerprint == manifest.fingerprint:
         log("note: the candidate's fingerprint equals the baseline's (same weights and settings)")
     g = config.file.gate
-    rule = sequential_rule(config.budgets, baseline_runs, config.policy(), looks=g.looks, spending=g.spending,
+    rule = sequential_rule(budgets, baseline_runs, config.policy(), looks=g.looks, spending=g.spending,
                            min_items=g.min_items) if (g.sequential if sequential is None else sequential) else None  # fmt: skip
     candidate_runs = run_suites(opened, config.settings, log=log, baseline=baseline_runs, stopping=rule)
     check_same_data(manifest, candidate_runs)
@@ -232,8 +236,10 @@ def decide(
         if changed and baseline is None:
             warnings.append(f"suite '{name}' ran with other settings than this gate file's ({', '.join(changed)}); "
                             "its records keep the run's settings")  # fmt: skip
+    budgets, calibration, noted = calibrated_budgets(config, Path(store))
+    warnings += [w for w in noted if w not in warnings]
     flags = detector_flags(baseline_runs, candidate_runs, config.detectors)
-    verdict = evaluate_gate(baseline_runs, candidate_runs, config.budgets, config.policy(), flags=flags)
+    verdict = annotated(evaluate_gate(baseline_runs, candidate_runs, budgets, config.policy(), flags=flags), calibration)
     findings = None
     if (run_dir / AUDIT_FILE).is_file():
         findings = json.loads((run_dir / AUDIT_FILE).read_text(encoding="utf-8"))
