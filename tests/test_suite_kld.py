@@ -11,6 +11,7 @@ import pytest
 
 from harness.api import gate_candidate, load_gate, record_baseline
 from harness.cli import main
+from harness.compress._perturb import renumber_experts
 from harness.divergence import decode_topk
 from harness.errors import UserError
 from harness.store import load_store
@@ -18,7 +19,6 @@ from harness.suites import SUITES
 from tests.tiny_models import (
     build_tiny_moe,
     drift_experts,
-    permute_experts,
     smollm2_tokenizer_dir,
     tiny_config,
 )
@@ -56,10 +56,11 @@ max = 10
 
 
 def gate_file(folder: Path, model: Path, *, mean: float = 0.001, p99: float = 0.01, extra: str = "",
-              suites: str | None = None) -> Path:  # fmt: skip
+              suites: str | None = None, baseline: str = "baseline", cross_engine: bool = False) -> Path:  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     body = suites if suites is not None else KLD.format(mean=mean, p99=p99, extra=extra)
-    head = f'[gate]\nname = "kldtiny"\n[baseline]\nmodel = "{model}"\noptions = {{ max_length = 256 }}\ndir = "baseline"\n'
+    head = (f'[gate]\nname = "kldtiny"\n{"allow_cross_engine = true" if cross_engine else ""}\n[baseline]\n'
+            f'model = "{model}"\noptions = {{ max_length = 256 }}\ndir = "{baseline}"\n')
     path = folder / "kld.toml"
     path.write_text(head + textwrap.dedent(body), encoding="utf-8")
     return path
@@ -69,7 +70,7 @@ def gate_file(folder: Path, model: Path, *, mean: float = 0.001, p99: float = 0.
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("kld-models")
     base = build_tiny_moe("qwen2_moe", root / "base")
-    permute_experts(base, root / "permuted")
+    renumber_experts(base, root / "permuted", seed=1)  # the product's own renumbering (moegate baseline calibrate)
     return {"base": base, "drift": drift_experts(base, root / "drift"), "permuted": root / "permuted"}
 
 
@@ -240,7 +241,8 @@ def test_a_served_candidate_gets_both_sides_top_k(recorded: Path, served: str, t
                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """The same weights behind vLLM-style prompt_logprobs=k: the both-top-k estimate finds no divergence."""
     monkeypatch.setenv("MOEGATE_CACHE_DIR", str(tmp_path / "cache"))
-    outcome = gate_candidate(load_gate(recorded), "ref-vllm", tmp_path / "run", backend="openai",
+    path = gate_file(tmp_path / "gate", Path("unused"), baseline=str(recorded.parent / "baseline"), cross_engine=True)
+    outcome = gate_candidate(load_gate(path), "ref-vllm", tmp_path / "run", backend="openai",
                              options={"base_url": served}, log=QUIET)  # fmt: skip
     _, runs = load_store(tmp_path / "run" / "candidate")
     records = runs["kld"].records
@@ -253,6 +255,7 @@ def test_a_server_without_top_k_prompt_logprobs_is_refused(recorded: Path, serve
                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     monkeypatch.setenv("MOEGATE_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(UserError, match=r"cannot return next-token top-k tables: it lacks top-k prompt log-probs") as err:
-        gate_candidate(load_gate(recorded), "ref-noecho", tmp_path / "run", backend="openai",
+        path = gate_file(tmp_path / "gate", Path("unused"), baseline=str(recorded.parent / "baseline"), cross_engine=True)
+        gate_candidate(load_gate(path), "ref-noecho", tmp_path / "run", backend="openai",
                        options={"base_url": served}, log=QUIET)  # fmt: skip
     assert "\n" not in err.value.line() and not (tmp_path / "run" / "candidate").exists()

@@ -73,37 +73,6 @@ def build_tiny_moe(family: str, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def permute_experts(src: Path, out: Path, seed: int = 1) -> dict[str, list[int]]:
-    """A copy of ``src`` whose routed experts are renumbered in every MoE block: expert tensors and router
-    rows permuted consistently (the same function). Returns block -> permutation (new expert j = old perm[j])."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from harness.checkpoint.names import classify
-
-    shutil.copytree(src, out, dirs_exist_ok=True)
-    generator = torch.Generator().manual_seed(seed)
-    perms: dict[str, Any] = {}
-    for shard in sorted(Path(src).glob("*.safetensors")):
-        tensors = load_file(shard)
-        moved = {}
-        for name, tensor in tensors.items():
-            where = classify(name)
-            if where.role == "other" or where.block is None:
-                moved[name] = tensor
-                continue
-            if where.block not in perms:
-                perms[where.block] = torch.randperm(tensors[f"{where.block}.gate.weight"].shape[0], generator=generator)
-            perm = perms[where.block]
-            if where.role == "expert":
-                new = int((perm == where.expert).nonzero()[0, 0])
-                moved[name.replace(f"experts.{where.expert}.", f"experts.{new}.", 1)] = tensor
-            else:  # the router's rows, or a stacked [E, ...] expert tensor
-                moved[name] = tensor[perm].contiguous()
-        save_file(moved, out / shard.name, metadata={"format": "pt"})
-    return {block: perm.tolist() for block, perm in perms.items()}
-
-
 def drift_experts(src: Path, out: Path, scale: float = 0.05, seed: int = 0) -> Path:
     """A copy of ``src`` whose routed experts' weights drifted by Gaussian noise (a bad merge)."""
     import torch
