@@ -183,7 +183,7 @@ class CachedBackend:
         if compute is None:
             raise UserError(
                 f"the {self.name} backend cannot return next-token top-k tables",
-                "run this suite with the transformers or mlx backend",
+                "run this suite with the transformers, mlx or openai (vLLM) backend",
             )
         return self._run("next_token_topk", requests, compute, _decode_topk, _encode_topk)
 

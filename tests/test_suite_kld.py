@@ -259,3 +259,16 @@ def test_a_server_without_top_k_prompt_logprobs_is_refused(recorded: Path, serve
         gate_candidate(load_gate(path), "ref-noecho", tmp_path / "run", backend="openai",
                        options={"base_url": served}, log=QUIET)  # fmt: skip
     assert "\n" not in err.value.line() and not (tmp_path / "run" / "candidate").exists()
+
+
+def test_an_mlx_candidate_is_probed_like_a_local_one(recorded: Path, models: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The baseline's own weights through mlx-lm (CPU): the tail-bucket estimate, KL at float32 noise."""
+    pytest.importorskip("mlx_lm")
+    monkeypatch.setenv("MOEGATE_CACHE_DIR", str(tmp_path / "cache"))
+    path = gate_file(tmp_path / "gate", Path("unused"), baseline=str(recorded.parent / "baseline"), cross_engine=True)
+    outcome = gate_candidate(load_gate(path), str(models["base"]), tmp_path / "run", backend="mlx", log=QUIET)
+    _, runs = load_store(tmp_path / "run" / "candidate")
+    records = runs["kld"].records
+    assert {r.meta["method"] for r in records} == {"tail_bucket"} and len(records) == 5
+    assert max(r.scores["kl_max"] for r in records) < 1e-4 and outcome.verdict.overall == "PASS"
