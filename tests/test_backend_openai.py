@@ -378,13 +378,16 @@ def moegate(*args: str | Path) -> int:
 
 def test_serve_check_says_what_runs_and_exits_by_the_gate(server: str, tiny: Path, capsys: pytest.CaptureFixture) -> None:
     gate = HERE.parent / "gates" / "testbed.toml"
-    assert moegate("serve-check", server, "--model-name", "ref", "--gate", gate) == 0
+    assert moegate("serve-check", server, "--model-name", "ref-vllm", "--gate", gate) == 0  # vLLM's format: every suite
     out = capsys.readouterr().out
     assert "self-consistency" in out and "pass" in out and "arc_challenge" in out and "cannot run" not in out
+    assert moegate("serve-check", server, "--model-name", "ref", "--gate", gate) == 2  # an unknown engine: no top-k tables
+    out = capsys.readouterr().out
+    assert "kld" in out and "token-id prompts" in out and out.count("cannot run") == 1
     assert moegate("serve-check", server, "--model-name", "ref-selfpair", "--gate", gate, "--reference", tiny) == 2
     captured = capsys.readouterr()
     assert "no shift fits" in captured.out and "FAIL" in captured.out
-    assert "cannot run 2 suite(s)" in captured.err and captured.err.count("\n") == 1
+    assert "cannot run 3 suite(s)" in captured.err and captured.err.count("\n") == 1
     assert moegate("serve-check", server, "--model-name", "ref-noecho", "--json") == 0
     found = json.loads(capsys.readouterr().out)
     assert found["engine"]["engine"] == "unknown" and found["consistency"] is None

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from harness.atomic import atomic_write_text
+from harness.backends._engines import ENGINES
 from harness.backends._http import RETRY_STATUS, HttpError
 from harness.backends._logprobs import PromptScores, continuation_tokens, prompt_positions
 from harness.backends.base import Backend, EngineInfo, GenerateRequest, LoglikelihoodRequest
@@ -280,6 +281,8 @@ class ServeReport:
             return "no prompt log-probs (neither echo + logprobs nor prompt_logprobs)"
         if kind == "next_token_topk" and not (caps.vllm_prompt_logprobs and self.prompt_topk):
             return "no top-k prompt log-probs (vLLM's prompt_logprobs=k)"
+        if kind == "next_token_topk" and not (self.tokenize and _takes_token_prompts(self.engine.engine)):
+            return f"top-k tables need token-id prompts and a tokenize route, which {self.engine.engine} has not"
         if self.consistency is not None and not self.consistency.ok:
             return "its prompt log-probs failed the self-consistency probe"
         if self.alignment is not None and not self.alignment.ok():
@@ -303,3 +306,7 @@ def serve_report(backend: OpenAIBackend, reference: Backend | None = None) -> Se
     alignment = check_alignment(backend, reference) if reference is not None and caps.prompt_logprobs else None
     return ServeReport(backend.describe(), caps, topk, backend.tokenize("Hello world") is not None, deterministic,
                        consistency, alignment)
+
+
+def _takes_token_prompts(engine: str) -> bool:
+    return any(row.name == engine and row.token_prompts for row in ENGINES)
