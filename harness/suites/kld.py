@@ -92,6 +92,10 @@ class KldSettings(CorpusSettings):
     worst_tokens: int = Field(5, ge=0, le=50)
     """Worst tokens per item kept with their context and both models' top tokens (for the report)."""
 
+    def planned_items(self) -> int | None:
+        """Unknown from the settings alone: an empty generation is no item."""
+        return None
+
 
 class KldSuite:
     """KL divergence of next-token distributions from the stored baseline, on text and on its own generations."""
