@@ -179,3 +179,30 @@ def test_merge_bad_input_exit_2_no_output(
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.mlx
+def test_merged_checkpoint_loads_unchanged_in_mlx_lm(tiny: Path, calib: Path, tmp_path: Path) -> None:
+    pytest.importorskip("mlx_lm")
+    from harness.backends import open_backend
+    from harness.backends.base import LoglikelihoodRequest
+
+    out = merge(tiny, tmp_path / "merged", fraction=0.5, method="msmoe", calib=calib, max_tokens=32)
+    reqs = [LoglikelihoodRequest("The capital of France is", " Paris"), LoglikelihoodRequest("2 + 2 =", " 4")]
+    mlx, ref = open_backend(str(out), kind="mlx"), open_backend(str(out), dtype="float32", device="cpu")
+    original = open_backend(str(tiny), dtype="float32", device="cpu")
+    got, want, before = mlx.loglikelihood(reqs), ref.loglikelihood(reqs), original.loglikelihood(reqs)
+    for g, w in zip(got, want, strict=True):
+        assert g.logprob == pytest.approx(w.logprob, rel=1e-3, abs=1e-4)
+    assert [w.logprob for w in want] != [b.logprob for b in before]  # the merge changed the model
+
+
+def test_cli_merge_writes_checkpoint_and_record(tiny: Path, calib: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "merged"
+    assert _cli(["compress", "merge", str(tiny), "--fraction", "0.25", "--method", "msmoe", "--calib", str(calib),
+                 "--out", str(out), "--max-tokens", "32"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    record = json.loads((out / "merging.json").read_text())
+    assert record["method"] == "msmoe" and all(len(layer["merged"]) == 1 for layer in record["layers"])
+    _check_merged(tiny, out, record)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from harness.compress._checkpoint import MoeCheckpoint, open_checkpoint
 from harness.compress._importance import CRITERIA
-from harness.compress._merge import METHODS, hcsmoe_groups, merge, msmoe_groups
+from harness.compress._merge import METHODS, calibration_statistics, hcsmoe_groups, merge, msmoe_groups
 from harness.compress._prune import MASK_VALUE, MODES, prune, select_experts
 from harness.compress._quant import TIER_COLD, TIER_HOT, fake_quantize, parse_plan, quantize, tiered_bits
 
@@ -21,6 +21,7 @@ __all__ = [
     "TIER_COLD",
     "TIER_HOT",
     "MoeCheckpoint",
+    "calibration_statistics",
     "fake_quantize",
     "hcsmoe_groups",
     "merge",

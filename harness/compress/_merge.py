@@ -139,12 +139,14 @@ def merge(
     method: str,
     calib: str | Path | None,
     max_tokens: int = 512,
+    stats: MergeStatistics | None = None,
 ) -> Path:
     """Merge ``fraction`` of the routed experts of the checkpoint at ``model`` away into ``out``, per layer.
 
     Writes the checkpoint (same layout: each group's experts share the merged weights, router rows kept)
     plus ``merging.json``: the method, the calibration file and its sha256, and per layer the groups,
-    the usage frequencies and the similarities the groups came from.
+    the usage frequencies and the similarities the groups came from. ``stats`` (``merge_statistics`` on
+    ``calib`` with ``max_tokens``) skips the calibration pass, to reuse one pass for several merges.
     """
     if not 0.0 < fraction < 1.0:
         raise UserError(f"--fraction {fraction} is outside (0, 1)", "pass e.g. --fraction 0.25 to merge a quarter of the experts away")
@@ -154,7 +156,10 @@ def merge(
     n_groups = n_groups_for(fraction, ckpt.num_experts)
     calib_path = check_calib(calib, required=True)
     assert calib_path is not None
-    stats = _statistics(ckpt, calib_path, max_tokens)
+    stats = stats or _statistics(ckpt, calib_path, max_tokens)
+    if stats.profile.layer_indices() != ckpt.layers or stats.profile.num_experts != ckpt.num_experts:
+        raise ValueError(f"statistics cover layers {stats.profile.layer_indices()} x {stats.profile.num_experts} "
+                         f"experts, checkpoint has {ckpt.layers} x {ckpt.num_experts}")
     usage = stats.usage()
     if method == "msmoe":
         similarity = stats.logit_similarity()
@@ -207,6 +212,14 @@ def _dominant(groups: list[list[int]], usage: np.ndarray) -> list[int]:
     return [min(g, key=lambda e: (-int(usage[e]), e)) for g in groups]
 
 
+def calibration_statistics(model: str | Path, calib: str | Path, *, max_tokens: int = 512) -> MergeStatistics:
+    """One calibration pass of the checkpoint at ``model`` over ``calib`` for ``merge(stats=...)``."""
+    ckpt = open_checkpoint(model)
+    calib_path = check_calib(calib, required=True)
+    assert calib_path is not None
+    return _statistics(ckpt, calib_path, max_tokens)
+
+
 def _statistics(ckpt: MoeCheckpoint, calib: Path, max_tokens: int) -> MergeStatistics:
     from harness.checkpoint import load_model_and_tokenizer, resolve_model
     from harness.profiler import merge_statistics
@@ -214,9 +227,4 @@ def _statistics(ckpt: MoeCheckpoint, calib: Path, max_tokens: int) -> MergeStati
 
     prompts = read_prompts(calib)
     model, tokenizer, _ = load_model_and_tokenizer(resolve_model(ckpt.path), dtype="float32", device="cpu")
-    stats = merge_statistics(model, tokenizer, [p.text for p in prompts], max_tokens=max_tokens)
-    by_layer = stats.profile.layer_indices()
-    if by_layer != ckpt.layers or stats.profile.num_experts != ckpt.num_experts:
-        raise ValueError(f"profile covers layers {by_layer} x {stats.profile.num_experts} experts, "
-                         f"checkpoint has {ckpt.layers} x {ckpt.num_experts}")
-    return stats
+    return merge_statistics(model, tokenizer, [p.text for p in prompts], max_tokens=max_tokens)
