@@ -100,6 +100,10 @@ def merge_weights(tensors: list[torch.Tensor], usage: list[float]) -> torch.Tens
     return merged.to(tensors[0].dtype)
 
 
+def _replace_with(merged: torch.Tensor) -> Edit:
+    return lambda _tensor: merged.clone()
+
+
 def _suffix(key: str, expert: int) -> str:
     return key.split(f"experts.{expert}.", 1)[1]
 
@@ -128,7 +132,7 @@ def _merge_layer(ckpt: MoeCheckpoint, layer: int, layer_groups: list[list[int]],
                                 "merging needs experts of one shape")
             merged = merge_weights(parts, [float(layer_usage[e]) for e in group])
             for expert in group:
-                edits[keys[expert][suffix]] = lambda _t, m=merged: m.clone()
+                edits[keys[expert][suffix]] = _replace_with(merged)
 
 
 def merge(

@@ -50,7 +50,8 @@ class MergeStatistics:
         """float64 [L, E, E]: cosine similarity of the experts' router-logit columns over the tokens."""
         diag = np.sqrt(np.einsum("lee->le", self.logit_gram))
         denom = diag[:, :, None] * diag[:, None, :]
-        return np.divide(self.logit_gram, denom, out=np.zeros_like(self.logit_gram), where=denom > 0)
+        similarity: np.ndarray = np.divide(self.logit_gram, denom, out=np.zeros_like(self.logit_gram), where=denom > 0)
+        return similarity
 
     def mean_outputs(self) -> np.ndarray:
         """float64 [L, E, H]: each expert's average output over all calibration tokens."""
@@ -76,7 +77,7 @@ def merge_statistics(
             gram[pos] += (logits.T @ logits).numpy()
 
     def outputs_hook(pos: int):  # type: ignore[no-untyped-def]
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: torch.Tensor) -> None:
             hidden = [*args, *kwargs.values()][0].detach()
             tokens = hidden.reshape(-1, hidden.shape[-1])
             every = torch.arange(n_experts, device=tokens.device).expand(tokens.shape[0], n_experts)
