@@ -2,9 +2,10 @@
 
 At 25% and 50% of the routed experts: merged (M-SMoE, HC-SMoE; ``moegate compress merge``) and pruned
 (REAP criterion, zero mode; ``moegate compress prune``), each against the uncompressed test bed on
-moegate's own suites: ARC-Challenge (multiple choice, loglikelihood), the collapse prompts (generation:
-n-gram diversity and length against the baseline's answer to the same prompt, failed checks) and
-WikiText-2 perplexity. Calibration: the demo's, the first C4 documents (the C4 sample the test bed
+moegate's own suites with the settings of the test bed's gate (gates/testbed.toml), fewer items where
+noted: ARC-Challenge (multiple choice, loglikelihood), the collapse prompts (generation: n-gram
+diversity and length against the baseline's answer to the same prompt, failed checks; the gate's 5
+prompts the baseline passes plus the 8 of the ci profile, 200 tokens) and WikiText-2 perplexity. Calibration: the demo's, the first C4 documents (the C4 sample the test bed
 itself was fitted on), 128 tokens each. Requests are cached, so a rerun costs seconds.
 
     flock /tmp/moegate-heavy.lock python benchmarks/merge_vs_prune.py [--arc 100] [--wikitext 8] [--work DIR]
@@ -18,14 +19,14 @@ import statistics
 import time
 from pathlib import Path
 
-from harness.api import evaluate, resolve_testbed
+from harness.api import evaluate, load_gate, resolve_testbed
 from harness.cli.demo import CALIB_TOKENS, calibration_file
 from harness.compress import calibration_statistics, merge, open_checkpoint, prune
 from harness.compress._importance import importance
 from harness.detectors import detect, input_from_record
 from harness.detectors.diversity import diversity
 from harness.records import ItemRecord, SuiteRun, metric_value
-from harness.resources import cache_dir
+from harness.resources import cache_dir, gates_dir
 from harness.stats import mcnemar_exact_p
 from harness.suites.base import suite_settings, with_limit
 
@@ -92,11 +93,12 @@ def generation_quality(cand: list[ItemRecord], base: list[ItemRecord]) -> dict[s
 
 def arc_numbers(cand: SuiteRun, base: SuiteRun) -> dict[str, float | int]:
     spec = next(m for m in cand.metrics if m.name == "acc_norm")
+    plain = next(m for m in cand.metrics if m.name == "acc")
     by_id = {r.item_id: r.scores["acc_norm"] for r in base.records}
     worse = sum(by_id[r.item_id] == 1.0 and r.scores["acc_norm"] == 0.0 for r in cand.records)
     better = sum(by_id[r.item_id] == 0.0 and r.scores["acc_norm"] == 1.0 for r in cand.records)
-    value = metric_value(cand.records, spec)
-    return {"acc_norm": float("nan") if value is None else value, "worse": worse, "better": better,
+    value, acc = metric_value(cand.records, spec), metric_value(cand.records, plain)
+    return {"acc_norm": float("nan") if value is None else value, "acc": float("nan") if acc is None else acc, "worse": worse, "better": better,
             "p": mcnemar_exact_p(worse, better), "n": len(cand.records)}
 
 
@@ -117,10 +119,13 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     calib = calibration_file(work)
     variants = make_variants(testbed, work, calib, log)
+    gate = load_gate(gates_dir() / "testbed.toml").settings
+    collapse = gate["collapse"]
+    ids = [*collapse.model_dump()["item_ids"], *suite_settings("collapse", "ci").model_dump()["item_ids"]]
     suites = {
-        "arc_challenge": with_limit(suite_settings("arc_challenge", "ci"), args.arc),
-        "collapse": suite_settings("collapse", "ci"),
-        "wikitext2": with_limit(suite_settings("wikitext2", "ci"), args.wikitext),
+        "arc_challenge": with_limit(gate["arc_challenge"], args.arc),
+        "collapse": type(collapse).model_validate({**collapse.model_dump(), "item_ids": ids, "limit": len(ids)}),
+        "wikitext2": with_limit(gate["wikitext2"], args.wikitext),
     }
     runs: dict[str, dict[str, SuiteRun]] = {}
     for name, path in variants:
@@ -138,14 +143,14 @@ def main() -> None:
                      **generation_quality(run["collapse"].records, base["collapse"].records),
                      "ppl": metric_value(run["wikitext2"].records, ppl_spec)})
     n_collapse = len(base["collapse"].records)
-    print(f"\nARC-Challenge: {rows[0]['arc_n']} items, 0-shot, acc_norm; collapse: {n_collapse} ci prompts; "
+    print(f"\nARC-Challenge: {rows[0]['arc_n']} items, 0-shot (flips by acc_norm); collapse: {n_collapse} prompts; "
           f"WikiText-2: {args.wikitext} windows of 512 tokens; calibration {calib.name} x {CALIB_TOKENS} tokens\n")
-    print("| variant | ARC acc_norm | ARC right→wrong / wrong→right (McNemar p) | distinct-2/3/4 vs baseline "
+    print("| variant | ARC acc / acc_norm | ARC right→wrong / wrong→right (McNemar p) | distinct-2/3/4 vs baseline "
           "| low_diversity flags | length vs baseline (median) | length_collapse flags | collapse prompts failing "
           "| failed checks | WikiText-2 PPL |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['arc_acc_norm']:.1f} | {r['arc_worse']} / {r['arc_better']} ({r['arc_p']:.3f}) "
+        print(f"| {r['variant']} | {r['arc_acc']:.1f} / {r['arc_acc_norm']:.1f} | {r['arc_worse']} / {r['arc_better']} ({r['arc_p']:.3f}) "
               f"| {r['distinct_ratio']:.2f} (n={r['distinct_items']}) | {r['low_diversity']}/{n_collapse} "
               f"| {r['length_ratio']:.2f} | {r['length_collapse']}/{n_collapse} | {r['failed_prompts']}/{n_collapse} "
               f"| {r['failed_checks']}/{r['checks']} | {r['ppl']:.1f} |")
