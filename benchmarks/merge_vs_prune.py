@@ -8,7 +8,7 @@ diversity and length against the baseline's answer to the same prompt, failed ch
 prompts the baseline passes plus the 8 of the ci profile, 200 tokens) and WikiText-2 perplexity. Calibration: the demo's, the first C4 documents (the C4 sample the test bed
 itself was fitted on), 128 tokens each. Requests are cached, so a rerun costs seconds.
 
-    flock /tmp/moegate-heavy.lock python benchmarks/merge_vs_prune.py [--arc 100] [--wikitext 8] [--work DIR]
+    flock /tmp/moegate-heavy.lock python benchmarks/merge_vs_prune.py [--arc 100] [--wikitext 8] [--collapse gate|ci]
 """
 
 from __future__ import annotations
@@ -107,6 +107,9 @@ def main() -> None:
     parser.add_argument("--arc", type=int, default=100, help="ARC-Challenge items (0-shot, acc_norm)")
     parser.add_argument("--wikitext", type=int, default=8, help="WikiText-2 windows (ci profile: 512 tokens)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the compressed checkpoints")
+    parser.add_argument("--collapse", choices=("gate", "ci"), default="gate",
+                        help="gate: the test bed gate's 5 prompts the baseline passes + the 8 ci prompts, 200 tokens; "
+                             "ci: the ci profile's 8 prompts, 160 tokens (all 8 fail on the baseline)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -124,7 +127,8 @@ def main() -> None:
     ids = [*collapse.model_dump()["item_ids"], *suite_settings("collapse", "ci").model_dump()["item_ids"]]
     suites = {
         "arc_challenge": with_limit(gate["arc_challenge"], args.arc),
-        "collapse": type(collapse).model_validate({**collapse.model_dump(), "item_ids": ids, "limit": len(ids)}),
+        "collapse": type(collapse).model_validate({**collapse.model_dump(), "item_ids": ids, "limit": len(ids)})
+        if args.collapse == "gate" else suite_settings("collapse", "ci"),
         "wikitext2": with_limit(gate["wikitext2"], args.wikitext),
     }
     runs: dict[str, dict[str, SuiteRun]] = {}
