@@ -206,3 +206,24 @@ def test_cli_merge_writes_checkpoint_and_record(tiny: Path, calib: Path, tmp_pat
     record = json.loads((out / "merging.json").read_text())
     assert record["method"] == "msmoe" and all(len(layer["merged"]) == 1 for layer in record["layers"])
     _check_merged(tiny, out, record)
+
+
+@pytest.mark.parametrize("family", ["deepseek_v2", "deepseek_v3", "glm4_moe", "qwen3_5_moe_text"])
+def test_merge_other_families_sigmoid_routers_and_dense_layers(family: str, calib: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.test_profiler_families import _configs
+    from tests.tiny_models import smollm2_tokenizer_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
+    config = _configs()[family]
+    config.vocab_size = len(tokenizer)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "src")
+    tokenizer.save_pretrained(tmp_path / "src")
+    out = merge(tmp_path / "src", tmp_path / "out", fraction=0.25, method="msmoe", calib=calib, max_tokens=16)
+    record = json.loads((out / "merging.json").read_text())
+    assert [layer["layer"] for layer in record["layers"]] == open_checkpoint(tmp_path / "src").layers
+    _check_merged(tmp_path / "src", out, record)
+    with torch.inference_mode():
+        assert torch.isfinite(AutoModelForCausalLM.from_pretrained(str(out))(torch.randint(0, 200, (1, 12))).logits).all()
