@@ -144,15 +144,18 @@ class CachedBackend:
     Args:
         backend: the backend that computes misses.
         cache: a ``RequestCache`` or a path to its SQLite file.
-        chunk_size: misses per backend call; each chunk is committed as soon as it is computed.
+        chunk_size: misses per backend call (default 64, or 4x the backend's concurrency when larger); each chunk
+            is committed as soon as it is computed.
         description: label for the progress bar.
     """
 
-    def __init__(self, backend: Backend, cache: RequestCache | str | Path, *, chunk_size: int = 64, description: str = "") -> None:
+    def __init__(self, backend: Backend, cache: RequestCache | str | Path, *, chunk_size: int | None = None,
+                 description: str = "") -> None:  # fmt: skip
         self.backend = backend
         self.cache = cache if isinstance(cache, RequestCache) else RequestCache(cache)
-        # a chunk smaller than the requests a backend keeps in flight (a server's concurrency) would idle it
-        self.chunk_size = max(1, int(chunk_size), 4 * int(getattr(backend, "concurrency", 1)))
+        # by default a chunk is never smaller than 4x what a backend keeps in flight (a server's concurrency)
+        default = max(64, 4 * int(getattr(backend, "concurrency", 1)))
+        self.chunk_size = max(1, int(chunk_size)) if chunk_size is not None else default
         self.description = description or backend.name
         self.stats = CacheStats()
 
