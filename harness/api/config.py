@@ -66,12 +66,18 @@ class ModelSpec(BaseModel):
 class BaselineSection(ModelSpec):
     dir: str
     """Where the stored baseline lives, relative to the project root (the folder holding ``gates/``)."""
+    manifest_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    """The stored baseline's manifest pinned (``moegate baseline record`` prints the line): a store
+    whose manifest differs is refused, so changing the baseline means changing this reviewed file."""
+    require_signature: bool = False
+    """Refuse a baseline not signed with ``MOEGATE_BASELINE_KEY`` (see ``harness.integrity``)."""
 
 
 class GateSection(GatePolicy):
     """``[gate]``: the statistical policy (``GatePolicy``'s fields) plus the gate's name and sequential stopping."""
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    """A plain name (letters, digits, ``_.-``): the default report folder is ``reports/<name>/``."""
     sequential: bool = False
     """Run suites whose budgets are all paired ``drop`` budgets in chunks and stop a capability as soon
     as its verdict cannot change (group-sequential test, ``harness.stats.sequential``)."""
