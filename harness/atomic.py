@@ -42,7 +42,10 @@ def check_replaceable(target: Path, kind: str, *, protect: Iterable[Path | str] 
         if held == where or where in held.parents:
             raise UserError(f"{target} {'is' if held == where else 'holds'} {path}, which moegate must not replace",
                             "write moegate's output to a folder of its own")
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
+    if target.is_symlink():
+        raise UserError(f"{target} is a symbolic link (to {os.readlink(target)}); moegate does not replace links",
+                        "name the folder itself, or a new path")
+    if target.exists() and not target.is_dir():
         raise UserError(f"{target} exists and is not a folder", "choose another path (moegate writes a folder there)")
     if not target.is_dir() or not any(target.iterdir()) or (target / marker(kind)).is_file():
         return
