@@ -154,6 +154,9 @@ def test_the_guard_itself(tmp_path: Path) -> None:
         check_replaceable(run, "store")
     with pytest.raises(UserError, match="holds"):
         check_replaceable(tmp_path, "store", protect=[tmp_path / "file"])
+    (tmp_path / "link").symlink_to(run)
+    with pytest.raises(UserError, match="symbolic link"):
+        check_replaceable(tmp_path / "link", "run")
     (tmp_path / "empty").mkdir()
     with atomic_dir(tmp_path / "empty", kind="store") as tmp:
         (tmp / "x").write_text("y")
