@@ -47,7 +47,10 @@ def check_replaceable(target: Path, kind: str, *, protect: Iterable[Path | str] 
                         "name the folder itself, or a new path")
     if target.exists() and not target.is_dir():
         raise UserError(f"{target} exists and is not a folder", "choose another path (moegate writes a folder there)")
-    if not target.is_dir() or not any(target.iterdir()) or (target / marker(kind)).is_file():
+    try:
+        if not target.is_dir() or not any(target.iterdir()) or (target / marker(kind)).is_file():
+            return
+    except FileNotFoundError:  # another writer is swapping it this instant; atomic_dir checks again under the lock
         return
     if recognise is not None and recognise(target):
         return
