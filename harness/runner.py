@@ -46,6 +46,7 @@ def run_suites(
     item order and stop once decided. A ``UserError`` (bad data file, bad settings) is not a suite
     failure: it stops the run at once.
     """
+    check_context(backend, suites)
     runs: dict[str, SuiteRun] = {}
     for name, settings in suites.items():
         if log:
@@ -73,6 +74,18 @@ def run_suites(
         if log and run.error is None:
             log(f"suite {name}: {len(run.records)} items in {run.seconds:.0f} s")
     return runs
+
+
+def check_context(backend: Backend, suites: dict[str, SuiteSettings]) -> None:
+    """Refuse, before any suite runs, a ``seq_len`` beyond the positions the model has (``backend.max_length``)."""
+    positions = getattr(backend, "max_length", None)
+    if not isinstance(positions, int) or isinstance(positions, bool):
+        return
+    for name, settings in suites.items():
+        seq_len = getattr(settings, "seq_len", None)
+        if isinstance(seq_len, int) and seq_len > positions:
+            raise UserError(f"suite {name}: seq_len = {seq_len} is beyond the model's {positions} positions "
+                            "(max_position_embeddings)", f"set seq_len to at most {positions} under [suites.{name}]")
 
 
 def _chunkable(name: str, suite: Suite, stopping: StoppingRule, log: Log | None) -> bool:
