@@ -51,8 +51,8 @@ def pooled_quantile(units: Sequence[Sequence[float] | np.ndarray], level: float,
 
     The point estimate is the pooled quantile by linear interpolation (numpy's, llama.cpp's); a replicate's
     is the smallest grid threshold with at least ``level`` of the replicate's tokens at or below it, the grid
-    being the pooled values' quantiles from ``level − 0.25`` to ``level + 0.25`` (a replicate beyond reads the
-    grid's end). ``level`` 1 is the maximum.
+    being the pooled values between their ``level − 0.25`` and ``level + 0.25`` quantiles (at most
+    ``QUANTILE_GRID`` of them) and the smallest value (a replicate beyond reads the grid's nearest end). ``level`` 1 is the maximum.
     """
     if not 0.0 <= level <= 1.0:
         raise ValueError(f"a quantile level is in [0, 1], got {level}")
@@ -62,7 +62,11 @@ def pooled_quantile(units: Sequence[Sequence[float] | np.ndarray], level: float,
         raise ValueError("no per-token values to take a quantile of")
     pooled = np.concatenate(arrays)
     estimate = float(np.quantile(pooled, level))
-    grid = np.unique(np.quantile(pooled, np.linspace(max(0.0, level - 0.25), min(1.0, level + 0.25), QUANTILE_GRID)))
+    ordered = np.unique(pooled)  # thresholds are data values: a replicate's quantile is one of its own values
+    lo, hi = np.searchsorted(ordered, np.quantile(pooled, [max(0.0, level - 0.25), min(1.0, level + 0.25)]))
+    window = ordered[max(int(lo) - 1, 0): int(hi) + 1]
+    picks = np.unique(np.linspace(0, window.size - 1, min(window.size, QUANTILE_GRID)).round().astype(int))
+    grid = np.unique(np.concatenate([ordered[:1], window[picks]]))
     below = np.stack([np.searchsorted(a, grid, side="right") for a in arrays]).astype(np.float64)  # [units, grid]
     sizes = np.asarray([a.size for a in arrays], np.float64)
     rng = np.random.default_rng(seed)
