@@ -164,3 +164,13 @@ def test_calibration_usage_reads_pruning_json(tmp_path) -> None:  # type: ignore
 def test_risk_ranking_without_routes_says_how_to_add_them() -> None:
     risks, why = risk_ranking({"arc": SuiteRun(suite="arc", settings={})}, {"masked_router_rows": {"0": [1]}}, [("ARC", "arc")])
     assert risks == [] and why is not None and "moegate baseline record" in why
+
+
+def test_recording_skips_a_backend_without_route_traces_with_a_reason() -> None:
+    from harness.routing import record_routes
+    from tests.suite_fakes import WordBackend
+
+    runs = {"arc": SuiteRun(suite="arc", settings={})}
+    said: list[str] = []
+    assert record_routes(WordBackend(), runs, said.append) is runs  # type: ignore[arg-type]
+    assert said and "cannot see inside the model" in said[0]
