@@ -174,3 +174,17 @@ def test_recording_skips_a_backend_without_route_traces_with_a_reason() -> None:
     said: list[str] = []
     assert record_routes(WordBackend(), runs, said.append) is runs  # type: ignore[arg-type]
     assert said and "cannot see inside the model" in said[0]
+
+
+def test_an_inexact_router_mask_is_a_stated_caveat(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from harness.api._diagnosis import caveats
+
+    record = {"mode": "mask", "layers": [{"layer": 0, "mask_exact": False, "pruned": [1]}]}
+    (tmp_path / "pruning.json").write_text(json.dumps(record))
+    (line,) = caveats(tmp_path)
+    assert "mask_exact false" in line and "TO the masked experts" in line
+    record["layers"][0]["mask_exact"] = True
+    (tmp_path / "pruning.json").write_text(json.dumps(record))
+    assert caveats(tmp_path) == []

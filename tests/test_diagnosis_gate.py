@@ -181,3 +181,15 @@ def test_perplexity_windows_are_traced_as_scored(tiny: Path) -> None:
         assert abs(len(backend.tok_encode(text)) - (record.scores["tokens"] + 1)) <= 2  # the window, re-encoded
     routes = trace_suite(backend, run)
     assert routes.tokens.tolist() == [len(backend.tok_encode(t)) for _, t in texts]
+
+
+def test_batched_route_traces_equal_one_text_at_a_time(tiny: Path) -> None:
+    from harness.backends import open_backend
+
+    backend = open_backend(str(tiny), device="cpu", batch_size=4)
+    texts = ["Short.", "A somewhat longer text, padded least in its batch of three texts.", "Middle length text here."]
+    together = backend.route_trace(texts)
+    for text, got in zip(texts, together, strict=True):
+        (alone,) = backend.route_trace([text])
+        assert got.layers == alone.layers and got.tokens == alone.tokens and got.expert_ids == alone.expert_ids
+        np.testing.assert_allclose(np.array(got.weights), np.array(alone.weights), atol=1e-5)

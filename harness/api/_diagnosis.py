@@ -124,7 +124,26 @@ def gate_diagnosis(
         return unavailable(NO_ROUTES)
     if findings is None:
         return unavailable("expert diagnosis skipped: no checkpoint audit (both models must be local safetensors folders)")
-    return diagnose(routes, changed_experts(findings), verdict, calibration_usage(candidate))
+    diagnosis = diagnose(routes, changed_experts(findings), verdict, calibration_usage(candidate))
+    if diagnosis.available:
+        diagnosis.caveats = caveats(candidate)
+    return diagnosis
+
+
+def caveats(candidate: Path) -> list[str]:
+    """What the baseline's routes cannot show: a router row masked without a bias can attract tokens."""
+    path = candidate / "pruning.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return []
+    inexact = [row.get("layer") for row in info.get("layers") or [] if isinstance(row, dict) and row.get("mask_exact") is False]
+    if "mask" not in str(info.get("mode", "")) or not inexact:
+        return []
+    return [f"pruning.json: router rows masked without a router bias in {len(inexact)} layer(s) (mask_exact false): a row "
+            "of -1e9 gives a token with a negative sum of hidden features a huge logit, so the candidate can route tokens "
+            "TO the masked experts where the baseline did not; the baseline's routes cannot show that, and a small share "
+            "of routing to them with a FAIL points there"]  # fmt: skip
 
 
 def risk_ranking(

@@ -226,8 +226,11 @@ def decide(
         candidate=ModelRun(model=cand_manifest.model, backend=cand_manifest.backend, options=cand_manifest.options,
                            fingerprint=cand_manifest.fingerprint, store=str(run_dir / CANDIDATE_STORE)),
     )  # fmt: skip
-    diagnosis = gate_diagnosis(manifest.backend, baseline_runs, findings if findings is not None else
-                               _late_audit(cand_manifest.model, manifest.model), verdict, Path(cand_manifest.model))  # fmt: skip
+    if findings is None and manifest.backend != "openai":
+        findings_for_diagnosis = _late_audit(cand_manifest.model, resolve_testbed(manifest.model, manifest.backend))
+    else:
+        findings_for_diagnosis = findings
+    diagnosis = gate_diagnosis(manifest.backend, baseline_runs, findings_for_diagnosis, verdict, Path(cand_manifest.model))
     reports = write_reports(verdict, baseline_runs, candidate_runs, run_dir, run=run, inspect=findings,
                             expert_heatmap=expert_heatmap(Path(cand_manifest.model)), diagnosis=diagnosis)  # fmt: skip
     return GateOutcome(verdict=verdict, reports=reports, run_dir=run_dir, warnings=warnings,

@@ -82,6 +82,8 @@ class Diagnosis(BaseModel):
     """[suite][layer]: share of the suite's routing mass at that layer that went to changed experts."""
     coverage: list[CoverageRow] = Field(default_factory=list)
     coverage_note: str = ""
+    caveats: list[str] = Field(default_factory=list)
+    """What the baseline's routes cannot show about this candidate (e.g. router rows masked without a bias)."""
 
 
 @dataclass(frozen=True)

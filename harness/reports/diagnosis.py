@@ -26,6 +26,7 @@ def diagnosis_markdown(diagnosis: Diagnosis | None) -> list[str]:
     lines.append(f"{n} {diagnosis.words} in {len(diagnosis.changed)} layer(s); shares of the baseline's routing mass.")
     lines.append("")
     lines += [f"- {c.line}" for c in diagnosis.capabilities]
+    lines += [f"- _Caveat: {c}_" for c in diagnosis.caveats]
     carriers = [row for row in diagnosis.coverage if row.carries][:TOP_COVERAGE]
     if carriers:
         lines += ["", f"Calibration coverage: {diagnosis.coverage_note}.", ""]
@@ -78,6 +79,7 @@ def diagnosis_html(diagnosis: Diagnosis | None) -> list[str]:
     if not diagnosis.available:
         return [*parts, f'<p class="muted">{escape(diagnosis.note)}</p>']
     parts.append("<ul>" + "".join(f"<li>{escape(c.line)}</li>" for c in diagnosis.capabilities) + "</ul>")
+    parts += [f'<p class="small">Caveat: {escape(c)}</p>' for c in diagnosis.caveats]
     parts.append(f'<div class="figure">{routing_heatmap_svg(diagnosis)}</div>')
     carriers = [row for row in diagnosis.coverage if row.carries][:TOP_COVERAGE]
     if diagnosis.coverage_note:
