@@ -151,7 +151,8 @@ class CachedBackend:
     def __init__(self, backend: Backend, cache: RequestCache | str | Path, *, chunk_size: int = 64, description: str = "") -> None:
         self.backend = backend
         self.cache = cache if isinstance(cache, RequestCache) else RequestCache(cache)
-        self.chunk_size = max(1, int(chunk_size))
+        # a chunk smaller than the requests a backend keeps in flight (a server's concurrency) would idle it
+        self.chunk_size = max(1, int(chunk_size), 4 * int(getattr(backend, "concurrency", 1)))
         self.description = description or backend.name
         self.stats = CacheStats()
 

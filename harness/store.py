@@ -63,6 +63,8 @@ class Manifest(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     """The backend options the run used (a candidate runs with the baseline's unless told otherwise)."""
     fingerprint: str
+    engine: dict[str, Any] | None = None
+    """What computed the numbers (``harness.backends.base.EngineInfo`` as a dict); None in older stores."""
     environment: dict[str, str]
     suites: dict[str, StoredSuite]
 
@@ -96,7 +98,7 @@ def _write_artifacts(tmp: Path, suite: str, artifacts: Artifacts) -> dict[str, S
 
 def write_store(
     target: Path, runs: dict[str, SuiteRun], *, model: str, backend: str, fingerprint: str,
-    options: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None, engine: Mapping[str, Any] | None = None,
 ) -> Manifest:  # fmt: skip
     """Write ``runs`` into ``target`` (replacing it atomically: a crash leaves the old store intact)."""
     suites: dict[str, StoredSuite] = {}
@@ -124,6 +126,7 @@ def write_store(
             backend=backend,
             options=dict(options or {}),
             fingerprint=fingerprint,
+            engine=dict(engine) if engine is not None else None,
             environment=environment(),
             suites=suites,
         )

@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from harness.backends import open_backend
-from harness.backends.base import Backend, GenerateRequest, LoglikelihoodRequest, RollingRequest, TopKRequest
+from harness.backends.base import (
+    Backend,
+    GenerateRequest,
+    Loglikelihood,
+    LoglikelihoodRequest,
+    RollingRequest,
+    TopKRequest,
+)
 from harness.cache import CachedBackend, RequestCache, request_key
 from harness.divergence import TokenIds, encode_topk
 from harness.errors import UserError
@@ -189,3 +196,28 @@ def test_topk_tables_are_cached_in_their_binary_form(tmp_path: Path, backend_a: 
 
     with pytest.raises(UserError, match="the toy backend cannot return next-token top-k tables"):
         CachedBackend(NoTopK(), cache).next_token_topk(requests)  # type: ignore[arg-type]
+
+
+class ServedLike:
+    """A backend that keeps ``concurrency`` requests in flight and records each batch it is handed."""
+
+    name = "served-like"
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.batches: list[int] = []
+
+    def fingerprint(self) -> str:
+        return f"served-like-{self.concurrency}"
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
+        self.batches.append(len(requests))
+        return [Loglikelihood(logprob=-1.0, is_greedy=True) for _ in requests]
+
+
+@pytest.mark.parametrize(("concurrency", "chunk"), [(1, 64), (8, 64), (32, 128), (100, 400)])
+def test_chunks_keep_a_servers_requests_in_flight(tmp_path: Path, concurrency: int, chunk: int) -> None:
+    backend = ServedLike(concurrency)
+    cached = CachedBackend(backend, RequestCache(tmp_path / "c.sqlite"))  # type: ignore[arg-type]
+    cached.loglikelihood([LoglikelihoodRequest(f"q{i}", " a") for i in range(500)])
+    assert backend.batches[0] == chunk and sum(backend.batches) == 500

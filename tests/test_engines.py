@@ -146,7 +146,7 @@ def test_gate_through_vllm_both_ways(vllm: Served, testbed: Path, tmp_path: Path
         [[budgets]]
         suite = "collapse"
         metric = "any"
-        kind = "new_flags"
+        kind = "new_flags_count"
         max = 0
     """)
     served = f'model = "{vllm.model}"\nbackend = "openai"\noptions = {{ base_url = "{vllm.url}" }}'
@@ -155,12 +155,15 @@ def test_gate_through_vllm_both_ways(vllm: Served, testbed: Path, tmp_path: Path
                                                                   "--base-url", vllm.url]),
                                       ("served-baseline", served, ["--candidate", str(testbed), "--backend", "transformers",
                                                                     "--dtype", "float32"])):
-        gate.write_text(f'[gate]\nname = "{name}"\n[baseline]\n{baseline}\ndir = "baselines/{name}"\n{budgets}')
+        gate.write_text(f'[gate]\nname = "{name}"\nallow_cross_engine = true\n[baseline]\n{baseline}\ndir = "baselines/{name}"\n{budgets}')
         assert moegate("serve-check", vllm.url, "--gate", gate) == 0
         assert moegate("baseline", "record", "--gate", gate) == 0
         run_dir = tmp_path / f"run-{name}"
         assert moegate("run", "--gate", gate, *candidate, "--report-dir", run_dir) == 0, capsys.readouterr()
-        assert json.loads((run_dir / "report.json").read_text())["overall"] == "PASS"
+        report = json.loads((run_dir / "report.json").read_text())
+        assert report["overall"] == "PASS"
+        engines = {report["run"][side]["engine"]["engine"] for side in ("baseline", "candidate")}
+        assert engines == {"transformers", "vllm"} and any("engine differs" in w for w in report["run"]["warnings"])
 
 
 # ------------------------------------------------------------------------- llama-cpp-python

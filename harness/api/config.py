@@ -81,6 +81,10 @@ class GateSection(GatePolicy):
     """Alpha spending across the looks: O'Brien-Fleming-type (little early) or Pocock-type (even)."""
     min_items: int = Field(20, ge=1)
     """No sequential look before this many items."""
+    allow_cross_engine: bool = False
+    """Gate scoring suites (log-likelihoods, perplexity, top-k tables) of a candidate computed by another
+    engine than the baseline's (e.g. a vLLM baseline, a local transformers candidate); refused otherwise,
+    since engines' log-probabilities differ for the same weights. Generation suites always may."""
 
 
 class SuiteEntry(BaseModel):

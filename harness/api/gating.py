@@ -11,7 +11,7 @@ import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,24 @@ from pydantic import ValidationError
 
 from harness.api._audit import AUDIT_FILE, audit_verdict, expert_heatmap, with_audit
 from harness.api._diagnosis import audit_findings, confirmed_fail, gate_diagnosis, riskiest_first
+from harness.api.calibrate import calibrated_budgets
 from harness.api.config import GateConfig, ModelSpec
-from harness.api.models import Log, derived_spec, label_of, open_model, resolve_testbed, spec_differences
+from harness.api.models import (
+    SCORING_KINDS,
+    Log,
+    derived_spec,
+    engine_differences,
+    label_of,
+    open_model,
+    resolve_testbed,
+    spec_differences,
+)
 from harness.atomic import atomic_write_text
 from harness.backends import Backend
+from harness.backends.base import engine_of
 from harness.errors import UserError
 from harness.gate import GateVerdict, evaluate_gate, sequential_rule
+from harness.gate.churn import annotated
 from harness.gate.flags import detector_flags
 from harness.inspect import audit_extra, audit_for_gate
 from harness.records import SuiteRun
@@ -40,7 +52,7 @@ from harness.store import (
     settings_differences,
     write_store,
 )
-from harness.suites import SuiteSettings, suite_settings, with_limit
+from harness.suites import SUITES, SuiteSettings, suite_settings, with_limit
 
 CANDIDATE_STORE = "candidate"
 RUN_INFO = "run.json"
@@ -101,7 +113,8 @@ def record_baseline(
     runs = record_routes(opened, run_suites(opened, config.settings, log=log), log=log)
     target = out or config.baseline_dir
     name, kind, used = label_of(spec)
-    manifest = write_store(target, runs, model=name, backend=kind, options=used, fingerprint=opened.fingerprint())
+    manifest = write_store(target, runs, model=name, backend=kind, options=used, fingerprint=opened.fingerprint(),
+                           engine=asdict(engine_of(opened)))  # fmt: skip
     log(f"baseline stored in {target}")
     return manifest
 
@@ -127,6 +140,8 @@ def gate_candidate(
     store = baseline_dir or config.baseline_dir
     manifest, baseline_runs = load_store(store)  # verified before any time is spent on the candidate, then reused
     warnings = [*config.warnings, *check_comparable(manifest, config.settings, store=store)]
+    budgets, _, noted = calibrated_budgets(config, Path(store))  # a budget the baseline's own churn FAILs: refused now
+    warnings += noted
     base_spec = stored_spec(manifest)
     if isinstance(candidate, str):
         spec: ModelSpec | Backend = _spec(base_spec, candidate, backend, options)
@@ -143,29 +158,50 @@ def gate_candidate(
         if early is not None:
             return early
     opened = _opened(spec, log)
+    engine = asdict(engine_of(opened))
+    engine_changes = engine_differences(manifest.engine, engine)
+    _refuse_cross_engine(config, manifest.engine, engine)
+    for line in engine_changes:
+        log(f"warning: engine differs: {line}")
     fingerprint = opened.fingerprint()
     if fingerprint == manifest.fingerprint:
         log("note: the candidate's fingerprint equals the baseline's (same weights and settings)")
     g = config.file.gate
-    rule = sequential_rule(config.budgets, baseline_runs, config.policy(), looks=g.looks, spending=g.spending,
+    rule = sequential_rule(budgets, baseline_runs, config.policy(), looks=g.looks, spending=g.spending,
                            min_items=g.min_items) if (g.sequential if sequential is None else sequential) else None  # fmt: skip
     findings = json.loads((run_dir / AUDIT_FILE).read_text(encoding="utf-8")) if (run_dir / AUDIT_FILE).is_file() else None
-    suites = riskiest_first(config.settings, config.budgets, baseline_runs, findings, log)
+    suites = riskiest_first(config.settings, budgets, baseline_runs, findings, log)
     stopped: list[str] = []
 
     def stop(done: dict[str, SuiteRun]) -> str | None:
-        why = confirmed_fail(baseline_runs, done, config.budgets, config.policy(), config.detectors) if fail_fast else None
+        why = confirmed_fail(baseline_runs, done, budgets, config.policy(), config.detectors) if fail_fast else None
         stopped.extend([why] if why else [])
         return why
 
     candidate_runs = run_suites(opened, suites, log=log, baseline=baseline_runs, stopping=rule, stop=stop)
     check_same_data(manifest, candidate_runs)
     name, kind, used = label_of(spec)
-    write_store(run_dir / CANDIDATE_STORE, candidate_runs, model=name, backend=kind, options=used, fingerprint=fingerprint)
+    write_store(run_dir / CANDIDATE_STORE, candidate_runs, model=name, backend=kind, options=used, fingerprint=fingerprint,
+                engine=engine)  # fmt: skip
     info = {"gate": str(config.path), "baseline_dir": str(Path(store).resolve()), "backend_differences": differences,
-            "stopped_early": stopped[0] if stopped else None}  # fmt: skip
+            "engine_differences": engine_changes, "stopped_early": stopped[0] if stopped else None}  # fmt: skip
     atomic_write_text(run_dir / RUN_INFO, json.dumps(info, indent=2) + "\n")
     return decide(config, run_dir, baseline_dir=store, warnings=warnings, baseline=(manifest, baseline_runs))
+
+
+def _refuse_cross_engine(config: GateConfig, baseline: Mapping[str, Any] | None, candidate: Mapping[str, Any]) -> None:
+    """Log-probabilities from two engines differ for the same weights: scoring suites need one engine."""
+    if baseline is None or baseline.get("engine") == candidate.get("engine") or config.file.gate.allow_cross_engine:
+        return
+    scoring = sorted(name for name in config.settings if SUITES.get(name).request_kinds & SCORING_KINDS)
+    if scoring:
+        raise UserError(
+            f"the baseline's numbers were computed by {baseline.get('engine')}, the candidate's would be by "
+            f"{candidate.get('engine')}; scoring suite(s) {', '.join(scoring)} compare log-probabilities, which "
+            "differ between engines for the same weights",
+            "run the candidate on the baseline's engine, re-record the baseline on this one, or set "
+            "allow_cross_engine = true under [gate] in the gate file",
+        )
 
 
 def _audit_first(
@@ -212,19 +248,27 @@ def decide(
         if changed and baseline is None:
             warnings.append(f"suite '{name}' ran with other settings than this gate file's ({', '.join(changed)}); "
                             "its records keep the run's settings")  # fmt: skip
+    budgets, calibration, noted = calibrated_budgets(config, Path(store))
+    warnings += [w for w in noted if w not in warnings]
     flags = detector_flags(baseline_runs, candidate_runs, config.detectors)
-    verdict = evaluate_gate(baseline_runs, candidate_runs, config.budgets, config.policy(), flags=flags)
+    verdict = annotated(evaluate_gate(baseline_runs, candidate_runs, budgets, config.policy(), flags=flags), calibration)
     findings = None
     if (run_dir / AUDIT_FILE).is_file():
         findings = json.loads((run_dir / AUDIT_FILE).read_text(encoding="utf-8"))
         verdict = with_audit(verdict, findings)
     differences = list(info.get("backend_differences") or [])
+    for line in [f"backend settings differ: {d}" for d in differences] + [
+        f"engine differs: {d}" for d in info.get("engine_differences") or []
+    ]:
+        if line not in warnings:
+            warnings.append(line)
     run = RunInfo(
         gate=config.name, gate_file=str(config.path), warnings=warnings, backend_differences=differences,
         baseline=ModelRun(model=manifest.model, backend=manifest.backend, options=manifest.options,
-                          fingerprint=manifest.fingerprint, store=str(store)),
+                          fingerprint=manifest.fingerprint, store=str(store), engine=manifest.engine),
         candidate=ModelRun(model=cand_manifest.model, backend=cand_manifest.backend, options=cand_manifest.options,
-                           fingerprint=cand_manifest.fingerprint, store=str(run_dir / CANDIDATE_STORE)),
+                           fingerprint=cand_manifest.fingerprint, store=str(run_dir / CANDIDATE_STORE),
+                           engine=cand_manifest.engine),
     )  # fmt: skip
     if findings is None and manifest.backend != "openai":
         findings_for_diagnosis = _late_audit(cand_manifest.model, resolve_testbed(manifest.model, manifest.backend))

@@ -82,3 +82,19 @@ def label_of(model: ModelSpec | Backend) -> tuple[str, str, dict[str, Any]]:
         return model.model, model.backend, dict(model.options)
     description = getattr(model, "description", None) or getattr(model, "model_name", None) or f"<open {model.name} backend>"
     return str(description), model.name, {}
+
+
+SCORING_KINDS = frozenset({"loglikelihood", "loglikelihood_rolling", "next_token_topk"})
+"""Request kinds whose numbers are log-probabilities: two engines compute them differently."""
+
+
+def engine_differences(baseline: Mapping[str, Any] | None, candidate: Mapping[str, Any]) -> list[str]:
+    """How the engine that computes the candidate's numbers differs from the one that computed the
+    baseline's (name, version, context); the served model's name is expected to differ."""
+    if baseline is None:
+        return []
+    return [
+        f"{key}: baseline {baseline.get(key)!r}, candidate {candidate.get(key)!r}"
+        for key in ("engine", "version", "max_context")
+        if baseline.get(key) != candidate.get(key)
+    ]

@@ -80,21 +80,6 @@ ENGINES: tuple[Engine, ...] = (VLLM, SGLANG, LLAMA_CPP, LLAMA_CPP_PYTHON, MLX_LM
 """Detection order: the first row any of whose markers the server shows wins."""
 
 
-@dataclass(frozen=True)
-class EngineInfo:
-    """What serves the model: recorded with every run, part of the openai backend's fingerprint."""
-
-    engine: str
-    """A row name of the adapter table (``vllm``, ``llama-cpp-python``...), or ``unknown``."""
-    version: str | None
-    """As the server tells it; None where it does not."""
-    model: str
-    """The served model name."""
-    max_context: int | None
-    """Tokens per request (prompt + completion) the server accepts, where it says."""
-    base_url: str
-
-
 Get = Callable[[str], Any]
 """GET a root-relative route: the decoded JSON, or None when the route is missing or fails."""
 

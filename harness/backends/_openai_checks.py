@@ -24,10 +24,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from harness.atomic import atomic_write_text
-from harness.backends._engines import EngineInfo
 from harness.backends._http import RETRY_STATUS, HttpError
 from harness.backends._logprobs import PromptScores, continuation_tokens, prompt_positions
-from harness.backends.base import Backend, GenerateRequest, LoglikelihoodRequest
+from harness.backends.base import Backend, EngineInfo, GenerateRequest, LoglikelihoodRequest
 from harness.resources import cache_dir
 
 if TYPE_CHECKING:

@@ -119,6 +119,23 @@ class RouteTrace:
     tokens: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class EngineInfo:
+    """What computes a backend's numbers: recorded with every stored run, compared between baseline and
+    candidate (log-probabilities from two engines differ even for the same weights)."""
+
+    engine: str
+    """``transformers``, ``mlx``, or a row name of the serving-engine table (``vllm``, ``llama-cpp-python``...), or ``unknown``."""
+    version: str | None
+    """The library's version, or as the server tells it; None where it does not."""
+    model: str
+    """The checkpoint path or the served model name."""
+    max_context: int | None
+    """Tokens per request (prompt + completion) it accepts, where known."""
+    base_url: str | None = None
+    """The server's URL for a served model."""
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What a suite may ask of a model. Methods take a batch and return results in the same order."""
@@ -135,6 +152,20 @@ class Backend(Protocol):
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingResult]: ...
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Generation]: ...
+
+
+@runtime_checkable
+class DescribedBackend(Backend, Protocol):
+    """A backend that says which engine computes its numbers (every built-in backend does)."""
+
+    def describe(self) -> EngineInfo: ...
+
+
+def engine_of(backend: Backend) -> EngineInfo:
+    """``backend.describe()``, or what its kind alone says for a backend without one (plugins, test doubles)."""
+    if isinstance(backend, DescribedBackend):
+        return backend.describe()
+    return EngineInfo(engine=backend.name, version=None, model="", max_context=None)
 
 
 @runtime_checkable

@@ -28,6 +28,7 @@ from harness.backends._scoring import (
     unique_longest_first,
 )
 from harness.backends.base import (
+    EngineInfo,
     GenerateRequest,
     Generation,
     RouteTrace,
@@ -73,6 +74,13 @@ class MlxBackend:
         self.max_batch_tokens = max(self.max_length + 1, 4096)
         self.add_bos_token = add_bos_token
         self._fingerprint: str | None = None
+
+    def describe(self) -> EngineInfo:
+        """mlx-lm and its version, the checkpoint, the context the backend scores with."""
+        from importlib import metadata
+
+        return EngineInfo(engine=self.name, version=metadata.version("mlx-lm"), model=str(self.path),
+                          max_context=self.max_length)  # fmt: skip
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from harness.backends import _openai_checks as checks
-from harness.backends._engines import Engine, EngineInfo, detect, is_context_error
+from harness.backends._engines import Engine, detect, is_context_error
 from harness.backends._http import HttpError, JsonClient, RetryPolicy, ordered_map
 from harness.backends._logprobs import (
     PromptScores,
@@ -41,6 +41,7 @@ from harness.backends._openai_checks import Alignment, Capabilities, Consistency
 from harness.backends._openai_rolling import rolling
 from harness.backends.base import (
     Backend,
+    EngineInfo,
     GenerateRequest,
     Generation,
     Loglikelihood,

@@ -29,6 +29,7 @@ from harness.backends._scoring import (
 )
 from harness.backends._torch_scoring import TorchScorer, target_score, topk_rows
 from harness.backends.base import (
+    EngineInfo,
     GenerateRequest,
     Generation,
     Loglikelihood,
@@ -117,6 +118,14 @@ class TransformersBackend:
         return cls(loaded, tokenizer, device=resolved, source=source, **options)
 
     # ------------------------------------------------------------------ identity
+    def describe(self) -> EngineInfo:
+        """transformers and its version, the checkpoint, the context the backend scores with."""
+        import transformers
+
+        where = str(self.source.path) if self.source is not None and self.source.path is not None else ""
+        model = where or (self.source.spec if self.source is not None else "")
+        return EngineInfo(engine=self.name, version=transformers.__version__, model=model, max_context=self.max_length)
+
     def fingerprint(self) -> str:
         """Hash of the checkpoint (sampled bytes, headers, tokenizer) plus dtype and scoring settings."""
         if self._fingerprint is None:

@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from harness.api import GateOutcome, decide, default_run_dir, gate_candidate, load_gate, record_baseline
+from harness.api.calibrate import CALIBRATION_FILE, PERTURBATIONS, benign_failures, calibrate_baseline
 from harness.backends import BACKENDS
 from harness.cli._sandbox_option import allow_unsandboxed_option
 from harness.gate import verdict_exit_code
@@ -87,6 +88,26 @@ def record(gate_path: Path, model: str | None, out: Path | None, backend, base_u
     options = model_options(base_url, model_name, dtype, device)
     manifest = record_baseline(config, model=model, backend=backend, options=options, out=out)
     Console().print(f"baseline recorded: {len(manifest.suites)} suites, fingerprint {manifest.fingerprint[:16]}")
+
+
+@baseline.command("calibrate")
+@click.option("--gate", "gate_path", required=True, type=click.Path(path_type=Path), help="gate file")
+@click.option("--perturbation", "perturbations", multiple=True, type=click.Choice(PERTURBATIONS),
+              help="repeatable; default: all of them")  # fmt: skip
+@allow_unsandboxed_option
+def calibrate(gate_path: Path, perturbations: tuple[str, ...]) -> None:
+    """Measure the baseline's noise floor: gate it against benign perturbations of itself and store the churn."""
+    config = load_gate(gate_path)
+    found = calibrate_baseline(config, perturbations=perturbations or PERTURBATIONS,
+                               log=lambda m: click.echo(m, err=True))  # fmt: skip
+    console = Console()
+    for perturbation in found.perturbations:
+        statuses = ", ".join(f"{label} {seen.status}" for label, seen in perturbation.capabilities.items())
+        console.print(f"{perturbation.name}: {statuses}")
+    failures = benign_failures(config.budgets, found)
+    for line in failures:
+        console.print(f"[red]warning:[/red] {line}")
+    console.print(f"calibration stored in {config.baseline_dir / CALIBRATION_FILE}")
 
 
 @click.command()

@@ -47,6 +47,9 @@ class Budget(BaseModel):
     """The margin: the largest regression that still passes."""
     label: str | None = None
     """Name shown in reports; defaults to ``suite/metric``."""
+    churn_multiple: float | None = Field(None, gt=0, le=100)
+    """Widen ``max`` to this multiple of the baseline's own churn on the capability (its largest change
+    under benign perturbations, ``moegate baseline calibrate``) where that is wider; ``max`` stays the floor."""
 
     @field_validator("suite", "metric")
     @classmethod

@@ -111,6 +111,8 @@ class CapabilityResult(BaseModel):
     """For INCONCLUSIVE: items (same effect and variance) at which the bound would clear the budget."""
     sequential: SequentialSummary | None = None
     """Set when the capability was decided by sequential looks; its status is their decision."""
+    baseline_churn: str | None = None
+    """The baseline's own largest change on this capability under benign perturbations (calibrated baselines)."""
 
     def explain(self, max_items: int = 5) -> str:
         """Several lines for a test failure or a log: the reason, then the worst items side by side."""

@@ -30,13 +30,15 @@ def bounds_text(cap: CapabilityResult) -> str:
 
 
 def change_text(cap: CapabilityResult) -> str:
+    """The change, and beside it the baseline's own churn where the baseline was calibrated."""
+    churn = f" (baseline's own: {cap.baseline_churn})" if cap.baseline_churn else ""
     if cap.change is None:
-        return "–"
+        return "–" + churn
     if cap.kind == "ratio":
-        return f"×{cap.change:.4f}"
+        return f"×{cap.change:.4f}{churn}"
     if cap.kind in ("drop", "new_flags", "rate_increase"):
-        return f"{cap.change:+.2f}".rstrip("0").rstrip(".") if cap.change else "0"
-    return fmt(cap.change, cap.kind)
+        return (f"{cap.change:+.2f}".rstrip("0").rstrip(".") if cap.change else "0") + churn
+    return fmt(cap.change, cap.kind) + churn
 
 
 def change_header(cap: CapabilityResult) -> str:

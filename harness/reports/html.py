@@ -41,7 +41,9 @@ def _side(run: ModelRun | None) -> str | None:
     if run is None:
         return None
     store = f", records in {run.store}" if run.store else ""
-    return f"{run.model} ({run.backend}, fingerprint {run.fingerprint[:16]}{store})"
+    engine = run.engine or {}
+    computed = f"{engine.get('engine')} {engine.get('version') or ''}".rstrip() if engine else run.backend
+    return f"{run.model} ({computed}, fingerprint {run.fingerprint[:16]}{store})"
 
 
 def _header(report: Report, title: str) -> str:

@@ -33,6 +33,8 @@ class ModelRun(BaseModel):
     """The backend's fingerprint (weights sample, tokenizer, dtype, scoring settings)."""
     store: str | None = None
     """Where its records are stored."""
+    engine: dict[str, Any] | None = None
+    """What computed its numbers: engine, version, model, max_context (None: a store older than that)."""
 
 
 class RunInfo(BaseModel):
