@@ -193,3 +193,15 @@ def test_batched_route_traces_equal_one_text_at_a_time(tiny: Path) -> None:
         (alone,) = backend.route_trace([text])
         assert got.layers == alone.layers and got.tokens == alone.tokens and got.expert_ids == alone.expert_ids
         np.testing.assert_allclose(np.array(got.weights), np.array(alone.weights), atol=1e-5)
+
+
+def test_moegate_risk_prints_the_ranking(gated, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    from harness.cli import main
+
+    config, _, _, candidate = gated
+    with pytest.raises(SystemExit) as done:
+        main(["risk", "--gate", str(config.path), "--candidate", str(candidate)])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert "1 changed experts in 1 layers; riskiest first" in out
+    assert out.index("toy stability (toy_stable)") < out.index("toy log-likelihood (toy)")
