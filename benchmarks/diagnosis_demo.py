@@ -27,15 +27,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--gate", default="gates/testbed.toml")
+    parser.add_argument("--trace-only", action="store_true", help="only the tracing cost and the candidate's own routing")
     args = parser.parse_args()
 
-    from harness.api import ModelSpec, gate_candidate, load_gate, open_model, record_baseline, resolve_testbed
-    from harness.api.risk import assess_risk
+    from harness.api import load_gate, record_baseline, resolve_testbed
     from harness.cli.demo import CALIB_TOKENS, calibration_file
     from harness.compress import prune
-    from harness.diagnosis import ROUTES_ARTIFACT, decode_routes, suite_share
-    from harness.routing import record_routes, trace_suite
-    from harness.store import load_store
 
     config = load_gate(args.gate)
     base = args.work / "baseline"
@@ -48,15 +45,30 @@ def main() -> None:
     if not cand.is_dir():
         prune(testbed, cand, fraction=0.25, criterion="frequency", scope="layer", mode="mask",
               calib=calibration_file(args.work), max_tokens=CALIB_TOKENS)  # fmt: skip
+    for line in ([] if args.trace_only else _gate(config, base, cand)):
+        print(line)
+    _trace(base, testbed, cand)
+
+
+def _gate(config, base: Path, cand: Path) -> list[str]:  # type: ignore[no-untyped-def]
+    from harness.api import gate_candidate
+    from harness.api.risk import assess_risk
+
     start = time.perf_counter()
     risk = assess_risk(config, str(cand), baseline_dir=base)
     print(f"RISK in {time.perf_counter() - start:.1f} s; note {risk.note}")
     for rank, r in enumerate(risk.risks, start=1):
         print(f"RISK {rank}. {100 * (r.share or 0):.1f}% {r.label} ({r.suite})")
-    outcome = gate_candidate(config, str(cand), args.work / "run-pruned", baseline_dir=base, log=print)
-    for c in outcome.verdict.capabilities:
-        print("VERDICT", c.status, c.label, "|", c.reason[:150])
-    print(outcome.reports["md"].read_text(encoding="utf-8"))
+    outcome = gate_candidate(config, str(cand), base.parent / "run-pruned", baseline_dir=base, log=print)
+    lines = [f"VERDICT {c.status} {c.label} | {c.reason[:150]}" for c in outcome.verdict.capabilities]
+    return [*lines, outcome.reports["md"].read_text(encoding="utf-8")]
+
+
+def _trace(base: Path, testbed: Path, cand: Path) -> None:
+    from harness.api import ModelSpec, open_model
+    from harness.diagnosis import ROUTES_ARTIFACT, decode_routes, suite_share
+    from harness.routing import record_routes, trace_suite
+    from harness.store import load_store
 
     _, runs = load_store(base)
     for batch in (8, 1):
