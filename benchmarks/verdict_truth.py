@@ -3,7 +3,7 @@
 Benign (must PASS): experts renumbered, bf16 and fp16 round trips, RTN int8 experts, the baseline loaded
 in bfloat16. Damaged (must FAIL): RTN int2 experts, the shared expert zeroed in two middle layers, half
 the routed experts masked (random), ``lm_head`` rows edited so the model leans to Han characters or to
-its end-of-turn token, and (where ``moegate compress merge`` exists) half the experts merged.
+its end-of-turn token, and half the experts merged (HC-SMoE).
 Prints a confusion table (truth x verdict) and, per candidate, which capabilities FAILed it.
 
     python benchmarks/verdict_truth.py [--only NAME,NAME] [--work DIR]
@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
 
 def _edited(src: Path, out: Path, edits: dict[str, Callable[[torch.Tensor], torch.Tensor]]) -> Path:
@@ -102,16 +102,12 @@ def candidates(testbed: Path, work: Path) -> list[tuple[str, str, Callable[[], t
         ("lm_head leans to Han", "damaged", once("han", lambda p: lean_han(testbed, p))),
         ("lm_head leans to end of turn", "damaged", once("stop", lambda p: lean_stop(testbed, p))),
     ]
-    try:
-        from harness.compress import merge  # type: ignore[attr-defined]
-    except ImportError:
-        print("(no merged candidate: this checkout has no moegate compress merge)", file=sys.stderr)
-    else:
-        from harness.testbed._ensure import _inputs
+    from harness.cli.demo import CALIB_TOKENS, calibration_file
+    from harness.compress import merge
 
-        calib = _inputs()[1]
-        rows.append(("50% experts merged (HC-SMoE)", "damaged",
-                     once("merged50", lambda p: merge(testbed, p, fraction=0.5, method="hcsmoe", calib=calib))))
+    calib = calibration_file(work)
+    rows.append(("50% experts merged (HC-SMoE)", "damaged", once("merged50", lambda p: merge(
+        testbed, p, fraction=0.5, method="hcsmoe", calib=calib, max_tokens=CALIB_TOKENS))))
     return rows
 
 

@@ -3,34 +3,121 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from harness.errors import UserError
 
+MARKER_PREFIX = ".moegate-"
+"""A folder moegate created holds ``.moegate-<kind>`` (``store``, ``run``, ``testbed``, ``compressed``)."""
+
+Recognise = Callable[[Path], bool]
+"""Says whether a folder without a marker was still written by moegate (an older version wrote no marker)."""
+
+
+def marker(kind: str) -> str:
+    return f"{MARKER_PREFIX}{kind}"
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compare it as written
+        return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def check_replaceable(target: Path, kind: str, *, protect: Iterable[Path | str] = (), recognise: Recognise | None = None) -> None:
+    """Refuse ``target`` unless moegate may replace it: absent, empty, or a ``kind`` folder moegate wrote.
+
+    Never a folder that is or holds one of ``protect`` (the gate file, the models, the baseline store).
+    """
+    target = Path(target)
+    where = _resolved(target)
+    for path in protect:
+        held = _resolved(Path(path))
+        if held == where or where in held.parents:
+            raise UserError(f"{target} {'is' if held == where else 'holds'} {path}, which moegate must not replace",
+                            "write moegate's output to a folder of its own")
+    if target.is_symlink():
+        raise UserError(f"{target} is a symbolic link (to {os.readlink(target)}); moegate does not replace links",
+                        "name the folder itself, or a new path")
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target} exists and is not a folder", "choose another path (moegate writes a folder there)")
+    try:
+        if not target.is_dir() or not any(target.iterdir()) or (target / marker(kind)).is_file():
+            return
+    except FileNotFoundError:  # another writer is swapping it this instant; atomic_dir checks again under the lock
+        return
+    if recognise is not None and recognise(target):
+        return
+    others = sorted(m.name for m in target.glob(f"{MARKER_PREFIX}*"))
+    what = f"a moegate {others[0][len(MARKER_PREFIX):]} folder" if others else "a folder moegate did not create"
+    raise UserError(f"{target} is not empty and is {what} (no {marker(kind)} in it)",
+                    "choose a new or empty folder: moegate replaces only folders it wrote")
+
+
+def claim_dir(target: Path, kind: str, *, protect: Iterable[Path | str] = (), recognise: Recognise | None = None) -> Path:
+    """Create (or reuse) the ``kind`` folder ``target`` moegate writes files into, marking it as moegate's."""
+    target = Path(target)
+    check_replaceable(target, kind, protect=protect, recognise=recognise)
+    target.mkdir(parents=True, exist_ok=True)
+    if not (target / marker(kind)).is_file():
+        atomic_write_text(target / marker(kind), f"moegate {kind}\n")
+    return target
+
 
 @contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temp dir beside ``target``; on success it is renamed to ``target`` (replacing it)."""
+def _parent_lock(folder: Path) -> Iterator[None]:
+    """Serialise swaps in one folder across processes (a lock on the folder itself: no lock file left behind)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path, *, kind: str, protect: Iterable[Path | str] = (), recognise: Recognise | None = None) -> Iterator[Path]:
+    """Yield a temp dir beside ``target``; on success it is marked ``kind`` and renamed to ``target``.
+
+    The only way moegate replaces a folder: ``target`` must pass ``check_replaceable`` (checked before
+    and again at the swap, which is locked so that concurrent writers of one target each win whole).
+    """
     target = Path(target)
+    protect = tuple(protect)
+    check_replaceable(target, kind, protect=protect, recognise=recognise)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     tmp.chmod(0o777 & ~_current_umask())
     try:
         yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
+        (tmp / marker(kind)).write_text(f"moegate {kind}\n", encoding="utf-8")
+        with _parent_lock(target.parent):
+            check_replaceable(target, kind, protect=protect, recognise=recognise)
+            _swap(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap(tmp: Path, target: Path) -> None:
+    if not target.exists():
+        tmp.rename(target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    target.rename(old / target.name)
+    try:
+        tmp.rename(target)
+    except BaseException:
+        (old / target.name).rename(target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:

@@ -138,21 +138,44 @@ def _decode_topk(value: Any) -> TopKTable:
     return decode_topk(base64.b64decode(value["topk"]))
 
 
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}
+
+
+def _well_formed(value: Any) -> bool:
+    """Every float/int/bool/str field of a decoded result (dataclasses, tuples of them) holds that type."""
+    if isinstance(value, tuple):
+        return all(_well_formed(v) for v in value)
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return True
+    for spec in dataclasses.fields(value):
+        field_value = getattr(value, spec.name)
+        wanted = _FIELD_TYPES.get(str(spec.type))
+        if wanted is None:
+            if not _well_formed(field_value):
+                return False
+        elif not isinstance(field_value, wanted) or (isinstance(field_value, bool) and bool not in wanted):
+            return False
+    return True
+
+
 class CachedBackend:
     """Any ``Backend`` with a request cache in front: same protocol, same results, fewer model calls.
 
     Args:
         backend: the backend that computes misses.
         cache: a ``RequestCache`` or a path to its SQLite file.
-        chunk_size: misses per backend call; each chunk is committed as soon as it is computed.
+        chunk_size: misses per backend call (default 64, or 4x the backend's concurrency when larger); each chunk
+            is committed as soon as it is computed.
         description: label for the progress bar.
     """
 
-    def __init__(self, backend: Backend, cache: RequestCache | str | Path, *, chunk_size: int = 64, description: str = "") -> None:
+    def __init__(self, backend: Backend, cache: RequestCache | str | Path, *, chunk_size: int | None = None,
+                 description: str = "") -> None:  # fmt: skip
         self.backend = backend
         self.cache = cache if isinstance(cache, RequestCache) else RequestCache(cache)
-        # a chunk smaller than the requests a backend keeps in flight (a server's concurrency) would idle it
-        self.chunk_size = max(1, int(chunk_size), 4 * int(getattr(backend, "concurrency", 1)))
+        # by default a chunk is never smaller than 4x what a backend keeps in flight (a server's concurrency)
+        default = max(64, 4 * int(getattr(backend, "concurrency", 1)))
+        self.chunk_size = max(1, int(chunk_size)) if chunk_size is not None else default
         self.description = description or backend.name
         self.stats = CacheStats()
 
@@ -187,6 +210,19 @@ class CachedBackend:
             )
         return self._run("next_token_topk", requests, compute, _decode_topk, _encode_topk)
 
+    def _decoded(self, kind: str, decode: Callable[[Any], Any], value: Any) -> Any:
+        """A cached result decoded and type-checked; a wrong shape is the cache's fault, not a model's."""
+        try:
+            result = decode(value)
+            problem = None if _well_formed(result) else "fields of the wrong type"
+        except (TypeError, KeyError, ValueError, AttributeError, IndexError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem is not None:
+            path = self.cache.path
+            raise UserError(f"request cache {path} holds a {kind} result of the wrong shape ({problem})",
+                            f"clear the cache: delete {path} (or set MOEGATE_CACHE_DIR to another folder) and rerun")
+        return result
+
     def _run(self, kind: str, requests: Sequence[Any], compute: Callable[[list[Any]], list[Any]], decode: Callable[[Any], Any],
              encode: Callable[[Any], Any] = dataclasses.asdict) -> list[Any]:
         fingerprint = self.backend.fingerprint()
@@ -198,7 +234,7 @@ class CachedBackend:
                 missing[key] = request
         self.stats.hits += sum(1 for k in keys if k in found)
         self.stats.misses += len(missing)
-        results: dict[str, Any] = {k: decode(v) for k, v in found.items()}
+        results: dict[str, Any] = {k: self._decoded(kind, decode, v) for k, v in found.items()}
         todo = list(missing.items())
         with progress_bar(len(todo), f"{kind} · {self.description}") as advance:
             for start in range(0, len(todo), self.chunk_size):

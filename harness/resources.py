@@ -84,5 +84,11 @@ def cache_dir() -> Path:
     """moegate's own cache (request cache, test bed): ``$MOEGATE_CACHE_DIR`` or ``~/.cache/moegate``."""
     env = os.environ.get("MOEGATE_CACHE_DIR")
     base = Path(env).expanduser() if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moegate"
-    base.mkdir(parents=True, exist_ok=True)
+    where = f"MOEGATE_CACHE_DIR={env}" if env else f"moegate's cache folder {base}"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{where} is a file, not a folder", "set MOEGATE_CACHE_DIR to a folder (it is created if missing)") from None
+    except OSError as exc:
+        raise UserError(f"{where} cannot be created ({exc.strerror or exc})", "set MOEGATE_CACHE_DIR to a writable folder") from None
     return base

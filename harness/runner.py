@@ -48,6 +48,7 @@ def run_suites(
     reason, the remaining suites do not run (``--fail-fast``). A ``UserError`` (bad data file, bad
     settings) is not a suite failure: it stops the run at once.
     """
+    check_context(backend, suites)
     runs: dict[str, SuiteRun] = {}
     for name, settings in suites.items():
         if log:
@@ -80,6 +81,18 @@ def run_suites(
                 log(f"stopping: {why}; not run: {', '.join(s for s in suites if s not in runs)}")
             break
     return runs
+
+
+def check_context(backend: Backend, suites: dict[str, SuiteSettings]) -> None:
+    """Refuse, before any suite runs, a ``seq_len`` beyond the positions the model has (``backend.max_length``)."""
+    positions = getattr(backend, "max_length", None)
+    if not isinstance(positions, int) or isinstance(positions, bool):
+        return
+    for name, settings in suites.items():
+        seq_len = getattr(settings, "seq_len", None)
+        if isinstance(seq_len, int) and seq_len > positions:
+            raise UserError(f"suite {name}: seq_len = {seq_len} is beyond the model's {positions} positions "
+                            "(max_position_embeddings)", f"set seq_len to at most {positions} under [suites.{name}]")
 
 
 def _chunkable(name: str, suite: Suite, stopping: StoppingRule, log: Log | None) -> bool:

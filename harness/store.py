@@ -3,8 +3,9 @@
 A baseline is recorded once and compared against many candidates; a gate run stores its candidate
 the same way, so ``moegate verdict`` can recompute everything without a model. The manifest holds the
 sha256 of every records file and of every artifact (a suite's binary side data, ``artifacts/<suite>/<name>``),
-so a hand-edited baseline is detected, not silently trusted. A store written by another schema version is
-refused in one line, before anything is compared.
+which catches an accidental edit or a damaged copy (``harness.integrity`` says what proves more). A
+store written by another schema version is refused in one line, before anything is compared. A store is
+marked ``.moegate-store``; moegate replaces no other folder (``harness.atomic.atomic_dir``).
 """
 
 from __future__ import annotations
@@ -19,17 +20,26 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from harness import integrity
 from harness._version import __version__
 from harness.atomic import atomic_dir, atomic_write_text
 from harness.errors import UserError
 from harness.records import RECORD_SCHEMA_VERSION, Artifacts, ItemRecord, MetricSpec, SequentialInfo, SuiteRun
 
 MANIFEST = "manifest.json"
+STORE_KIND = "store"
 STORE_SCHEMA_VERSION = 2
 """2: artifacts, backend options, one ``item_ids`` setting name, collapse's detector thresholds in its settings."""
 RE_RECORD = "re-record it with this moegate (moegate baseline record, or moegate run for a candidate)"
+
+
+def _inside_store(value: str) -> str:
+    parts = Path(value).parts
+    if not parts or Path(value).is_absolute() or ".." in parts or "\\" in value:
+        raise ValueError(f"{value!r} is not a path inside the store")
+    return value
 
 
 class StoredArtifact(BaseModel):
@@ -37,6 +47,8 @@ class StoredArtifact(BaseModel):
     """Path inside the store (``artifacts/<suite>/<name>``)."""
     sha256: str
     size: int
+
+    _file_inside = field_validator("file")(_inside_store)
 
 
 class StoredSuite(BaseModel):
@@ -50,6 +62,8 @@ class StoredSuite(BaseModel):
     n_items: int
     sequential: SequentialInfo | None = None
     artifacts: dict[str, StoredArtifact] = Field(default_factory=dict)
+
+    _records_inside = field_validator("records_file")(_inside_store)
 
 
 class Manifest(BaseModel):
@@ -99,10 +113,15 @@ def _write_artifacts(tmp: Path, suite: str, artifacts: Artifacts) -> dict[str, S
 def write_store(
     target: Path, runs: dict[str, SuiteRun], *, model: str, backend: str, fingerprint: str,
     options: Mapping[str, Any] | None = None, engine: Mapping[str, Any] | None = None,
+    protect: tuple[Path | str, ...] = (),
 ) -> Manifest:  # fmt: skip
-    """Write ``runs`` into ``target`` (replacing it atomically: a crash leaves the old store intact)."""
+    """Write ``runs`` into ``target`` (replacing it atomically: a crash leaves the old store intact).
+
+    ``target`` must be free, empty or a store (``check_replaceable``) and neither be nor hold any of
+    ``protect`` (the gate file, the models). Signed when ``MOEGATE_BASELINE_KEY`` is set.
+    """
     suites: dict[str, StoredSuite] = {}
-    with atomic_dir(Path(target)) as tmp:
+    with atomic_dir(Path(target), kind=STORE_KIND, protect=protect, recognise=looks_like_store) as tmp:
         (tmp / "records").mkdir()
         for name, run in runs.items():
             blob = _records_bytes(run.records)
@@ -130,8 +149,33 @@ def write_store(
             environment=environment(),
             suites=suites,
         )
-        atomic_write_text(tmp / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+        text = manifest.model_dump_json(indent=2) + "\n"
+        atomic_write_text(tmp / MANIFEST, text)
+        integrity.sign(tmp, text.encode("utf-8"))
     return manifest
+
+
+def looks_like_store(path: Path) -> bool:
+    """A store written before stores were marked: its manifest.json is a JSON object with moegate's keys."""
+    try:
+        document = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(document, dict) and {"schema_version", "fingerprint", "suites"} <= set(document)
+
+
+def manifest_sha256(store: Path) -> str:
+    """What ``[baseline] manifest_sha256`` pins."""
+    return hashlib.sha256((Path(store) / MANIFEST).read_bytes()).hexdigest()
+
+
+def load_baseline(store: Path, *, pin: str | None = None, require_signature: bool = False) -> tuple[Manifest, dict[str, SuiteRun]]:
+    """``load_store`` for a baseline, checked further: the pinned manifest sha256, the signature, impossible values."""
+    read_manifest(store)
+    integrity.verify(Path(store), (Path(store) / MANIFEST).read_bytes(), pin=pin, require_signature=require_signature)
+    manifest, runs = load_store(store)
+    integrity.check_values(Path(store), runs)
+    return manifest, runs
 
 
 def read_manifest(store: Path) -> Manifest:
@@ -155,7 +199,10 @@ def read_manifest(store: Path) -> Manifest:
     try:
         return Manifest.model_validate(document)
     except ValidationError as exc:
-        raise UserError(f"{path} is not a valid moegate manifest", "re-record it with moegate baseline record") from exc
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"{path} is not a valid moegate manifest ({where}: {first['msg']})",
+                        "re-record it with moegate baseline record") from exc
 
 
 def load_store(store: Path) -> tuple[Manifest, dict[str, SuiteRun]]:
@@ -164,7 +211,7 @@ def load_store(store: Path) -> tuple[Manifest, dict[str, SuiteRun]]:
     manifest = read_manifest(store)
     runs: dict[str, SuiteRun] = {}
     for name, entry in manifest.suites.items():
-        path = store / entry.records_file
+        path = _in_store(store, entry.records_file)
         if not path.is_file():
             raise UserError(f"stored records {path} are missing", "re-record the baseline (moegate baseline record)")
         blob = path.read_bytes()
@@ -196,6 +243,18 @@ def load_store(store: Path) -> tuple[Manifest, dict[str, SuiteRun]]:
     return manifest, runs
 
 
+def _in_store(store: Path, rel: str) -> Path:
+    """``store / rel``, refused where a symbolic link leads it out of the store."""
+    path = store / rel
+    try:
+        inside = path.resolve().is_relative_to(store.resolve())
+    except (OSError, RuntimeError):
+        inside = False
+    if not inside:
+        raise UserError(f"stored run {store}: {rel} points outside the store", "restore the store from version control or re-record it")
+    return path
+
+
 def _check_artifact(path: Path, expected: str, digest: str | None) -> None:
     if digest is None:
         raise UserError(f"stored artifact {path} is missing", "restore it from version control or re-record the run")
@@ -225,7 +284,7 @@ def _stored_artifacts(store: Path, entries: dict[str, StoredArtifact]) -> Artifa
     """Artifacts checked now (hashed as a stream: no file is held in memory) and checked again when read."""
     loaders = {}
     for name, entry in entries.items():
-        path = store / entry.file
+        path = _in_store(store, entry.file)
         _check_artifact(path, entry.sha256, _streamed_sha256(path))
         loaders[name] = lambda path=path, sha=entry.sha256: _read_checked(path, sha)
     return Artifacts(loaders=loaders)

@@ -57,19 +57,19 @@ def test_suites_from_an_installed_package_and_collisions(tmp_path: Path, monkeyp
 
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out"
-    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+    with pytest.raises(RuntimeError), atomic_dir(target, kind="store") as tmp:
         (tmp / "half.txt").write_text("x")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_atomic_dir_replaces_existing(tmp_path: Path) -> None:
+def test_atomic_dir_replaces_what_it_wrote(tmp_path: Path) -> None:
     target = tmp_path / "out"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, kind="store") as tmp:
+        (tmp / "old.txt").write_text("old")
+    with atomic_dir(target, kind="store") as tmp:
         (tmp / "new.txt").write_text("new")
-    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in target.iterdir()) == [".moegate-store", "new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

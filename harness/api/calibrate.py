@@ -8,7 +8,6 @@ batch size and half the CPU threads, request cache bypassed: only float noise ch
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,14 +33,10 @@ from harness.gate.churn import (
 from harness.gate.flags import detector_flags
 from harness.resources import cache_dir
 from harness.runner import run_suites
-from harness.store import MANIFEST, load_store
+from harness.store import MANIFEST, load_baseline, manifest_sha256
 
 CALIBRATION_FILE = "calibration.json"
 PERTURBATIONS = ("renumber", "bf16", "batch")
-
-
-def manifest_sha256(store: Path) -> str:
-    return hashlib.sha256((Path(store) / MANIFEST).read_bytes()).hexdigest()
 
 
 def read_calibration(store: Path) -> tuple[Calibration | None, str | None]:
@@ -133,7 +128,8 @@ def calibrate_baseline(
         raise UserError(f"unknown perturbation(s) {', '.join(unknown) or '(none given)'}",
                         f"choose from {', '.join(PERTURBATIONS)}")  # fmt: skip
     store = config.baseline_dir
-    manifest, baseline_runs = load_store(store)
+    manifest, baseline_runs = load_baseline(store, pin=config.baseline.manifest_sha256,
+                                            require_signature=config.baseline.require_signature)  # fmt: skip
     spec = ModelSpec.model_construct(model=manifest.model, backend=manifest.backend, options=dict(manifest.options))
     if not BACKENDS.get(spec.backend).local:
         raise UserError(f"the baseline at {store} was recorded through a server ({spec.backend}): calibration "

@@ -9,6 +9,7 @@ collapse suite's checks).
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from harness.gate import ANY_FLAG, Budget, GatePolicy, check_labels, flag_budget
 from harness.gate.budgets import FLAG_KINDS
 from harness.suites import SUITES, SuiteSettings, declared_flags, suite_settings
 
+GATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DETECTORS_SETTING = "detectors"
 """A suite whose settings have this field gets the gate file's ``[detectors]`` (collapse)."""
 
@@ -66,12 +68,18 @@ class ModelSpec(BaseModel):
 class BaselineSection(ModelSpec):
     dir: str
     """Where the stored baseline lives, relative to the project root (the folder holding ``gates/``)."""
+    manifest_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    """The stored baseline's manifest pinned (``moegate baseline record`` prints the line): a store
+    whose manifest differs is refused, so changing the baseline means changing this reviewed file."""
+    require_signature: bool = False
+    """Refuse a baseline not signed with ``MOEGATE_BASELINE_KEY`` (see ``harness.integrity``)."""
 
 
 class GateSection(GatePolicy):
     """``[gate]``: the statistical policy (``GatePolicy``'s fields) plus the gate's name and sequential stopping."""
 
     name: str
+    """A plain name (letters, digits, ``_.-``): the default report folder is ``reports/<name>/``."""
     sequential: bool = False
     """Run suites whose budgets are all paired ``drop`` budgets in chunks and stop a capability as soon
     as its verdict cannot change (group-sequential test, ``harness.stats.sequential``)."""
@@ -81,6 +89,14 @@ class GateSection(GatePolicy):
     """Alpha spending across the looks: O'Brien-Fleming-type (little early) or Pocock-type (even)."""
     min_items: int = Field(20, ge=1)
     """No sequential look before this many items."""
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not GATE_NAME.match(value):
+            raise ValueError(f"{value!r} must be a plain name (letters, digits, '_', '.', '-'; no '/', no '..'): "
+                             "it names the report folder reports/<name>/")
+        return value
     allow_cross_engine: bool = False
     """Gate scoring suites (log-likelihoods, perplexity, top-k tables) of a candidate computed by another
     engine than the baseline's (e.g. a vLLM baseline, a local transformers candidate); refused otherwise,

@@ -32,7 +32,7 @@ from harness.api.models import (
     resolve_testbed,
     spec_differences,
 )
-from harness.atomic import atomic_write_text
+from harness.atomic import atomic_write_text, check_replaceable, claim_dir
 from harness.backends import Backend
 from harness.backends.base import engine_of
 from harness.errors import UserError
@@ -48,7 +48,9 @@ from harness.store import (
     Manifest,
     check_comparable,
     check_same_data,
+    load_baseline,
     load_store,
+    looks_like_store,
     settings_differences,
     write_store,
 )
@@ -56,6 +58,7 @@ from harness.suites import SUITES, SuiteSettings, suite_settings, with_limit
 
 CANDIDATE_STORE = "candidate"
 RUN_INFO = "run.json"
+RUN_KIND = "run"
 
 ModelLike = str | ModelSpec | Backend
 
@@ -96,6 +99,35 @@ def default_run_dir(gate_name: str, candidate: str) -> Path:
     return Path("reports") / gate_name / f"{stamp}-{slug}"
 
 
+def _local(*models: object) -> list[Path]:
+    """The models given that are local files or folders (moegate must never replace those)."""
+    paths = [Path(m.model if isinstance(m, ModelSpec) else str(m)).expanduser() for m in models if isinstance(m, (str, ModelSpec))]
+    return [p for p in paths if p.exists()]
+
+
+def _is_old_run_dir(path: Path) -> bool:
+    """A run folder written before run folders were marked: its run.json names a gate, or it holds a candidate store."""
+    try:
+        info = json.loads((path / RUN_INFO).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        info = None
+    return (isinstance(info, dict) and "gate" in info) or looks_like_store(path / CANDIDATE_STORE)
+
+
+def _claim_run_dir(run_dir: Path, protect: Sequence[Path | str], *, create: bool = True) -> None:
+    """Refuse a run folder moegate may not write into (a file, someone's folder, or one holding the models)."""
+    if create:
+        claim_dir(run_dir, RUN_KIND, protect=protect, recognise=_is_old_run_dir)
+    else:
+        check_replaceable(run_dir, RUN_KIND, protect=protect, recognise=_is_old_run_dir)
+        check_replaceable(run_dir / CANDIDATE_STORE, "store", protect=protect, recognise=looks_like_store)
+
+
+def _baseline(config: GateConfig, store: Path) -> tuple[Manifest, dict[str, SuiteRun]]:
+    """The stored baseline, checked against the gate file's pin and signature rule and for impossible values."""
+    return load_baseline(store, pin=config.baseline.manifest_sha256, require_signature=config.baseline.require_signature)
+
+
 def _opened(model: ModelSpec | Backend, log: Log) -> Backend:
     return open_model(model, log=log) if isinstance(model, ModelSpec) else model
 
@@ -109,12 +141,13 @@ def record_baseline(
     ``model``/``backend``/``options`` override the gate file's ``[baseline]`` (options only by name).
     """
     spec = _spec(config.baseline, model, backend, options) if model is None or isinstance(model, str) else model
+    check_replaceable(out or config.baseline_dir, "store", protect=(config.path, *_local(spec)), recognise=looks_like_store)
     opened = _opened(spec, log)
     runs = record_routes(opened, run_suites(opened, config.settings, log=log), log=log)
     target = out or config.baseline_dir
     name, kind, used = label_of(spec)
     manifest = write_store(target, runs, model=name, backend=kind, options=used, fingerprint=opened.fingerprint(),
-                           engine=asdict(engine_of(opened)))  # fmt: skip
+                           engine=asdict(engine_of(opened)), protect=(config.path, *_local(spec)))  # fmt: skip
     log(f"baseline stored in {target}")
     return manifest
 
@@ -138,7 +171,9 @@ def gate_candidate(
     """
     run_dir = Path(run_dir)
     store = baseline_dir or config.baseline_dir
-    manifest, baseline_runs = load_store(store)  # verified before any time is spent on the candidate, then reused
+    manifest, baseline_runs = _baseline(config, store)  # verified before any time is spent on the candidate, then reused
+    protect = (config.path, store, *_local(candidate, manifest.model))
+    _claim_run_dir(run_dir, protect, create=False)  # before any model loads
     warnings = [*config.warnings, *check_comparable(manifest, config.settings, store=store)]
     budgets, _, noted = calibrated_budgets(config, Path(store))  # a budget the baseline's own churn FAILs: refused now
     warnings += noted
@@ -154,7 +189,7 @@ def gate_candidate(
     for line in warnings + [f"backend settings differ: {d}" for d in differences]:
         log(f"warning: {line}")
     if isinstance(spec, ModelSpec) and spec.backend == "transformers" and base_spec.backend == "transformers":
-        early = _audit_first(config, spec, base_spec, baseline_runs, run_dir, warnings, log)
+        early = _audit_first(config, spec, base_spec, baseline_runs, run_dir, warnings, log, protect)
         if early is not None:
             return early
     opened = _opened(spec, log)
@@ -181,8 +216,9 @@ def gate_candidate(
     candidate_runs = run_suites(opened, suites, log=log, baseline=baseline_runs, stopping=rule, stop=stop)
     check_same_data(manifest, candidate_runs)
     name, kind, used = label_of(spec)
+    _claim_run_dir(run_dir, protect)
     write_store(run_dir / CANDIDATE_STORE, candidate_runs, model=name, backend=kind, options=used, fingerprint=fingerprint,
-                engine=engine)  # fmt: skip
+                engine=engine, protect=protect)  # fmt: skip
     info = {"gate": str(config.path), "baseline_dir": str(Path(store).resolve()), "backend_differences": differences,
             "engine_differences": engine_changes, "stopped_early": stopped[0] if stopped else None}  # fmt: skip
     atomic_write_text(run_dir / RUN_INFO, json.dumps(info, indent=2) + "\n")
@@ -206,7 +242,7 @@ def _refuse_cross_engine(config: GateConfig, baseline: Mapping[str, Any] | None,
 
 def _audit_first(
     config: GateConfig, candidate: ModelSpec, baseline: ModelSpec, baseline_runs: dict[str, SuiteRun], run_dir: Path,
-    warnings: list[str], log: Log,
+    warnings: list[str], log: Log, protect: Sequence[Path | str],
 ) -> GateOutcome | None:  # fmt: skip
     """``moegate inspect`` against the baseline's weights; NaN/Inf or config-contradicting weights FAIL before any suite."""
     audit = audit_for_gate(resolve_testbed(candidate.model, candidate.backend, log),
@@ -215,6 +251,7 @@ def _audit_first(
         return None
     log(audit.summary())
     findings = audit_extra(audit)
+    _claim_run_dir(run_dir, protect)
     atomic_write_text(run_dir / AUDIT_FILE, json.dumps(findings, indent=2) + "\n")
     if not audit.fatal:  # other problems (damaged tensors) FAIL in decide(), next to what the suites measured
         return None
@@ -236,8 +273,9 @@ def decide(
     run_dir = Path(run_dir)
     info = _run_info(run_dir)
     store = baseline_dir or (Path(info["baseline_dir"]) if info.get("baseline_dir") else config.baseline_dir)
-    manifest, baseline_runs = baseline or load_store(store)
+    manifest, baseline_runs = baseline or _baseline(config, Path(store))
     cand_manifest, candidate_runs = load_store(run_dir / CANDIDATE_STORE)
+    _claim_run_dir(run_dir, (config.path, store, *_local(manifest.model, cand_manifest.model)))
     missing = sorted({b.suite for b in config.budgets} - set(candidate_runs))
     if missing and not info.get("stopped_early"):  # --fail-fast: the suites not run FAIL as "not run"
         raise UserError(f"the stored run has no records for suite(s) {', '.join(missing)}",
@@ -312,17 +350,22 @@ def evaluate(
     """
     settings = dict(suites) if isinstance(suites, Mapping) else {name: suite_settings(name, profile) for name in suites}
     if limit is not None:
+        if limit < 1:
+            raise UserError(f"limit = {limit} asks for no items", "pass a limit of at least 1, or none for the profile's count")
         settings = {name: with_limit(s, limit) for name, s in settings.items()}
     if isinstance(model, str):
         reference = ModelSpec.model_construct(model=model, backend=backend or "transformers", options={})
         spec: ModelSpec | Backend = _spec(reference, None, None, options)
     else:
         spec = model
+    if out is not None:
+        check_replaceable(out, "store", protect=_local(spec), recognise=looks_like_store)
     opened = _opened(spec, log)
     runs = run_suites(opened, settings, log=log)
     fingerprint = opened.fingerprint()
     manifest = None
     if out is not None:
         name, kind, used = label_of(spec)
-        manifest = write_store(out, runs, model=name, backend=kind, options=used, fingerprint=fingerprint)
+        manifest = write_store(out, runs, model=name, backend=kind, options=used, fingerprint=fingerprint,
+                               protect=tuple(_local(spec)))
     return Evaluation(runs=runs, fingerprint=fingerprint, manifest=manifest)

@@ -8,7 +8,9 @@ user opts in with ``trust_pickle``.
 
 from __future__ import annotations
 
+import errno
 import json
+import mmap
 import os
 import struct
 from dataclasses import dataclass, field
@@ -62,11 +64,26 @@ def _looks_like_hub_id(spec: str) -> bool:
     )
 
 
+def _broken_link(path: Path) -> str | None:
+    """Why a path that ``exists()`` calls missing is not simply absent: a symbolic link loop or a dangling link."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a loop of symbolic links"
+        if path.is_symlink():
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+    return None
+
+
 def resolve_model(spec: str | os.PathLike[str], *, trust_pickle: bool = False, gguf_file: str | None = None) -> ModelSource:
     """Validate a model spec and say where its weights are; raises ``UserError`` on anything wrong."""
     spec = str(spec)
     path = Path(spec).expanduser()
     if not path.exists():
+        broken = _broken_link(path)
+        if broken:
+            raise UserError(f"model path {spec} {broken}", "point it at a real model directory or .gguf file")
         if _looks_like_hub_id(spec):
             if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
                 raise UserError(
@@ -151,6 +168,10 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+MAX_HEADER_BYTES = 100_000_000
+"""The safetensors library's own cap on a header (it refuses larger ones before reading)."""
+
+
 def read_safetensors_header(file: Path) -> tuple[dict[str, Any], int]:
     """The JSON header of a safetensors file and the byte offset where tensor data starts."""
     size = file.stat().st_size
@@ -159,6 +180,9 @@ def read_safetensors_header(file: Path) -> tuple[dict[str, Any], int]:
         if len(raw) < 8:
             raise UserError(f"{file} is truncated ({size} bytes, no safetensors header)", "re-download or re-copy the file")
         (length,) = struct.unpack("<Q", raw)
+        if length > MAX_HEADER_BYTES:
+            raise UserError(f"{file} claims a safetensors header of {length} bytes (more than the {MAX_HEADER_BYTES // 10**6} MB "
+                            "the safetensors library accepts)", "the file is corrupt or not safetensors: re-download or re-copy it")
         if 8 + length > size:
             raise UserError(f"{file} is truncated (header says {length} bytes, file has {size})", "re-download or re-copy the file")
         try:
@@ -208,9 +232,61 @@ def check_safetensors(file: Path) -> dict[str, Any]:
     return header
 
 
+_GGUF_SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+"""GGUF value type -> size in bytes (8 is a string, 9 an array)."""
+
+
 def check_gguf(file: Path) -> None:
-    """A GGUF file starts with the magic ``GGUF``; the gguf reader checks the rest."""
+    """The magic ``GGUF``, a version the readers know, and metadata and tensor infos that fit in the file."""
     with file.open("rb") as handle:
         magic = handle.read(4)
-    if magic != b"GGUF":
-        raise UserError(f"{file} is not a GGUF file (bad magic)", "pass a valid .gguf file or a Hugging Face directory")
+        if magic != b"GGUF":
+            raise UserError(f"{file} is not a GGUF file (bad magic)", "pass a valid .gguf file or a Hugging Face directory")
+        if file.stat().st_size < 28:
+            raise UserError(f"{file} is truncated ({file.stat().st_size} bytes: no GGUF header)", "re-download or re-copy the file")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            try:
+                _walk_gguf(data)
+            except (struct.error, ValueError) as exc:
+                raise UserError(f"{file} is a truncated or corrupt GGUF file ({exc})", "re-download or re-copy the file") from None
+
+
+def _walk_gguf(data: mmap.mmap) -> None:
+    version, n_tensors, n_kv = struct.unpack_from("<IQQ", data, 4)
+    if version not in (2, 3):
+        raise ValueError(f"GGUF version {version}; readers know 2 and 3")
+    at = 24
+
+    def string(at: int) -> int:
+        (length,) = struct.unpack_from("<Q", data, at)
+        if at + 8 + length > len(data):
+            raise ValueError("a string runs past the end of the file")
+        return at + 8 + length
+
+    def value(kind: int, at: int) -> int:
+        if kind in _GGUF_SCALARS:
+            struct.unpack_from(f"<{_GGUF_SCALARS[kind]}s", data, at)
+            return at + _GGUF_SCALARS[kind]
+        if kind == 8:
+            return string(at)
+        if kind == 9:
+            item, count = struct.unpack_from("<IQ", data, at)
+            at += 12
+            if item in _GGUF_SCALARS:
+                return value(0, at + _GGUF_SCALARS[item] * count - 1) if count else at
+            for _ in range(count):
+                at = value(item, at)
+            return at
+        raise ValueError(f"unknown metadata value type {kind}")
+
+    for _ in range(n_kv):
+        at = string(at)
+        (kind,) = struct.unpack_from("<I", data, at)
+        at = value(kind, at + 4)
+    for _ in range(n_tensors):
+        at = string(at)
+        (dims,) = struct.unpack_from("<I", data, at)
+        if dims > 8:
+            raise ValueError(f"a tensor with {dims} dimensions")
+        struct.unpack_from(f"<{dims}QIQ", data, at + 4)
+        at += 4 + 8 * dims + 12

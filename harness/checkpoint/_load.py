@@ -5,8 +5,11 @@ Loader errors become one ``UserError`` line; ``auto`` device and dtype follow lm
 
 from __future__ import annotations
 
+import json
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from harness.checkpoint._files import ModelSource, read_config
@@ -65,6 +68,23 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _tokenizer_problem(source: ModelSource, exc: BaseException) -> str:
+    """Name the tokenizer file that does not parse (tokenizers' own message names none)."""
+    folder = Path(source.load_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / name
+        if source.kind != "gguf" and path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, ValueError) as bad:
+                return f"{path} is not valid JSON ({bad})"
+    text = str(exc.__cause__ or exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if source.kind != "gguf" and (folder / "tokenizer.json").is_file():
+        return f"{folder / 'tokenizer.json'} cannot be read ({first})"
+    return first
+
+
 def load_model_and_tokenizer(source: ModelSource, *, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any, str]:
     """Load (model, tokenizer, device) in eval mode; loader errors become one-line ``UserError``s."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -79,7 +99,8 @@ def load_model_and_tokenizer(source: ModelSource, *, dtype: str = "auto", device
     if source.weight_format == "pickle":
         model_kwargs["use_safetensors"] = False
     model_kwargs["output_loading_info"] = True
-    errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, RuntimeError)
+    # pickle.UnpicklingError: torch's weights-only loader refusing a pickle that would run code
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError, EOFError)
     try:
         from huggingface_hub.errors import StrictDataclassError
 
@@ -89,7 +110,16 @@ def load_model_and_tokenizer(source: ModelSource, *, dtype: str = "auto", device
     try:
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(source.load_dir, **kwargs)
+    except Exception as exc:  # noqa: BLE001 — tokenizers raises a bare Exception for a malformed tokenizer.json
+        raise UserError(f"could not load the tokenizer of {source.spec}: {_tokenizer_problem(source, exc)}",
+                        "restore the tokenizer files from the original checkpoint") from None
+    try:
+        with _quiet_transformers():
             model, info = AutoModelForCausalLM.from_pretrained(source.load_dir, **model_kwargs)
+    except pickle.UnpicklingError:
+        raise UserError(f"could not load model {source.spec}: its pickle weights hold objects torch's weights-only "
+                        "loader refuses (a pickle can run code when loaded)",
+                        "do not load this file; get the weights as safetensors from a source you trust") from None
     except errors as exc:
         cause = exc.__cause__ or exc
         text = str(cause).strip()

@@ -1,4 +1,4 @@
-"""``moegate compress prune|quantize``: make compressed MoE checkpoints to gate."""
+"""``moegate compress prune|merge|quantize``: make compressed MoE checkpoints to gate."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ _CALIB = click.Path(dir_okay=False, path_type=Path)
 
 @click.group()
 def compress() -> None:
-    """Prune or fake-quantize the routed experts of a safetensors MoE checkpoint."""
+    """Prune, merge or fake-quantize the routed experts of a safetensors MoE checkpoint."""
 
 
 @compress.command("prune")
@@ -36,6 +36,22 @@ def prune_cmd(model: Path, fraction: float, criterion: str, scope: str, mode: st
     path = prune(model, out, fraction=fraction, criterion=criterion, scope=scope,  # type: ignore[arg-type]
                  mode=mode, calib=calib, max_tokens=max_tokens, seed=seed)  # type: ignore[arg-type]
     click.echo(str(path))
+
+
+@compress.command("merge")
+@click.argument("model", type=click.Path(path_type=Path), callback=testbed_keyword)
+@click.option("--fraction", type=float, required=True,
+              help="Fraction of routed experts merged away per layer, in (0, 1): 0.25 of 8 experts leaves 6 groups.")
+@click.option("--method", required=True, help="msmoe (groups around the most used experts by router-logit "
+              "similarity) or hcsmoe (hierarchical clustering of mean expert outputs).")
+@click.option("--calib", type=_CALIB, default=None, help="Calibration prompts (.txt or .jsonl[.gz]); required.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="New output folder.")
+@click.option("--max-tokens", type=int, default=512, show_default=True, help="Tokens per calibration prompt.")
+def merge_cmd(model: Path, fraction: float, method: str, calib: Path | None, out: Path, max_tokens: int) -> None:
+    """Merge groups of routed experts (usage-weighted average, same layout); writes merging.json to --out."""
+    from harness.compress import merge
+
+    click.echo(str(merge(model, out, fraction=fraction, method=method, calib=calib, max_tokens=max_tokens)))
 
 
 @compress.command("quantize")

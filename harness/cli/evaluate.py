@@ -24,13 +24,14 @@ from harness.records import metric_value
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="store the records here (as a baseline store)")
 @backend_options
 @allow_unsandboxed_option
-def evaluate(model: str, suites: tuple[str, ...], profile: str, limit: int | None, out: Path | None, backend, base_url, model_name, dtype, device) -> None:
+def evaluate(model: str, suites: tuple[str, ...], profile: str, limit: int | None, out: Path | None, backend, base_url, model_name, dtype, device,
+             trust_pickle) -> None:  # fmt: skip
     """Run suites on MODEL and print each metric; with --out, store the per-item records."""
     from harness.api import evaluate as run_evaluation
 
     console = Console(stderr=True)
     result = run_evaluation(model, list(suites), profile=profile, limit=limit, backend=backend,
-                            options=model_options(base_url, model_name, dtype, device), out=out,
+                            options=model_options(base_url, model_name, dtype, device, trust_pickle), out=out,
                             log=lambda m: console.print(f"[dim]{m}[/]", highlight=False))  # fmt: skip
     runs = result.runs
     table = Table(title=f"{model} ({profile})")

@@ -17,6 +17,7 @@ from harness.api.calibrate import CALIBRATION_FILE, PERTURBATIONS, benign_failur
 from harness.backends import BACKENDS
 from harness.cli._sandbox_option import allow_unsandboxed_option
 from harness.gate import verdict_exit_code
+from harness.store import manifest_sha256
 
 _STATUS_STYLE = {"PASS": "bold green", "FAIL": "bold red", "INCONCLUSIVE": "bold yellow"}
 
@@ -42,9 +43,10 @@ def print_outcome(outcome: GateOutcome, console: Console | None = None) -> None:
         console.print(f"  report ({kind}): {path}", highlight=False)
 
 
-def model_options(base_url: str | None, model_name: str | None, dtype: str | None, device: str | None) -> dict[str, Any]:
+def model_options(base_url: str | None, model_name: str | None, dtype: str | None, device: str | None,
+                  trust_pickle: bool = False) -> dict[str, Any]:  # fmt: skip
     """The backend options named on the command line (only those: the rest come from the baseline)."""
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"trust_pickle": True} if trust_pickle else {}
     if base_url:
         options["base_url"] = base_url
     if model_name:
@@ -62,6 +64,7 @@ _backend_options = [
     click.option("--model-name", default=None, help="served model name (--backend openai)"),
     click.option("--dtype", default=None, help="float32, bfloat16, float16 or auto (transformers)"),
     click.option("--device", default=None, help="cpu, cuda, mps or auto (transformers)"),
+    click.option("--trust-pickle", is_flag=True, help="allow pickle weights (*.bin, transformers); only for sources you trust"),
 ]
 
 
@@ -82,12 +85,15 @@ def baseline() -> None:
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="override the gate's baseline dir")
 @backend_options
 @allow_unsandboxed_option
-def record(gate_path: Path, model: str | None, out: Path | None, backend, base_url, model_name, dtype, device) -> None:
+def record(gate_path: Path, model: str | None, out: Path | None, backend, base_url, model_name, dtype, device, trust_pickle) -> None:
     """Run the gate's suites on the baseline model and store its per-item records (flags override [baseline])."""
     config = load_gate(gate_path)
-    options = model_options(base_url, model_name, dtype, device)
+    options = model_options(base_url, model_name, dtype, device, trust_pickle)
     manifest = record_baseline(config, model=model, backend=backend, options=options, out=out)
-    Console().print(f"baseline recorded: {len(manifest.suites)} suites, fingerprint {manifest.fingerprint[:16]}")
+    console = Console(soft_wrap=True)
+    console.print(f"baseline recorded: {len(manifest.suites)} suites, fingerprint {manifest.fingerprint[:16]}")
+    console.print("pin it: put this line under [baseline] in the gate file (changing the baseline then changes the gate file):")
+    console.print(f'manifest_sha256 = "{manifest_sha256(out or config.baseline_dir)}"', highlight=False, markup=False)
 
 
 @baseline.command("calibrate")
@@ -118,11 +124,12 @@ def calibrate(gate_path: Path, perturbations: tuple[str, ...]) -> None:
 @click.option("--fail-fast", is_flag=True, help="stop at the first FAIL the remaining suites cannot overturn (suites run riskiest first)")
 @backend_options
 @allow_unsandboxed_option
-def run(gate_path: Path, candidate: str, report_dir: Path | None, sequential: bool | None, fail_fast: bool, backend, base_url, model_name, dtype, device) -> None:
+def run(gate_path: Path, candidate: str, report_dir: Path | None, sequential: bool | None, fail_fast: bool, backend, base_url, model_name,
+        dtype, device, trust_pickle) -> None:  # fmt: skip
     """Gate a candidate against the stored baseline: exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE, 2 bad input."""
     config = load_gate(gate_path)
     run_dir = report_dir or default_run_dir(config.name, candidate)
-    options = model_options(base_url, model_name, dtype, device)
+    options = model_options(base_url, model_name, dtype, device, trust_pickle)
     outcome = gate_candidate(config, candidate, run_dir, backend=backend, options=options, sequential=sequential,
                              fail_fast=fail_fast)  # fmt: skip
     print_outcome(outcome)

@@ -75,6 +75,25 @@ def _config_of(source: ModelSource) -> dict[str, Any]:
         raise UserError(f"could not read the config of {source.spec}: {first}", "check the model path or hub id") from None
 
 
+def layout_warnings(config: dict[str, Any], routed_expert_parameters: int | None) -> list[str]:
+    """Expert counts and top-k in config.json that no router can have (the layout shown would be wrong)."""
+    from harness.checkpoint.layout import EXPERT_KEYS, TOP_K_KEYS
+
+    inner = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    merged = {**inner, **{k: v for k, v in config.items() if v is not None}}
+    experts = next(((k, merged[k]) for k in EXPERT_KEYS if isinstance(merged.get(k), int)), None)
+    top_k = next(((k, merged[k]) for k in TOP_K_KEYS if isinstance(merged.get(k), int)), None)
+    warnings = []
+    if experts is not None and experts[1] < 1:
+        tail = " yet the weights hold routed experts" if routed_expert_parameters else ""
+        warnings.append(f"config.json says {experts[0]} = {experts[1]}{tail}: the layout shown is not a working MoE")
+    if top_k is not None and top_k[1] < 1:
+        warnings.append(f"config.json says {top_k[0]} = {top_k[1]}: a router must pick at least one expert")
+    if experts is not None and top_k is not None and experts[1] >= 1 and top_k[1] > experts[1]:
+        warnings.append(f"config.json says {top_k[0]} = {top_k[1]}, more than its {experts[1]} routed experts ({experts[0]})")
+    return warnings
+
+
 def checkpoint_info(model: str, *, trust_pickle: bool = False) -> dict[str, Any]:
     """Everything ``moegate info`` prints, as plain data (JSON-ready)."""
     source = resolve_model(model, trust_pickle=trust_pickle)
@@ -83,6 +102,7 @@ def checkpoint_info(model: str, *, trust_pickle: bool = False) -> dict[str, Any]
     files = list(source.weight_files)
     if source.kind == "hf_dir" and source.path is not None:
         files = [p for p in source.path.rglob("*") if p.is_file()]
+    weights = _weights_summary(source)
     return {
         "model": model,
         "source": source.kind,
@@ -94,9 +114,10 @@ def checkpoint_info(model: str, *, trust_pickle: bool = False) -> dict[str, Any]
         "vocab_size": config.get("vocab_size"),
         "max_position_embeddings": config.get("max_position_embeddings"),
         "config_dtype": str(config.get("dtype") or config.get("torch_dtype") or "") or None,
-        **_weights_summary(source),
+        **weights,
         "size_on_disk_bytes": sum(p.stat().st_size for p in files) if files else None,
         "moe": layout.to_dict() if layout is not None else None,
+        "warnings": layout_warnings(config, weights["routed_expert_parameters"]),
     }
 
 
@@ -176,6 +197,8 @@ def info(model: str, as_json: bool, trust_pickle: bool, backend: str) -> None:
     if "://" in model:
         raise UserError(f"moegate info reads checkpoints, not servers ({model})", "pass a local directory or .gguf file")
     data = checkpoint_info(model, trust_pickle=trust_pickle)
+    for line in data["warnings"]:
+        click.echo(f"moegate: warning: {line}", err=True)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:

@@ -25,7 +25,7 @@ def output_dir(ckpt: MoeCheckpoint, out: str | Path) -> Iterator[Path]:
         raise UserError(f"--out {out} is the source model folder", "write the compressed model to a new folder")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} exists and is not empty", "choose a new output folder or remove it")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind="compressed", protect=(ckpt.path,)) as tmp:
         yield tmp
 
 

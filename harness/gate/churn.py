@@ -29,6 +29,8 @@ class ObservedChange(BaseModel):
     flips: tuple[int, int] | None = None
     """(right->wrong or newly flagged, wrong->right or cleared)."""
     n_items: int = 0
+    changed_items: list[str] = Field(default_factory=list)
+    """The items that flipped or were newly flagged."""
 
 
 class Perturbation(BaseModel):
@@ -68,7 +70,8 @@ class Calibration(BaseModel):
 def observed(result: CapabilityResult) -> ObservedChange:
     flips = (result.flips.right_to_wrong, result.flips.wrong_to_right) if result.flips else None
     return ObservedChange(status=result.status, change=result.change, ci_low=result.ci_low, ci_high=result.ci_high,
-                          budget=result.budget, flips=flips, n_items=result.n_items)  # fmt: skip
+                          budget=result.budget, flips=flips, n_items=result.n_items,
+                          changed_items=list(result.changed_items))  # fmt: skip
 
 
 def perturbation_of(name: str, description: str, fingerprint: str, verdict: GateVerdict) -> Perturbation:

@@ -7,6 +7,7 @@ Forward hooks on router modules (no patching), one adapter table for the transfo
 from harness.profiler.curve import DEFAULT_SIZES, DeadCurve, dead_curve_from_presence, dead_expert_curve
 from harness.profiler.families import FAMILIES, Family, MoeBlock, expert_outputs, family_for, find_moe_blocks
 from harness.profiler.hooks import LayerCapture, RouteRecorder, trace_routes
+from harness.profiler.merging import MergeStatistics, merge_statistics
 from harness.profiler.plot import curve_plot, heatmap, heatmap_svg
 from harness.profiler.profile import CRITERIA, Criterion, ExpertProfile, LayerProfile, profile_model
 from harness.profiler.stats import (
@@ -28,6 +29,7 @@ __all__ = [
     "Family",
     "LayerCapture",
     "LayerProfile",
+    "MergeStatistics",
     "MoeBlock",
     "RouteRecorder",
     "curve_plot",
@@ -42,6 +44,7 @@ __all__ = [
     "heatmap",
     "heatmap_svg",
     "layer_stats",
+    "merge_statistics",
     "profile_model",
     "top_n_share",
     "top_share_of_experts",

@@ -262,6 +262,7 @@ def profile_model(
     max_tokens: int = 512,
     progress: bool = True,
     expert_norms: bool = True,
+    observe: Callable[[list[LayerCapture]], None] | None = None,
 ) -> ExpertProfile:
     """Run every text through ``model`` (truncated to ``max_tokens`` tokens) and profile its experts.
 
@@ -273,6 +274,8 @@ def profile_model(
         max_tokens: tokens kept per prompt.
         progress: show a rich progress bar on stderr.
         expert_norms: also compute EAN/REAP (re-runs each routed expert once more); False leaves them 0.
+        observe: called with each forward's captures (one per MoE block, in layer order), for statistics
+            the profile does not keep (``harness.profiler.merging`` accumulates router-logit similarity).
 
     Raises:
         UserError: no texts, bad ``max_tokens``, or a model without MoE layers.
@@ -304,7 +307,10 @@ def profile_model(
                 tokens_per_prompt.append(int(input_ids.shape[1]))
                 if input_ids.shape[1] > 0:
                     model(input_ids=input_ids.to(device), use_cache=False, **extra)
-                    acc.add(i, recorder.take(), recorder.family.probabilities)
+                    captures = recorder.take()
+                    acc.add(i, captures, recorder.family.probabilities)
+                    if observe is not None:
+                        observe(captures)
                 advance()
     finally:
         model.train(was_training)

@@ -67,7 +67,7 @@ def ensure_testbed(
         from harness.testbed._build import build
 
         gguf, calib = _inputs()
-        with atomic_dir(target) as tmp:
+        with atomic_dir(target, kind="testbed", recognise=lambda old: (old / COMPLETE_MARKER).is_file()) as tmp:
             info = build(tmp, settings, gguf, calib, progress)
             # fixed content: a rebuild must give the same bytes in every file (the time goes to progress)
             atomic_write_text(tmp / COMPLETE_MARKER, "complete\n")
