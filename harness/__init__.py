@@ -5,6 +5,7 @@ Where things are (one hop from here), from the top layer down; a layer imports o
 - ``harness.cli``, ``harness.pytest_plugin`` — the ``moegate`` command and the pytest plugin: thin callers of
 - ``harness.api``        — the application: gate files, ``record_baseline``, ``gate_candidate``, ``decide``, ``evaluate``
 - ``harness.runner``     — runs suites on an open backend (optionally in chunks, by a stopping rule)
+- ``harness.routing``    — the baseline's route traces, recorded per item with the baseline
 - ``harness.store``      — stored runs (baselines and candidates): records, artifacts, hashes, versions
 - ``harness.reports``    — report.json (typed, versioned), Markdown and HTML
 - ``harness.suites``     — suites that turn a model into item records (``harness.records``)
@@ -12,6 +13,7 @@ Where things are (one hop from here), from the top layer down; a layer imports o
 - ``harness.backends``   — the request kinds; transformers, mlx-lm, OpenAI-compatible servers; options models
 - ``harness.checkpoint`` — model files: checks, loading, fingerprints, MoE layout, expert/router names
 - ``harness.gate``       — pure: budgets, policy, verdicts (``harness.stats`` statistics, ``harness.detectors`` flags)
+- ``harness.diagnosis``  — pure: which changed experts carried the items that broke; risk before a run
 - ``harness.inspect``, ``harness.compress``, ``harness.profiler``, ``harness.testbed`` — audit, test subjects, expert profiles
 
 The Python API is re-exported here (``harness.gate_candidate`` ...), loaded on first use so that

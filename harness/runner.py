@@ -38,13 +38,15 @@ class StoppingRule(Protocol):
 def run_suites(
     backend: Backend, suites: dict[str, SuiteSettings], *, log: Log | None = None,
     baseline: dict[str, SuiteRun] | None = None, stopping: StoppingRule | None = None,
+    stop: Callable[[dict[str, SuiteRun]], str | None] | None = None,
 ) -> dict[str, SuiteRun]:  # fmt: skip
     """Run each suite; a suite that crashes yields a run with ``error`` set (the gate fails on it).
 
     ``baseline``: the baseline's stored runs, handed to each suite's ``run`` (None when recording the
     baseline itself). With ``stopping``, the suites it allows run in chunks of the baseline's stored
-    item order and stop once decided. A ``UserError`` (bad data file, bad settings) is not a suite
-    failure: it stops the run at once.
+    item order and stop once decided. ``stop`` sees the runs so far after each suite; when it returns a
+    reason, the remaining suites do not run (``--fail-fast``). A ``UserError`` (bad data file, bad
+    settings) is not a suite failure: it stops the run at once.
     """
     check_context(backend, suites)
     runs: dict[str, SuiteRun] = {}
@@ -73,6 +75,11 @@ def run_suites(
         runs[name] = run
         if log and run.error is None:
             log(f"suite {name}: {len(run.records)} items in {run.seconds:.0f} s")
+        why = stop(runs) if stop is not None and len(runs) < len(suites) else None
+        if why:
+            if log:
+                log(f"stopping: {why}; not run: {', '.join(s for s in suites if s not in runs)}")
+            break
     return runs
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from harness.api._audit import AUDIT_FILE, audit_verdict, expert_heatmap, with_audit
+from harness.api._diagnosis import audit_findings, confirmed_fail, gate_diagnosis, riskiest_first
 from harness.api.calibrate import calibrated_budgets
 from harness.api.config import GateConfig, ModelSpec
 from harness.api.models import (
@@ -41,6 +42,7 @@ from harness.gate.flags import detector_flags
 from harness.inspect import audit_extra, audit_for_gate
 from harness.records import SuiteRun
 from harness.reports import ModelRun, RunInfo, write_reports
+from harness.routing import record_routes
 from harness.runner import run_suites
 from harness.store import (
     Manifest,
@@ -141,7 +143,7 @@ def record_baseline(
     spec = _spec(config.baseline, model, backend, options) if model is None or isinstance(model, str) else model
     check_replaceable(out or config.baseline_dir, "store", protect=(config.path, *_local(spec)), recognise=looks_like_store)
     opened = _opened(spec, log)
-    runs = run_suites(opened, config.settings, log=log)
+    runs = record_routes(opened, run_suites(opened, config.settings, log=log), log=log)
     target = out or config.baseline_dir
     name, kind, used = label_of(spec)
     manifest = write_store(target, runs, model=name, backend=kind, options=used, fingerprint=opened.fingerprint(),
@@ -158,13 +160,14 @@ def stored_spec(manifest: Manifest) -> ModelSpec:
 def gate_candidate(
     config: GateConfig, candidate: ModelLike, run_dir: Path | str, *, backend: str | None = None,
     options: Mapping[str, Any] | None = None, baseline_dir: Path | None = None, sequential: bool | None = None,
-    log: Log = _stderr,
+    fail_fast: bool = False, log: Log = _stderr,
 ) -> GateOutcome:  # fmt: skip
     """Gate ``candidate`` against the stored baseline; store its records and write the reports.
 
     A candidate given by name runs with the stored baseline's backend and options, except the
     ``backend`` and ``options`` named here. ``sequential``: run suites in chunks and stop each once
-    its budgets are decided (None: the gate file's ``[gate] sequential``).
+    its budgets are decided (None: the gate file's ``[gate] sequential``). Suites run riskiest first
+    (``moegate risk``); ``fail_fast``: stop at the first FAIL the remaining suites cannot overturn.
     """
     run_dir = Path(run_dir)
     store = baseline_dir or config.baseline_dir
@@ -201,14 +204,23 @@ def gate_candidate(
     g = config.file.gate
     rule = sequential_rule(budgets, baseline_runs, config.policy(), looks=g.looks, spending=g.spending,
                            min_items=g.min_items) if (g.sequential if sequential is None else sequential) else None  # fmt: skip
-    candidate_runs = run_suites(opened, config.settings, log=log, baseline=baseline_runs, stopping=rule)
+    findings = json.loads((run_dir / AUDIT_FILE).read_text(encoding="utf-8")) if (run_dir / AUDIT_FILE).is_file() else None
+    suites = riskiest_first(config.settings, budgets, baseline_runs, findings, log)
+    stopped: list[str] = []
+
+    def stop(done: dict[str, SuiteRun]) -> str | None:
+        why = confirmed_fail(baseline_runs, done, budgets, config.policy(), config.detectors) if fail_fast else None
+        stopped.extend([why] if why else [])
+        return why
+
+    candidate_runs = run_suites(opened, suites, log=log, baseline=baseline_runs, stopping=rule, stop=stop)
     check_same_data(manifest, candidate_runs)
     name, kind, used = label_of(spec)
     _claim_run_dir(run_dir, protect)
     write_store(run_dir / CANDIDATE_STORE, candidate_runs, model=name, backend=kind, options=used, fingerprint=fingerprint,
                 engine=engine, protect=protect)  # fmt: skip
     info = {"gate": str(config.path), "baseline_dir": str(Path(store).resolve()), "backend_differences": differences,
-            "engine_differences": engine_changes}  # fmt: skip
+            "engine_differences": engine_changes, "stopped_early": stopped[0] if stopped else None}  # fmt: skip
     atomic_write_text(run_dir / RUN_INFO, json.dumps(info, indent=2) + "\n")
     return decide(config, run_dir, baseline_dir=store, warnings=warnings, baseline=(manifest, baseline_runs))
 
@@ -265,7 +277,7 @@ def decide(
     cand_manifest, candidate_runs = load_store(run_dir / CANDIDATE_STORE)
     _claim_run_dir(run_dir, (config.path, store, *_local(manifest.model, cand_manifest.model)))
     missing = sorted({b.suite for b in config.budgets} - set(candidate_runs))
-    if missing:
+    if missing and not info.get("stopped_early"):  # --fail-fast: the suites not run FAIL as "not run"
         raise UserError(f"the stored run has no records for suite(s) {', '.join(missing)}",
                         "gate with the same gate file the run was made with, or rerun moegate run")
     warnings = list(config.warnings if warnings is None else warnings)
@@ -296,10 +308,23 @@ def decide(
                            fingerprint=cand_manifest.fingerprint, store=str(run_dir / CANDIDATE_STORE),
                            engine=cand_manifest.engine),
     )  # fmt: skip
+    if findings is None and manifest.backend != "openai":
+        findings_for_diagnosis = _late_audit(cand_manifest.model, resolve_testbed(manifest.model, manifest.backend))
+    else:
+        findings_for_diagnosis = findings
+    diagnosis = gate_diagnosis(manifest.backend, baseline_runs, findings_for_diagnosis, verdict, Path(cand_manifest.model))
     reports = write_reports(verdict, baseline_runs, candidate_runs, run_dir, run=run, inspect=findings,
-                            expert_heatmap=expert_heatmap(Path(cand_manifest.model)))  # fmt: skip
+                            expert_heatmap=expert_heatmap(Path(cand_manifest.model)), diagnosis=diagnosis)  # fmt: skip
     return GateOutcome(verdict=verdict, reports=reports, run_dir=run_dir, warnings=warnings,
                        backend_differences=differences)  # fmt: skip
+
+
+def _late_audit(candidate: str, baseline: str) -> dict[str, Any] | None:
+    """The audit for the diagnosis when the gate did not run one (mlx backend); None when it cannot."""
+    try:
+        return audit_findings(candidate, baseline)
+    except UserError:
+        return None
 
 
 def _run_info(run_dir: Path) -> dict[str, Any]:

@@ -275,7 +275,7 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------ routing
     def route_trace(self, texts: Sequence[str]) -> list[RouteTrace]:
-        """Per MoE layer, the top-k experts and weights of every token (one forward per text)."""
+        """Per MoE layer, the top-k experts and weights of every token (right-padded batches, pads dropped)."""
         import torch
 
         from harness.checkpoint.layout import moe_layout_from_config
@@ -284,18 +284,26 @@ class TransformersBackend:
         layout = moe_layout_from_config(self.model.config.to_dict())
         if layout is None:
             raise UserError(f"model {self.model.config.model_type} is dense: no expert routing to trace", "use a MoE checkpoint")
-        traces = []
-        for text in texts:
-            ids = self.tok_encode(text)[: self.max_length]
-            captured = trace_routes(self.model, torch.tensor(ids, dtype=torch.long))
-            traces.append(RouteTrace(
-                layers=tuple(int(layer) for layer, _, _ in captured),
-                expert_ids=tuple(tuple(tuple(row) for row in e.tolist()) for _, e, _ in captured),
-                weights=tuple(tuple(tuple(float(x) for x in row) for row in w.float().tolist()) for _, _, w in captured),
-                num_experts=layout.routed_experts,
-                tokens=tuple(self.tokenizer.convert_ids_to_tokens(ids)),
-            ))
-        return traces
+        encoded = [self.tok_encode(text)[: self.max_length] or [self._eos_ids()[0]] for text in texts]
+        order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
+        traces: dict[int, RouteTrace] = {}
+        for batch in batches([len(encoded[i]) for i in order], batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens):
+            rows = [order[b] for b in batch]
+            width = len(encoded[rows[0]])
+            ids, mask = torch.zeros((len(rows), width), dtype=torch.long), torch.zeros((len(rows), width), dtype=torch.long)
+            for row, i in enumerate(rows):
+                ids[row, : len(encoded[i])], mask[row, : len(encoded[i])] = torch.tensor(encoded[i]), 1
+            captured = trace_routes(self.model, ids, attention_mask=mask)
+            for row, i in enumerate(rows):
+                cut = slice(row * width, row * width + len(encoded[i]))  # tokens are flattened row-major
+                traces[i] = RouteTrace(
+                    layers=tuple(int(layer) for layer, _, _ in captured),
+                    expert_ids=tuple(tuple(tuple(r) for r in e[cut].tolist()) for _, e, _ in captured),
+                    weights=tuple(tuple(tuple(r) for r in w[cut].float().tolist()) for _, _, w in captured),
+                    num_experts=layout.routed_experts,
+                    tokens=tuple(self.tokenizer.convert_ids_to_tokens(encoded[i])),
+                )
+        return [traces[i] for i in range(len(texts))]
 
     # ------------------------------------------------------------------ generation
     def _prompt_ids(self, req: GenerateRequest) -> list[int]:

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "baseline": "harness.cli.gate:baseline",
     "run": "harness.cli.gate:run",
     "verdict": "harness.cli.gate:verdict",
+    "risk": "harness.cli.risk:risk",
     "demo": "harness.cli.demo:demo",
     "inspect": "harness.cli.inspect:inspect_cmd",
     "serve-check": "harness.cli.serve_check:serve_check",

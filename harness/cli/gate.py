@@ -121,15 +121,17 @@ def calibrate(gate_path: Path, perturbations: tuple[str, ...]) -> None:
 @click.option("--candidate", required=True, help="candidate checkpoint: path, hub id, or served model name")
 @click.option("--report-dir", default=None, type=click.Path(path_type=Path), help="default: reports/<gate>/<time>-<candidate>")
 @click.option("--sequential/--no-sequential", default=None, help="stop each suite once its budgets are decided (default: the gate's [gate] sequential)")
+@click.option("--fail-fast", is_flag=True, help="stop at the first FAIL the remaining suites cannot overturn (suites run riskiest first)")
 @backend_options
 @allow_unsandboxed_option
-def run(gate_path: Path, candidate: str, report_dir: Path | None, sequential: bool | None, backend, base_url, model_name, dtype, device,
-        trust_pickle) -> None:  # fmt: skip
+def run(gate_path: Path, candidate: str, report_dir: Path | None, sequential: bool | None, fail_fast: bool, backend, base_url, model_name,
+        dtype, device, trust_pickle) -> None:  # fmt: skip
     """Gate a candidate against the stored baseline: exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE, 2 bad input."""
     config = load_gate(gate_path)
     run_dir = report_dir or default_run_dir(config.name, candidate)
     options = model_options(base_url, model_name, dtype, device, trust_pickle)
-    outcome = gate_candidate(config, candidate, run_dir, backend=backend, options=options, sequential=sequential)
+    outcome = gate_candidate(config, candidate, run_dir, backend=backend, options=options, sequential=sequential,
+                             fail_fast=fail_fast)  # fmt: skip
     print_outcome(outcome)
     sys.exit(verdict_exit_code(outcome.verdict.overall))
 

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.atomic import atomic_write_text
+from harness.diagnosis import Diagnosis
 from harness.errors import UserError
 from harness.gate import GateVerdict
 from harness.records import SuiteRun
+from harness.reports.diagnosis import diagnosis_markdown
 from harness.reports.html import render_html
 from harness.reports.json_report import build_report, render_json
 from harness.reports.markdown import render_markdown
@@ -45,6 +47,7 @@ def write_reports(
     run: RunInfo | None = None,
     inspect: dict[str, Any] | None = None,
     expert_heatmap: Heatmap | None = None,
+    diagnosis: Diagnosis | None = None,
 ) -> dict[str, Path]:
     """Render report.json, report.md and report.html into ``out_dir``; returns {"json"|"md"|"html": path}.
 
@@ -56,11 +59,11 @@ def write_reports(
         raise UserError(f"report directory {out_dir} is a file", "pass a directory to --report-dir")
     created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     report = build_report(verdict, baseline_runs, candidate_runs, run=run, inspect=inspect,
-                          expert_heatmap=expert_heatmap, created_utc=created)  # fmt: skip
+                          expert_heatmap=expert_heatmap, diagnosis=diagnosis, created_utc=created)  # fmt: skip
     title = f"moegate gate {report.run.gate}" if report.run.gate else "moegate gate report"
     texts = {
         "json": render_json(report),
-        "md": render_markdown(verdict, baseline_runs, candidate_runs, title=title),
+        "md": render_markdown(verdict, baseline_runs, candidate_runs, title=title) + with_diagnosis(diagnosis),
         "html": render_html(report, baseline_runs, candidate_runs, title=title),
     }
     paths = {key: out_dir / f"report.{key}" for key in texts}
@@ -68,3 +71,9 @@ def write_reports(
         atomic_write_text(paths[key], text)
         paths[key].chmod(0o644)  # temp files are created 0600; reports are meant to be shared
     return paths
+
+
+def with_diagnosis(diagnosis: Diagnosis | None) -> str:
+    """The expert diagnosis lines appended to report.md (nothing without a diagnosis)."""
+    lines = diagnosis_markdown(diagnosis)
+    return "\n".join(lines) + "\n" if lines else ""

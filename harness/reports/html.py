@@ -23,6 +23,7 @@ from harness.reports._common import (
     sequential_totals,
     suite_summary,
 )
+from harness.reports.diagnosis import diagnosis_html
 from harness.reports.html_template import page
 from harness.reports.kld import kld_html
 from harness.reports.plots import forest_svg, heatmap_svg
@@ -225,6 +226,7 @@ def render_html(
             f'<div class="figure">{heatmap_svg(to_matrix(hm.matrix), marked=hm.marked, title=hm.title, layer_labels=hm.layer_labels, colorbar_label=hm.colorbar_label)}</div>',
         ]  # fmt: skip
     parts += kld_html(candidate_runs, baseline_runs)
+    parts += diagnosis_html(report.diagnosis)
     parts += [
         "<h2>Items</h2>",
         '<p class="small muted">Baseline and candidate side by side for every flipped or newly flagged item.</p>',

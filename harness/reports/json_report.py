@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness._version import __version__
+from harness.diagnosis import Diagnosis
 from harness.gate import GateVerdict, verdict_exit_code
 from harness.records import SuiteRun
 from harness.reports._common import item_sections, sequential_totals, suite_summary
@@ -19,6 +20,7 @@ def build_report(
     run: RunInfo | None = None,
     inspect: dict[str, Any] | None = None,
     expert_heatmap: Heatmap | None = None,
+    diagnosis: Diagnosis | None = None,
     created_utc: str | None = None,
 ) -> Report:
     """The report.json document (see ``harness.reports.schema.Report``)."""
@@ -41,6 +43,7 @@ def build_report(
         sequential=sequential_totals(verdict, candidate_runs),
         inspect=inspect,
         expert_heatmap=expert_heatmap,
+        diagnosis=diagnosis,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from harness.diagnosis import Diagnosis
 from harness.errors import UserError
 from harness.gate import GateVerdict, Status, read_verdict
 from harness.records import MetricSpec
@@ -144,6 +145,8 @@ class Report(BaseModel):
     inspect: dict[str, Any] | None = None
     """The checkpoint audit against the baseline (``harness.inspect.InspectReport`` without its tensor list)."""
     expert_heatmap: Heatmap | None = None
+    diagnosis: Diagnosis | None = None
+    """Which changed experts carried the items that broke (``harness.diagnosis``); ``available`` False says why not."""
 
 
 def read_report(path: str | Path) -> Report:
