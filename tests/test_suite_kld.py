@@ -97,7 +97,7 @@ def test_the_baseline_stores_its_top_k_tables_hashed(recorded: Path) -> None:
     config = load_gate(recorded)
     manifest, runs = load_store(config.baseline_dir)
     run = runs["kld"]
-    assert sorted(run.artifacts) == ["generations.topk", "text.topk"]
+    assert {"generations.topk", "text.topk"} <= set(run.artifacts)  # besides the diagnosis's route_mass.npz
     text, gens = (decode_topk(run.artifacts[name]) for name in ("text.topk", "generations.topk"))
     assert text.k == gens.k == 64 and len(text.window_sizes) == 3 and set(text.window_sizes) == {31}
     assert len(gens.window_sizes) == 2 and manifest.suites["kld"].artifacts["text.topk"].size == len(run.artifacts["text.topk"])
@@ -201,7 +201,8 @@ def test_stored_tables_of_another_width_are_refused(recorded: Path, models: dict
 
     _, runs = load_store(load_gate(recorded).baseline_dir)
     run = runs["kld"]
-    narrow = {name: encode_topk(decode_topk(run.artifacts[name]).truncate(8)) for name in run.artifacts}
+    narrow = {name: encode_topk(decode_topk(run.artifacts[name]).truncate(8)) if name.endswith(".topk")
+              else run.artifacts[name] for name in run.artifacts}  # fmt: skip
     run.artifacts = type(run.artifacts)(narrow)
     settings = SUITES.get("kld").Settings.model_validate(run.settings)
     backend = open_backend(str(models["base"]), device="cpu", dtype="float32", max_length=256)
