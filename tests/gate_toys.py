@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import struct
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
+
+import pytest
 
 from harness.backends.base import Backend, LoglikelihoodRequest
 from harness.records import ItemRecord, MetricSpec, SuiteRun
@@ -134,3 +138,31 @@ def acc_run(correct: list[int], suite: str = "toy") -> SuiteRun:
         for i, c in enumerate(correct)
     ]
     return SuiteRun(suite=suite, settings={"limit": None, "seed": 1234, "n_items": 6}, metrics=[ACC], records=records)
+
+
+def moegate(*args: object) -> int:
+    """Run the ``moegate`` CLI in-process; its exit code."""
+    from harness.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    return int(info.value.code or 0)
+
+
+@contextmanager
+def recorded_toy_project(root: Path) -> Iterator[tuple[Path, Path]]:
+    """A tiny Qwen2-MoE baseline recorded with the toy gate under ``root`` (its own request cache):
+    ``(model, gate file)``; the toy suites and the environment are restored afterwards."""
+    from tests.tiny_models import build_tiny_moe
+
+    saved = register_toys()
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MOEGATE_CACHE_DIR", str(root / "cache"))
+    try:
+        base = build_tiny_moe("qwen2_moe", root / "base")
+        gate = write_gate(root, str(base))
+        assert moegate("baseline", "record", "--gate", gate) == 0
+        yield base, gate
+    finally:
+        patch.undo()
+        SUITES.restore(saved)

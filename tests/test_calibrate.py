@@ -15,7 +15,7 @@ from harness.compress import open_checkpoint
 from harness.compress._perturb import expert_permutations, renumber_experts, round_trip
 from harness.gate import Budget
 from harness.gate.churn import Calibration, ObservedChange, Perturbation, with_churn
-from tests.test_backend_openai import moegate
+from tests.gate_toys import moegate
 from tests.tiny_models import build_tiny_moe
 
 

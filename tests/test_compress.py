@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 from harness.compress import fake_quantize, open_checkpoint, prune, quantize, select_experts, tiered_bits
 from harness.errors import UserError
+from tests.gate_toys import moegate
 
 
 def _byte_tokenizer(path: Path) -> None:
@@ -182,14 +183,6 @@ def test_fake_quantize_levels_and_error(bits: int, group: int, scheme: str, seed
             assert (row - qrow).abs().max() <= span / 2 + 1e-5
 
 
-def _cli(argv: list[str]) -> int:
-    from harness.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    return int(exc.value.code)
-
-
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -208,7 +201,7 @@ def test_prune_bad_input_exit_2_no_output(
     args = [str(tmp_path / "nope.txt") if a == "MISSING" else str(tmp_path / "empty.txt") if a == "EMPTY" else a
             for a in args]
     out = tmp_path / "out"
-    assert _cli(["compress", "prune", str(bf16_moe), "--out", str(out), *args]) == 2
+    assert moegate("compress", "prune", str(bf16_moe), "--out", str(out), *args) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".out*"))
@@ -220,11 +213,11 @@ def test_dense_model_and_bad_plan_rejected(tmp_path: Path, bf16_moe: Path, capsy
     dense = tmp_path / "dense"
     AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
                                                  num_hidden_layers=1, num_attention_heads=2)).save_pretrained(str(dense))
-    assert _cli(["compress", "quantize", str(dense), "--plan", "uniform:4", "--out", str(tmp_path / "o")]) == 2
+    assert moegate("compress", "quantize", str(dense), "--plan", "uniform:4", "--out", str(tmp_path / "o")) == 2
     assert "no MoE layers" in capsys.readouterr().err
-    assert _cli(["compress", "quantize", str(bf16_moe), "--plan", "uniform:3x", "--out", str(tmp_path / "o")]) == 2
+    assert moegate("compress", "quantize", str(bf16_moe), "--plan", "uniform:3x", "--out", str(tmp_path / "o")) == 2
     assert "unknown quantization plan" in capsys.readouterr().err
-    assert _cli(["compress", "quantize", str(bf16_moe), "--plan", "tiered", "--out", str(tmp_path / "o")]) == 2
+    assert moegate("compress", "quantize", str(bf16_moe), "--plan", "tiered", "--out", str(tmp_path / "o")) == 2
     assert not (tmp_path / "o").exists()
     with pytest.raises(UserError, match="source model folder"):
         quantize(bf16_moe, bf16_moe, plan="uniform:8")

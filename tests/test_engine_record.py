@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_backend_openai import moegate, ref_server
+from tests.gate_toys import moegate
+from tests.test_backend_openai import ref_server
 from tests.tiny_models import build_tiny_moe
 
 

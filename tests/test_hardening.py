@@ -17,33 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.suites import SUITES
-from tests.gate_toys import register_toys, write_gate
+from tests.gate_toys import moegate, recorded_toy_project, write_gate
 from tests.tiny_models import build_tiny_moe
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def moegate(*args: object) -> int:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    return int(info.value.code or 0)
-
-
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hardening")
-    saved = register_toys()
-    patch = pytest.MonkeyPatch()
-    patch.setenv("MOEGATE_CACHE_DIR", str(root / "cache"))
-    base = build_tiny_moe("qwen2_moe", root / "base")
-    gate = write_gate(root, str(base))
-    assert moegate("baseline", "record", "--gate", gate) == 0
-    assert moegate("run", "--gate", gate, "--candidate", base, "--report-dir", root / "good-run") == 0
-    yield {"root": root, "base": base, "gate": gate}
-    patch.undo()
-    SUITES.restore(saved)
+    with recorded_toy_project(root) as (base, gate):
+        assert moegate("run", "--gate", gate, "--candidate", base, "--report-dir", root / "good-run") == 0
+        yield {"root": root, "base": base, "gate": gate}
 
 
 def one_line_exit_2(capsys: pytest.CaptureFixture[str], args: list[object], *needles: str) -> str:

@@ -18,24 +18,16 @@ from harness.checkpoint import resolve_model
 from harness.cli import cli
 from harness.errors import UserError
 from harness.resources import cache_dir
-from harness.suites import SUITES, suite_settings
-from tests.gate_toys import register_toys, write_gate
-from tests.test_hardening import moegate, one_line_exit_2
-from tests.tiny_models import build_tiny_moe
+from harness.suites import suite_settings
+from tests.gate_toys import moegate, recorded_toy_project, write_gate
+from tests.test_hardening import one_line_exit_2
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("inputs")
-    saved = register_toys()
-    patch = pytest.MonkeyPatch()
-    patch.setenv("MOEGATE_CACHE_DIR", str(root / "cache"))
-    base = build_tiny_moe("qwen2_moe", root / "base")
-    gate = write_gate(root, str(base))
-    assert moegate("baseline", "record", "--gate", gate) == 0
-    yield {"root": root, "base": base, "gate": gate}
-    patch.undo()
-    SUITES.restore(saved)
+    with recorded_toy_project(root) as (base, gate):
+        yield {"root": root, "base": base, "gate": gate}
 
 
 def copy_model(project: dict[str, Path], tmp_path: Path, name: str = "model") -> Path:

@@ -18,10 +18,8 @@ from harness.api import load_gate
 from harness.atomic import atomic_dir, check_replaceable
 from harness.errors import UserError
 from harness.store import MANIFEST, load_store, write_store
-from harness.suites import SUITES
-from tests.gate_toys import acc_run, register_toys, write_gate
-from tests.test_hardening import moegate, one_line_exit_2
-from tests.tiny_models import build_tiny_moe
+from tests.gate_toys import acc_run, moegate, recorded_toy_project, write_gate
+from tests.test_hardening import one_line_exit_2
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -31,15 +29,8 @@ def tree_digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("paths")
-    saved = register_toys()
-    patch = pytest.MonkeyPatch()
-    patch.setenv("MOEGATE_CACHE_DIR", str(root / "cache"))
-    base = build_tiny_moe("qwen2_moe", root / "base")
-    gate = write_gate(root, str(base))
-    assert moegate("baseline", "record", "--gate", gate) == 0
-    yield {"root": root, "base": base, "gate": gate, "store": root / "baselines" / "toy"}
-    patch.undo()
-    SUITES.restore(saved)
+    with recorded_toy_project(root) as (base, gate):
+        yield {"root": root, "base": base, "gate": gate, "store": root / "baselines" / "toy"}
 
 
 def test_report_dir_holding_the_candidate_keeps_its_weights(project: dict[str, Path], tmp_path: Path,

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from harness.compress import hcsmoe_groups, merge, msmoe_groups, open_checkpoint
 from harness.compress._merge import merge_weights, n_groups_for
 from harness.errors import UserError
+from tests.gate_toys import moegate
 from tests.tiny_models import FAMILIES, build_tiny_moe
 
 
@@ -151,14 +152,6 @@ def test_merge_every_family_loads_and_runs(family: str, method: str, calib: Path
     assert open_checkpoint(out).num_experts == 4
 
 
-def _cli(argv: list[str]) -> int:
-    from harness.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    return int(exc.value.code)
-
-
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -175,7 +168,7 @@ def test_merge_bad_input_exit_2_no_output(
 ) -> None:
     args = [str(tmp_path / "nope.txt") if a == "MISSING" else str(calib) if a == "CALIB" else a for a in args]
     out = tmp_path / "out"
-    assert _cli(["compress", "merge", str(tiny), "--out", str(out), *args]) == 2
+    assert moegate("compress", "merge", str(tiny), "--out", str(out), *args) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
     assert not out.exists() and not list(tmp_path.glob(".out*"))
@@ -200,8 +193,8 @@ def test_merged_checkpoint_loads_unchanged_in_mlx_lm(tiny: Path, calib: Path, tm
 def test_cli_merge_writes_checkpoint_and_record(tiny: Path, calib: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "merged"
-    assert _cli(["compress", "merge", str(tiny), "--fraction", "0.25", "--method", "msmoe", "--calib", str(calib),
-                 "--out", str(out), "--max-tokens", "32"]) == 0
+    assert moegate("compress", "merge", str(tiny), "--fraction", "0.25", "--method", "msmoe", "--calib", str(calib),
+                   "--out", str(out), "--max-tokens", "32") == 0
     assert capsys.readouterr().out.strip() == str(out)
     record = json.loads((out / "merging.json").read_text())
     assert record["method"] == "msmoe" and all(len(layer["merged"]) == 1 for layer in record["layers"])
