@@ -45,6 +45,19 @@ def test_churn_widens_a_budget_never_narrows_it(churn: float, multiple: float, f
     assert with_churn([drop.model_copy(update={"churn_multiple": None})], cal)[0].max == floor
 
 
+def test_budgets_the_calibration_never_saw_are_not_failures() -> None:
+    from harness.api.calibrate import benign_failures
+
+    cal = calibration({"s/acc": ("bf16", 3.0, 2.0)})
+    count = Budget(suite="s", metric="any", kind="new_flags_count", max=0)  # added after calibrating
+    assert benign_failures([count], cal) == []
+    tight = Budget(suite="s", metric="acc", kind="drop", max=1.0)
+    assert benign_failures([tight], cal) == [
+        "budget 's/acc' (max 1) FAILs the baseline itself under the benign perturbation 'bf16' (bf16): "
+        "change 3, lower bound 2"
+    ]
+
+
 def test_renumbered_experts_compute_the_same_function(tiny: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 

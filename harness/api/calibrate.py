@@ -64,11 +64,13 @@ def benign_failures(budgets: Sequence[Budget], calibration: Calibration) -> list
     for budget in with_churn(list(budgets), calibration):
         for perturbation in calibration.perturbations:
             seen = perturbation.capabilities.get(budget.display_label)
-            beyond = seen.change if budget.is_count else seen.ci_low if seen else None
-            if seen is not None and beyond is not None and beyond > budget.max:
+            if seen is None or seen.change is None:
+                continue  # a budget added since the calibration, or a capability it could not measure
+            beyond = seen.change if budget.is_count or seen.ci_low is None else seen.ci_low
+            if beyond > budget.max:
                 out.append(f"budget '{budget.display_label}' (max {budget.max:g}) FAILs the baseline itself under "
                            f"the benign perturbation '{perturbation.name}' ({perturbation.description}): "
-                           f"change {seen.change:.4g}, lower bound {seen.ci_low if seen.ci_low is not None else seen.change:.4g}")  # fmt: skip
+                           f"change {seen.change:.4g}, lower bound {beyond:.4g}")  # fmt: skip
     return out
 
 

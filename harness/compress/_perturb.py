@@ -85,11 +85,11 @@ def round_trip(model: str | Path, out: str | Path, *, dtype: str = "bfloat16") -
     ckpt = open_checkpoint(model)
     low = ROUND_TRIP_DTYPES[dtype]
     wider: dict[str, Edit] = {}
-    for key in ckpt.key_file:
-        with safe_open(str(ckpt.path / ckpt.key_file[key]), framework="pt") as handle:
-            stored = handle.get_slice(key).get_dtype()
-        if stored in ("F32", "F64"):
-            wider[key] = lambda t: t.to(low).to(t.dtype)
+    for name in ckpt.files:
+        with safe_open(str(ckpt.path / name), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                if handle.get_slice(key).get_dtype() in ("F32", "F64"):
+                    wider[key] = lambda t: t.to(low).to(t.dtype)
     if not wider:
         raise UserError(f"{ckpt.path} holds no tensor wider than {dtype}: a round trip would change nothing",
                         "calibrate with the other perturbations")  # fmt: skip
