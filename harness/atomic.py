@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -42,13 +43,19 @@ def check_replaceable(target: Path, kind: str, *, protect: Iterable[Path | str] 
         if held == where or where in held.parents:
             raise UserError(f"{target} {'is' if held == where else 'holds'} {path}, which moegate must not replace",
                             "write moegate's output to a folder of its own")
-    if target.is_symlink():
+    # One lstat, not exists() then is_dir(): another writer may swap the folder between two looks, and
+    # a vanished target is no error here (atomic_dir checks again under the lock).
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
         raise UserError(f"{target} is a symbolic link (to {os.readlink(target)}); moegate does not replace links",
                         "name the folder itself, or a new path")
-    if target.exists() and not target.is_dir():
+    if not stat.S_ISDIR(mode):
         raise UserError(f"{target} exists and is not a folder", "choose another path (moegate writes a folder there)")
     try:
-        if not target.is_dir() or not any(target.iterdir()) or (target / marker(kind)).is_file():
+        if not any(target.iterdir()) or (target / marker(kind)).is_file():
             return
     except FileNotFoundError:  # another writer is swapping it this instant; atomic_dir checks again under the lock
         return
@@ -90,7 +97,11 @@ def atomic_dir(target: Path, *, kind: str, protect: Iterable[Path | str] = (), r
     """
     target = Path(target)
     protect = tuple(protect)
-    check_replaceable(target, kind, protect=protect, recognise=recognise)
+    if target.parent.is_dir():  # under the lock: a concurrent swap never shows a half-swapped target
+        with _parent_lock(target.parent):
+            check_replaceable(target, kind, protect=protect, recognise=recognise)
+    else:
+        check_replaceable(target, kind, protect=protect, recognise=recognise)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     tmp.chmod(0o777 & ~_current_umask())
