@@ -77,6 +77,9 @@ class Manifest(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     """The backend options the run used (a candidate runs with the baseline's unless told otherwise)."""
     fingerprint: str
+    weights_digest: str | None = None
+    """Every byte of the local checkpoint's model files hashed (``content_digest``); None for served models
+    and older stores. A gate refuses a baseline checkpoint that no longer hashes to it."""
     engine: dict[str, Any] | None = None
     """What computed the numbers (``harness.backends.base.EngineInfo`` as a dict); None in older stores."""
     environment: dict[str, str]
@@ -113,7 +116,7 @@ def _write_artifacts(tmp: Path, suite: str, artifacts: Artifacts) -> dict[str, S
 def write_store(
     target: Path, runs: dict[str, SuiteRun], *, model: str, backend: str, fingerprint: str,
     options: Mapping[str, Any] | None = None, engine: Mapping[str, Any] | None = None,
-    protect: tuple[Path | str, ...] = (),
+    protect: tuple[Path | str, ...] = (), weights_digest: str | None = None,
 ) -> Manifest:  # fmt: skip
     """Write ``runs`` into ``target`` (replacing it atomically: a crash leaves the old store intact).
 
@@ -145,6 +148,7 @@ def write_store(
             backend=backend,
             options=dict(options or {}),
             fingerprint=fingerprint,
+            weights_digest=weights_digest,
             engine=dict(engine) if engine is not None else None,
             environment=environment(),
             suites=suites,

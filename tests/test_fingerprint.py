@@ -1,10 +1,9 @@
-"""Checkpoint fingerprints: stable across reloads, changed by one edited expert, cheap on huge files."""
+"""Checkpoint fingerprints: stable across reloads, changed by any byte of any weight, read once per file."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import struct
 import time
 from pathlib import Path
 
@@ -14,14 +13,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
+from harness.checkpoint import _digests
 from harness.checkpoint.fingerprint import (
+    _MEMO,
     FULL_HASH_BYTES,
     SAMPLES_PER_ROW,
     SAMPLES_PER_TENSOR,
     SLICE_BYTES,
-     fingerprint_checkpoint,
+    fingerprint_checkpoint,
     fingerprint_module,
     sample_spans,
+    sampled_digest,
 )
 from tests.tiny_models import build_tiny_moe
 
@@ -88,23 +90,91 @@ def test_each_slice_of_a_fused_expert_tensor_is_sampled(tmp_path: Path, expert: 
     assert fingerprint_checkpoint(tmp_path / "a") != fingerprint_checkpoint(tmp_path / "c")
 
 
-def test_cheap_on_a_huge_checkpoint(tmp_path: Path) -> None:
-    """A sparse 64 GB file: fingerprinting must read kilobytes, not the file."""
-    shape, count = [256, 4096, 16384], 256 * 4096 * 16384
-    header = json.dumps({"experts": {"dtype": "BF16", "shape": shape, "data_offsets": [0, count * 2]}}).encode()
-    folder = tmp_path / "huge"
+# Tensors of every kind, each larger than the sampler hashes whole, named as a Qwen2-MoE checkpoint names them.
+KINDS = {
+    "expert": ("model.layers.0.mlp.experts.3.down_proj.weight", (512, 256)),
+    "router": ("model.layers.0.mlp.gate.weight", (8, 4096)),
+    "attention": ("model.layers.0.self_attn.q_proj.weight", (384, 384)),
+    "embedding": ("model.embed_tokens.weight", (2048, 128)),
+    "head": ("lm_head.weight", (2048, 128)),
+}
+
+
+def _big_checkpoint(folder: Path) -> Path:
     folder.mkdir()
-    with (folder / "model.safetensors").open("wb") as handle:
-        handle.write(struct.pack("<Q", len(header)) + header)
-        handle.truncate(8 + len(header) + count * 2)
-    start = time.perf_counter()
-    fingerprint_checkpoint(folder)
-    assert time.perf_counter() - start < 10
+    generator = torch.Generator().manual_seed(0)
+    save_file({name: torch.randn(shape, generator=generator) for name, shape in KINDS.values()},
+              folder / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+@pytest.mark.parametrize("edit", ["row", "value", "bit"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_any_byte_of_any_weight_changes_it(tmp_path: Path, kind: str, edit: str) -> None:
+    """Single-value and single-bit edits sit between the sampler's slices: the old sampled key missed them."""
+    base = _big_checkpoint(tmp_path / "base")
+    name, (rows, cols) = KINDS[kind]
+    tensors = load_file(base / "model.safetensors")
+    target = tensors[name]
+    row = rows // 2 if kind != "router" else 5
+    col = cols // 2 + 3
+    if edit == "row":
+        target[row, 2:-2] = target[row, 2:-2] * 0.5  # a row's middle: the sampler's first and last slices kept
+    elif edit == "value":
+        target[row, col] += 1.0
+    else:
+        bits = target.view(torch.int32)
+        bits[row, col] ^= 1  # the lowest mantissa bit of one value
+    (tmp_path / "edited").mkdir()
+    save_file(tensors, tmp_path / "edited" / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "edited" / "config.json").write_text("{}")
+    edited_file, base_file = tmp_path / "edited" / "model.safetensors", base / "model.safetensors"
+    if edit != "row":
+        assert sampled_digest(edited_file) == sampled_digest(base_file)
+    assert fingerprint_checkpoint(tmp_path / "edited") != fingerprint_checkpoint(base)
+
+
+def test_each_file_is_read_whole_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digests are cached on disk by file identity; a changed pre-check hash makes them be read again."""
+    monkeypatch.setenv("MOEGATE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(_digests, "RACY_SECONDS", -1)  # files written just now may be cached in a test
+    reads: list[Path] = []
+    full = _digests._tensor_digests_uncached
+    monkeypatch.setattr(_digests, "_tensor_digests_uncached", lambda file: reads.append(file) or full(file))
+    base = _big_checkpoint(tmp_path / "base")
+    first = fingerprint_checkpoint(base)
+    _MEMO.clear()
+    assert fingerprint_checkpoint(base) == first and len(reads) == 1
+    file = base / "model.safetensors"
+    assert _digests.tensor_digests(file, lambda f: "another sampled hash") and len(reads) == 2
+
+
+def test_the_audit_scan_hands_its_digests_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.inspect._scan import scan_file_cached
+
+    monkeypatch.setenv("MOEGATE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(_digests, "RACY_SECONDS", -1)
+    monkeypatch.setattr("harness.inspect._scan.RACY_SECONDS", -1)
+    base = _big_checkpoint(tmp_path / "base")
+    scanned = {s.name: s.blake2b for s in scan_file_cached(base / "model.safetensors")}
+    monkeypatch.setattr(_digests, "_tensor_digests_uncached", lambda file: pytest.fail("read twice"))
+    assert _digests.tensor_digests(base / "model.safetensors", sampled_digest) == scanned
+
+
+def test_docs_and_compression_records_are_not_part_of_it(tmp_path: Path) -> None:
+    base = _big_checkpoint(tmp_path / "base")
+    first = fingerprint_checkpoint(base)
+    for name in ("README.md", "pruning.json", ".moegate-compressed", "LICENSE"):
+        (base / name).write_text("x")
+        _MEMO.clear()
+        assert fingerprint_checkpoint(base) == first, name
+    (base / "modeling_custom.py").write_text("x = 1\n")  # remote code changes outputs
+    assert fingerprint_checkpoint(base) != first
 
 
 @pytest.mark.slow
 def test_gguf_fingerprint_is_stable() -> None:
-    from harness.checkpoint.fingerprint import _MEMO
     from harness.smollm2 import smollm2_gguf
 
     path = smollm2_gguf()

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from harness.api._audit import AUDIT_FILE, audit_verdict, expert_heatmap, with_audit
 from harness.api._diagnosis import audit_findings, confirmed_fail, gate_diagnosis, riskiest_first
+from harness.api._identity import check_baseline_weights, local_checkpoint, same_as_baseline, weights_digest
 from harness.api.calibrate import calibrated_budgets
 from harness.api.config import GateConfig, ModelSpec
 from harness.api.models import (
@@ -146,8 +147,10 @@ def record_baseline(
     runs = record_routes(opened, run_suites(opened, config.settings, log=log), log=log)
     target = out or config.baseline_dir
     name, kind, used = label_of(spec)
+    digest = weights_digest(spec.model, spec.backend, log) if isinstance(spec, ModelSpec) else None
     manifest = write_store(target, runs, model=name, backend=kind, options=used, fingerprint=opened.fingerprint(),
-                           engine=asdict(engine_of(opened)), protect=(config.path, *_local(spec)))  # fmt: skip
+                           engine=asdict(engine_of(opened)), protect=(config.path, *_local(spec)),
+                           weights_digest=digest)  # fmt: skip
     log(f"baseline stored in {target}")
     return manifest
 
@@ -188,6 +191,7 @@ def gate_candidate(
         differences = [f"candidate is an open {spec.name} backend; its options are not recorded"]
     for line in warnings + [f"backend settings differ: {d}" for d in differences]:
         log(f"warning: {line}")
+    check_baseline_weights(manifest, log)  # before the audit writes anything into the run folder
     if isinstance(spec, ModelSpec) and spec.backend == "transformers" and base_spec.backend == "transformers":
         early = _audit_first(config, spec, base_spec, baseline_runs, run_dir, warnings, log, protect)
         if early is not None:
@@ -199,8 +203,11 @@ def gate_candidate(
     for line in engine_changes:
         log(f"warning: engine differs: {line}")
     fingerprint = opened.fingerprint()
-    if fingerprint == manifest.fingerprint:
-        log("note: the candidate's fingerprint equals the baseline's (same weights and settings)")
+    where = local_checkpoint(spec.model, spec.backend, log) if isinstance(spec, ModelSpec) else None
+    opened, identical = same_as_baseline(opened, fingerprint, manifest, where, log)
+    if identical:
+        log(f"note: {identical}")
+        warnings.append(identical)
     g = config.file.gate
     rule = sequential_rule(budgets, baseline_runs, config.policy(), looks=g.looks, spending=g.spending,
                            min_items=g.min_items) if (g.sequential if sequential is None else sequential) else None  # fmt: skip
@@ -220,7 +227,8 @@ def gate_candidate(
     write_store(run_dir / CANDIDATE_STORE, candidate_runs, model=name, backend=kind, options=used, fingerprint=fingerprint,
                 engine=engine, protect=protect)  # fmt: skip
     info = {"gate": str(config.path), "baseline_dir": str(Path(store).resolve()), "backend_differences": differences,
-            "engine_differences": engine_changes, "stopped_early": stopped[0] if stopped else None}  # fmt: skip
+            "engine_differences": engine_changes, "stopped_early": stopped[0] if stopped else None,
+            "same_as_baseline": identical}  # fmt: skip
     atomic_write_text(run_dir / RUN_INFO, json.dumps(info, indent=2) + "\n")
     return decide(config, run_dir, baseline_dir=store, warnings=warnings, baseline=(manifest, baseline_runs))
 
@@ -281,6 +289,8 @@ def decide(
         raise UserError(f"the stored run has no records for suite(s) {', '.join(missing)}",
                         "gate with the same gate file the run was made with, or rerun moegate run")
     warnings = list(config.warnings if warnings is None else warnings)
+    if info.get("same_as_baseline") and info["same_as_baseline"] not in warnings:
+        warnings.append(str(info["same_as_baseline"]))
     for name, wanted in config.settings.items():
         changed = settings_differences(cand_manifest, name, wanted) if name in cand_manifest.suites else []
         if changed and baseline is None:

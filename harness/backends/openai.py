@@ -53,6 +53,8 @@ from harness.backends.base import (
 from harness.divergence.topk import TopKTable
 from harness.errors import UserError
 
+PROBE_DECIMALS = 2
+"""Rounding of the probe's log-probs: an engine's run-to-run noise (~1e-5) must not change the key."""
 VOLATILE_MODEL_KEYS = frozenset({"created", "object", "permission", "permissions", "status"})
 __all__ = ["Alignment", "Capabilities", "Consistency", "OpenAIBackend", "open_openai"]
 
@@ -106,6 +108,7 @@ class OpenAIBackend:
         self._caps: Capabilities | None = None
         self._engine: tuple[Engine, str | None] | None = None
         self._consistency: Consistency | None = None
+        self._probed: list[Any] | None = None
 
     # ------------------------------------------------------------------ server facts
     def _fail(self, err: HttpError) -> UserError:
@@ -185,10 +188,26 @@ class OpenAIBackend:
                 raise UserError(f"server {self.base_url} failed while probed: {err}", "check that the server is up") from None
         return self._caps
 
+    def _probe(self) -> list[Any]:
+        """What the served weights answer on a fixed text: its prompt log-probs rounded to ``PROBE_DECIMALS``
+        where the server returns them, else a short greedy continuation. Part of the fingerprint, because a
+        server restarted with other weights under the same name shows nothing else that changed."""
+        if self._probed is None:
+            if self.capabilities().prompt_logprobs:
+                scores = self.score_texts([checks.PROBE_TEXT], shift=self.logprob_shift)[checks.PROBE_TEXT]
+                self._probed = [None if lp is None else round(lp, PROBE_DECIMALS) for lp in scores.logprobs]
+            else:
+                chat = not self.capabilities().completions
+                answer = self._generate_one(GenerateRequest(prompt=checks.PROBE_TEXT, max_tokens=16, chat=chat))
+                self._probed = [answer.text]
+        return self._probed
+
     def fingerprint(self) -> str:
-        """Hash of base URL, model name, the server's /v1/models entry, engine and version, and settings."""
+        """Hash of base URL, model name, the server's /v1/models entry, engine and version, settings and
+        the probe's answers (``_probe``)."""
         info = self.describe()
         facts = {
+            "probe": self._probe(),
             "backend": self.name,
             "base_url": self.base_url,
             "model": self.model_name,

@@ -1,10 +1,10 @@
-"""Cheap, edit-sensitive fingerprints of checkpoints: the cache key's model half.
+"""Fingerprints of checkpoints: the request cache's model half, changed by any byte of any weight.
 
-Hashing a 400B checkpoint in full takes longer than evaluating it, so we hash what determines outputs
-(config, tokenizer files, generation config, every safetensors/GGUF header) plus a deterministic sample
-of bytes from *every* tensor, read with pread and read-ahead off. Stacked expert tensors ``[E, ...]`` and small-row
-tensors such as routers ``[E, H]`` are sampled per leading row, so editing one expert or masking one
-router row changes the fingerprint; reloading the same files never does.
+A fingerprint covers every file of the model folder that can change outputs (config, tokenizer and
+generation files, remote code, every weight byte) and none that cannot (READMEs, moegate's own records
+such as ``pruning.json``). A sampled hash (headers plus a few kilobytes per tensor, per leading row of
+stacked experts and routers) used to be the key and missed edits between its samples; it is now only
+the pre-check that tells a cached full digest (``_digests``) is still the file's.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from harness.checkpoint._files import PICKLE_SUFFIXES, TOKENIZER_FILES, read_safetensors_header
+from harness.checkpoint._digests import file_digest, tensor_digests
+from harness.checkpoint._files import read_safetensors_header
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
 SLICE_BYTES = 64
 """Bytes per sampled slice."""
 FULL_HASH_BYTES = 1 << 16
@@ -27,7 +28,23 @@ SAMPLES_PER_ROW = 8
 SAMPLES_PER_TENSOR = 32
 ROW_SAMPLED_MAX_ROWS = 1024
 """2-D tensors with at most this many rows (routers: one row per expert) are sampled row by row."""
-META_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES)
+SMALL_FILE_BYTES = 1 << 20
+"""Files up to this size are hashed directly; larger ones through the digest cache."""
+NOT_MODEL_FILES = frozenset({"pruning.json", "merging.json", "quantization.json", "perturbation.json", "testbed.json"})
+"""moegate's records of how a checkpoint was made: they describe the weights and change no output."""
+
+
+def model_files(path: Path) -> list[Path]:
+    """The top-level files of a model folder that can change its outputs (dotfiles, docs, records excluded)."""
+    out = []
+    for file in sorted(p for p in path.iterdir() if p.is_file()):
+        name = file.name
+        if name.startswith(".") or name in NOT_MODEL_FILES or name.lower().endswith(".md"):
+            continue
+        if name.upper().startswith(("LICENSE", "NOTICE")):
+            continue
+        out.append(file)
+    return out
 
 
 def sample_spans(begin: int, end: int, shape: list[int]) -> Iterator[tuple[int, int]]:
@@ -88,24 +105,8 @@ def _hash_safetensors(digest: Any, file: Path) -> None:
                 digest.update(read(a, b))
 
 
-def _hash_gguf(digest: Any, file: Path) -> None:
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(file))
-    with _RandomReader(file) as read:
-        digest.update(read(0, int(reader.data_offset)))  # magic, metadata (tokenizer, config), tensor infos
-        for tensor in sorted(reader.tensors, key=lambda t: t.name):
-            begin = int(tensor.data_offset)
-            end = begin + int(tensor.n_bytes)
-            # GGUF lists dims fastest-first; the leading (expert) dim is the last one.
-            shape = [int(d) for d in reversed(list(tensor.shape))]
-            digest.update(tensor.name.encode())
-            for a, b in sample_spans(begin, end, shape):
-                digest.update(read(a, b))
-
-
 def _hash_opaque(digest: Any, file: Path) -> None:
-    """Pickle weights cannot be parsed without loading: hash size plus strided slices of the file."""
+    """Size plus strided slices of a file of any format (GGUF, pickle)."""
     size = file.stat().st_size
     digest.update(str(size).encode())
     if size == 0:
@@ -116,52 +117,61 @@ def _hash_opaque(digest: Any, file: Path) -> None:
 
 
 _MEMO: dict[tuple[Any, ...], str] = {}
-"""Per-process memo keyed by path, every file's (size, mtime_ns, inode) and ``extra``: parsing a
-GGUF's metadata takes seconds, and a pipeline fingerprints the same checkpoint many times."""
+"""Per-process memo keyed by path, every file's (size, mtime_ns, ctime_ns, inode) and ``extra``: a
+pipeline fingerprints the same checkpoint many times, and each time would re-stat its digest cache."""
 
 
 def _stat_signature(path: Path) -> tuple[Any, ...]:
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
-    return tuple((p.name, st.st_size, st.st_mtime_ns, st.st_ino) for p in files for st in [p.stat()])
+    return tuple((p.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for p in files for st in [p.stat()])
+
+
+def sampled_digest(file: Path) -> str:
+    """The cheap pre-check: headers plus sampled bytes (per leading row of routers and stacked experts)."""
+    digest = hashlib.sha256()
+    if file.suffix == ".safetensors":
+        _hash_safetensors(digest, file)
+    else:
+        _hash_opaque(digest, file)
+    return digest.hexdigest()
 
 
 def fingerprint_checkpoint(path: str | Path, extra: dict[str, Any] | None = None) -> str:
-    """sha256 hex of a checkpoint directory or GGUF file plus ``extra`` (dtype, backend settings).
+    """sha256 hex of a checkpoint directory or GGUF file, every weight byte included, plus ``extra``.
 
-    Reads headers and a few kilobytes per tensor, never whole files.
+    The first call on a file reads it whole (cached on disk afterwards, and shared with the audit's scan).
     """
     path = Path(path)
     memo_key = (str(path.resolve()), _stat_signature(path))
     if memo_key not in _MEMO:
-        _MEMO[memo_key] = _content_digest(path)
+        _MEMO[memo_key] = content_digest(path)
     digest = hashlib.sha256(_MEMO[memo_key].encode())
     digest.update(b"\0extra\0" + json.dumps(extra or {}, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 
-def _content_digest(path: Path) -> str:
+def content_digest(path: str | Path) -> str:
+    """The model half of the fingerprint without backend settings: equal digests mean identical models."""
+    path = Path(path)
     digest = hashlib.sha256(f"moegate-fingerprint-v{FINGERPRINT_VERSION}".encode())
     if path.is_file():
-        digest.update(b"gguf\0")
-        _hash_gguf(digest, path)
-    else:
-        for name in META_FILES:
-            meta = path / name
-            if meta.is_file():
-                digest.update(f"\0file:{name}\0".encode() + meta.read_bytes())
-        weights = sorted(path.glob("*.safetensors"))
-        for file in weights:
-            digest.update(f"\0safetensors:{file.name}\0".encode())
-            _hash_safetensors(digest, file)
-        if not weights:
-            for file in sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file()):
-                digest.update(f"\0pickle:{file.name}\0".encode())
-                _hash_opaque(digest, file)
+        digest.update(b"gguf\0" + file_digest(path, sampled_digest).encode())
+        return digest.hexdigest()
+    for file in model_files(path):
+        if file.suffix == ".safetensors":
+            header, _ = read_safetensors_header(file)
+            digest.update(f"\0safetensors:{file.name}\0".encode() + json.dumps(header, sort_keys=True).encode())
+            for name, value in sorted(tensor_digests(file, sampled_digest).items()):
+                digest.update(f"\0{name}\0{value}".encode())
+        elif file.stat().st_size <= SMALL_FILE_BYTES:
+            digest.update(f"\0file:{file.name}\0".encode() + file.read_bytes())
+        else:
+            digest.update(f"\0large:{file.name}\0".encode() + file_digest(file, sampled_digest).encode())
     return digest.hexdigest()
 
 
 def fingerprint_module(model: Any, tokenizer: Any, extra: dict[str, Any] | None = None) -> str:
-    """The same idea for a model held in memory (built or edited in-process): config, vocab, sampled tensors."""
+    """The same for a model held in memory (built or edited in-process): config, vocab, every tensor byte."""
     import torch
 
     digest = hashlib.sha256(f"moegate-fingerprint-module-v{FINGERPRINT_VERSION}".encode())
@@ -172,12 +182,8 @@ def fingerprint_module(model: Any, tokenizer: Any, extra: dict[str, Any] | None 
         digest.update(str(getattr(tokenizer, "chat_template", None)).encode())
         digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
-        # Sample on the tensor's own device and move only the sampled bytes (GPU-resident models).
-        flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-        spans = list(sample_spans(0, flat.numel(), list(tensor.shape)))
-        index = torch.cat([torch.arange(a, b, device=flat.device) for a, b in spans]) if spans else None
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        if index is not None:
-            digest.update(flat[index].cpu().numpy().tobytes())
+        flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)  # one tensor at a time on the host
+        digest.update(flat.cpu().numpy().tobytes())
     digest.update(b"\0extra\0" + json.dumps(extra or {}, sort_keys=True, default=str).encode())
     return digest.hexdigest()

@@ -21,6 +21,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from harness.checkpoint import classify, read_safetensors_header
+from harness.checkpoint._digests import remember_tensor_digests
+from harness.checkpoint.fingerprint import sampled_digest
 from harness.errors import UserError
 
 CHUNK_BYTES = 32 << 20
@@ -188,6 +190,8 @@ def scan_file_cached(file: Path) -> list[TensorStat]:
     except (OSError, ValueError):
         entry = None
     stats = scan_file(file)
+    # The scan read every byte: its tensor hashes are the fingerprint's too (one read of the file per gate).
+    remember_tensor_digests(file, st, {s.name: s.blake2b for s in stats}, sampled_digest)
     settled = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_SECONDS * 1e9
     if entry is not None and settled:
         with contextlib.suppress(UserError):  # a convenience: a full disk there must not fail the audit

@@ -63,7 +63,7 @@ def write_reports(
     title = f"moegate gate {report.run.gate}" if report.run.gate else "moegate gate report"
     texts = {
         "json": render_json(report),
-        "md": render_markdown(verdict, baseline_runs, candidate_runs, title=title) + with_diagnosis(diagnosis),
+        "md": render_markdown(verdict, baseline_runs, candidate_runs, title=title, warnings=report.run.warnings) + with_diagnosis(diagnosis),
         "html": render_html(report, baseline_runs, candidate_runs, title=title),
     }
     paths = {key: out_dir / f"report.{key}" for key in texts}

@@ -52,10 +52,11 @@ def _header(report: Report, title: str) -> str:
     rows = {"gate": report.run.gate, "baseline": _side(report.run.baseline), "candidate": _side(report.run.candidate),
             "created utc": report.created_utc, "moegate version": report.moegate_version}  # fmt: skip
     meta = [f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>" for key, value in rows.items() if value is not None]
+    warned = "".join(f"<li>{_e(w)}</li>" for w in report.run.warnings)
     return (
         f'<header class="top"><div class="badge {verdict.overall}">{verdict.overall}</div>'
         f'<div><h1>{_e(title)}</h1><div class="muted">{_e(overall_line(verdict))}</div>'
-        f'<dl class="meta">{"".join(meta)}</dl></div></header>'
+        f'<dl class="meta">{"".join(meta)}</dl>{f"<ul class=warnings>{warned}</ul>" if warned else ""}</div></header>'
     )
 
 

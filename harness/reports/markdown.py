@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from harness.gate import GateVerdict
 from harness.records import SuiteRun
 from harness.reports._common import (
@@ -33,13 +35,16 @@ def render_markdown(
     candidate_runs: dict[str, SuiteRun],
     *,
     title: str = "moegate gate",
+    warnings: Sequence[str] = (),
 ) -> str:
-    """Compact Markdown: the overall line, the capability table, the top flipped or flagged items."""
+    """Compact Markdown: the overall line, the run's warnings, the capability table, the top flipped or flagged items."""
     lines = [
         f"## {_ICON[verdict.overall]} {_cell(title)}: **{verdict.overall}**",
         "",
         overall_line(verdict),
         "",
+        *[f"> ⚠️ {_cell(w, 400)}" for w in warnings],
+        *([""] if warnings else []),
         "| Capability | Status | Baseline | Candidate | Change | Bounds | Budget | Reason |",
         "|---|---|--:|--:|--:|--:|--:|---|",
     ]
