@@ -109,6 +109,30 @@ def test_huge_allocation_fails(sandbox_tmp: Path) -> None:
     assert not result.passed and result.status == "failed" and "MemoryError" in result.stderr_tail
 
 
+def test_file_size_and_open_files_are_capped(sandbox_tmp: Path) -> None:
+    """RLIMIT_FSIZE (16 MiB a file) and RLIMIT_NOFILE (256), the kernel alone (hook off)."""
+    program = (
+        "import os\nwritten = 0\n"
+        "try:\n"
+        "    with open('big', 'wb', buffering=0) as f:\n"
+        "        for _ in range(20):\n"
+        "            written += f.write(bytes(1 << 20))\n"
+        "except OSError as exc:\n"
+        "    print('stopped', exc.errno)\n"
+        "handles = []\n"
+        "try:\n"
+        "    for i in range(400):\n"
+        "        handles.append(open('/dev/null'))\n"
+        "except OSError as exc:\n"
+        "    print('stopped', exc.errno)\n"
+        "print('MB', written >> 20, 'files', len(handles))\n"
+    )
+    result = run_sandboxed(program, timeout_s=10, audit_hook=False)
+    words = result.stdout_tail.split()
+    assert words[-4:-1] == ["MB", "16", "files"] and int(words[-1]) < 256, result.stdout_tail
+    assert result.stdout_tail.count("stopped") == 2, result.stderr_tail
+
+
 def test_writing_outside_its_dir_is_refused(sandbox_tmp: Path, tmp_path: Path) -> None:
     target = tmp_path / "escaped.txt"
     program = f"open({str(target)!r}, 'w').write('pwned')\n"

@@ -148,6 +148,7 @@ def test_a_passing_completion_cannot_carry_a_secret_into_the_records(
     assert [r.scores["pass@1"] for r in run.records] == [1.0, 1.0], [r.meta for r in run.records]
     assert value not in run.model_dump_json()
     assert all(len(r.meta["error_tail"]) <= 500 for r in run.records)
+    assert {r.meta["sandbox"] for r in run.records} == {harness.sandbox.kernel_isolation()["summary"]}
 
 
 def test_bad_settings() -> None:
