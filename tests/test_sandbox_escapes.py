@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import harness
+import harness.sandbox
 from harness.sandbox import SandboxResult, run_sandboxed
 from tests.test_hardening_sandbox import FORK_EXEC
 from tests.test_sandbox import sandbox_tmp  # noqa: F401 - fixture: no temp dir or process left behind
@@ -307,6 +308,27 @@ def test_host_unix_sockets_are_unreachable(
     result = sandbox(program)
     assert not _was_reached(server), result.isolation
     assert not result.passed
+
+
+def test_without_seccomp_landlock_is_not_enough(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host_socket: tuple[str, socket.socket], sandbox_tmp: Path  # noqa: F811
+) -> None:
+    """On an architecture with no syscall table (no seccomp, no ``pivot_root`` number), Landlock and a
+    network namespace leave the host's unix sockets reachable: that is no kernel sandbox, and is refused."""
+    wrapper = tmp_path / "child_elsewhere.py"
+    wrapper.write_text(
+        f"import sys\nsys.path.insert(0, {str(Path(harness.__file__).parent)!r})\nimport _sandbox_kernel\n"
+        "_sandbox_kernel._machine = lambda: 'riscv64'\nimport _sandbox_child\ndel sys.path[0]\n_sandbox_child.main()\n"
+    )
+    monkeypatch.setattr(harness.sandbox, "_CHILD", wrapper)
+    path, server = host_socket
+    program = f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({path!r})\nprint('CONNECTED')\n"
+    result = run_sandboxed(program, timeout_s=10, audit_hook=False, allow_unsandboxed=False)
+    if not str(result.isolation.get("filesystem")).startswith("landlock"):
+        pytest.skip(f"no Landlock here: {result.isolation}")
+    assert result.isolation["syscalls"].startswith("none") and result.isolation["kernel_isolated"] is False
+    assert result.status == "error" and "host unix sockets reachable" in result.stderr_tail
+    assert not _was_reached(server)
 
 
 def test_abstract_unix_sockets_are_unreachable(sandbox: Callable[[str], SandboxResult]) -> None:
