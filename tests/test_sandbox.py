@@ -224,7 +224,7 @@ def test_ordinary_programs_run_behind_each_wall(isolation: str, sandbox_tmp: Pat
 def test_the_mount_namespace_shows_a_minimal_read_only_tree(sandbox_tmp: Path) -> None:
     program = (
         "import json, os, sys\n"
-        "print(json.dumps([sorted(os.listdir(d)) for d in ('/', '/dev', '/etc', '/tmp')]))\n"
+        "print(json.dumps([sorted(os.listdir(d)) for d in ('/', '/dev', '/etc', '/tmp')] + [os.getpid()]))\n"
         "for target in ('/usr/moegate-test', sys.prefix + '/moegate-test', '/moegate-test'):\n"
         "    try:\n"
         "        open(target, 'w')\n"
@@ -235,7 +235,8 @@ def test_the_mount_namespace_shows_a_minimal_read_only_tree(sandbox_tmp: Path) -
     result = run_sandboxed(program, timeout_s=10, audit_hook=False)
     if result.isolation.get("filesystem") != "mount-namespace":
         pytest.skip(f"no mount namespace here: {result.isolation}")
-    top, dev, etc, tmp = json.loads(result.stdout_tail.splitlines()[0])
+    top, dev, etc, tmp, pid = json.loads(result.stdout_tail.splitlines()[0])
+    assert pid == 1, "the program is PID 1 of its PID namespace: every process it makes dies with it"
     assert not set(top) & {"home", "work", "proc", "sys", "var", "run", "mnt", "opt", "srv"}, top
     assert dev == ["full", "null", "random", "urandom", "zero"] and etc == ["ld.so.cache"] and tmp == []
     assert "WROTE" not in result.stdout_tail and result.stdout_tail.count("refused") == 3
