@@ -15,8 +15,10 @@ What holds, strongest first (Linux; ``SandboxResult.isolation`` says what held o
   own temp dir writable, no exec; names and metadata of other files stay visible (``stat``).
 - **seccomp**, always where the architecture is known (x86_64, aarch64): no exec, no new processes
   (threads are fine), no sockets, no io_uring, ptrace, mounts, namespaces, keyrings, bpf or signals.
+  Without it, Landlock is not enough (the host's unix sockets stay reachable).
 - **Limits**: address space, CPU seconds, file size, no core files, open files, processes.
-- **Python audit hook**, a second layer in the program's own interpreter (``_sandbox_hook.py``).
+- **Python audit hook**, a second layer in the program's own interpreter (``_sandbox_hook.py``); no wall
+  against a program written to get past it.
 
 Where neither the mount namespace nor Landlock holds (or the network is open, or the host's unix
 sockets are reachable: Landlock without seccomp, on an architecture with no syscall table), the program is not run
