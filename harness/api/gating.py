@@ -264,14 +264,14 @@ def _audit_first(
 UNSANDBOXED = "generated code ran without kernel isolation"
 
 
-def unsandboxed_warnings(baseline_runs: Mapping[str, SuiteRun], candidate_runs: Mapping[str, SuiteRun]) -> list[str]:
-    """Where a side's generated code ran under the audit hook alone (``--allow-unsandboxed``), the report says so."""
+def unsandboxed_warnings(runs: Mapping[str, SuiteRun], side: str = "") -> list[str]:
+    """Where generated code ran under the audit hook alone (``--allow-unsandboxed``), one line per suite
+    for the report; ``side`` names whose runs these are ("the candidate's ")."""
     lines = []
-    for side, runs in (("baseline", baseline_runs), ("candidate", candidate_runs)):
-        for name, run in sorted(runs.items()):
-            held = sorted({s for r in run.records if str(s := r.meta.get("sandbox", "")).startswith("UNSANDBOXED:")})
-            if held:
-                lines.append(f"{UNSANDBOXED} for the {side}'s suite '{name}' ({', '.join(held)}; --allow-unsandboxed)")
+    for name, run in sorted(runs.items()):
+        held = sorted({s for r in run.records if str(s := r.meta.get("sandbox", "")).startswith("UNSANDBOXED:")})
+        if held:
+            lines.append(f"{UNSANDBOXED} for {side}suite '{name}' ({', '.join(held)}; --allow-unsandboxed)")
     return lines
 
 
@@ -301,7 +301,8 @@ def decide(
             warnings.append(f"suite '{name}' ran with other settings than this gate file's ({', '.join(changed)}); "
                             "its records keep the run's settings")  # fmt: skip
     budgets, calibration, noted = calibrated_budgets(config, Path(store))
-    warnings += [w for w in noted + unsandboxed_warnings(baseline_runs, candidate_runs) if w not in warnings]
+    warnings += [w for w in noted + unsandboxed_warnings(baseline_runs, "the baseline's ")
+                 + unsandboxed_warnings(candidate_runs, "the candidate's ") if w not in warnings]
     flags = detector_flags(baseline_runs, candidate_runs, config.detectors)
     verdict = annotated(evaluate_gate(baseline_runs, candidate_runs, budgets, config.policy(), flags=flags), calibration)
     findings = None

@@ -42,7 +42,7 @@ def print_outcome(outcome: GateOutcome, console: Console | None = None) -> None:
         console.print(f"  [yellow]backend settings differ[/]: {line}", highlight=False)
     for line in outcome.warnings:
         if line.startswith(UNSANDBOXED):
-            console.print(f"  [red]warning[/]: {line}", highlight=False)
+            console.print(f"  [red]warning[/]: {line}", highlight=False, soft_wrap=True)
     for kind, path in outcome.reports.items():
         console.print(f"  report ({kind}): {path}", highlight=False)
 
