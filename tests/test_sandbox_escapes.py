@@ -5,7 +5,8 @@ namespace can be had). What must hold is the kernel's wall: a secret outside the
 nothing outside is written or deleted, no program is started, no host unix socket is reached.
 
 The programs first try to disable the hook (gc walks to its closure, ``__code__`` rewrites, patched
-helpers) and then do the harm with plain Python; on the old sandbox each one succeeded.
+helpers, its frames in a traceback) and then do the harm with plain Python; on the old sandbox each one
+succeeded, and each does its harm in a plain interpreter (``test_each_attack_works_where_nothing_stops_it``).
 """
 
 from __future__ import annotations
