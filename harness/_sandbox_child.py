@@ -102,12 +102,16 @@ def _restrict_child(config, filesystem, workdir, report):
     report["filesystem"] = filesystem
     report["network"] = "namespace" if net_namespace else "seccomp" if seccomp else "open"
     report["audit_hook"] = bool(config["audit_hook"])
-    report["kernel_isolated"] = filesystem != "none" and report["network"] != "open"
+    # A network namespace isolates IP and abstract sockets, Landlock no connect() to a host's filesystem
+    # socket (an ssh-agent's, docker's): only the mount namespace (they do not exist) or seccomp (no socket).
+    if filesystem != "mount-namespace" and not seccomp:
+        report["unix_sockets_error"] = f"host unix sockets reachable (no mount namespace, {report['syscalls']})"
+    report["kernel_isolated"] = filesystem != "none" and report["network"] != "open" and "unix_sockets_error" not in report
     parts = [filesystem] + ["net-namespace"] * net_namespace + ["seccomp"] * seccomp
     parts += ["audit-hook"] * report["audit_hook"]
     report["summary"] = "+".join(parts) if report["kernel_isolated"] else "UNSANDBOXED:" + "+".join(parts)
     if not report["kernel_isolated"] and not config["allow_unsandboxed"]:
-        why = [report[k] for k in ("mount_namespace_error", "landlock_error") if k in report]
+        why = [report[k] for k in ("mount_namespace_error", "landlock_error", "unix_sockets_error") if k in report]
         report["refused"] = f"no kernel isolation here (filesystem: {filesystem}{''.join('; ' + w for w in why)}; network: {report['network']})"
     return report
 

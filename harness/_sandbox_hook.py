@@ -3,10 +3,11 @@
 A hook in the attacker's own interpreter cannot be a wall (native code, or a way around CPython's
 audit events, gets past it); the kernel is the wall (``_sandbox_kernel.py``). The hook makes the
 common tools fail early and with a clear message, and is all there is when the user opts out of the
-kernel sandbox. It is written so that the program cannot change its rules from Python: every rule and
-helper is captured when it is installed (no module global or builtin is looked up afterwards), the
-rules are immutable, and the ways to reach and rewrite a function (``gc`` walks, ``__code__`` and
-``__defaults__`` assignment, tracing) are refused.
+kernel sandbox. Patching what it uses does not change it: every rule and helper is captured when it is
+installed (no module global or builtin is looked up afterwards), and the common ways to reach and
+rewrite a function (``gc`` walks, ``__code__`` and ``__defaults__`` assignment, tracing) are refused.
+Plain Python still gets past it: a refused event's traceback holds the hook's frames, their locals its
+helper closures, and a closure cell can be rewritten (``test_the_hook_alone_is_no_wall``).
 """
 
 import os

@@ -7,6 +7,8 @@
 - With ``MOEGATE_BASELINE_KEY`` set, every store written is signed (HMAC-SHA256 of its manifest, in
   ``manifest.json.hmac``) and every baseline read is verified; ``[baseline] require_signature = true``
   refuses a baseline without a valid signature. It proves the store was written by someone holding the key.
+  ``calibration.json`` beside it (whose churn can widen a budget) is signed and verified the same way;
+  the pin does not cover it (it is written after the manifest is pinned).
 
 Records are also checked for values no model can produce (NaN or infinite scores, negative NLL,
 windows of no tokens, 0/1 metrics that are neither), which a hand edit leaves behind.
@@ -21,6 +23,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from harness.atomic import atomic_write_text
 from harness.errors import UserError
 from harness.records import SuiteRun
 
@@ -40,9 +43,14 @@ def signature(manifest: bytes, key: bytes) -> str:
 
 def sign(store: Path, manifest: bytes) -> None:
     """Write ``manifest.json.hmac`` into ``store`` when ``MOEGATE_BASELINE_KEY`` is set."""
+    sign_file(Path(store) / SIGNATURE.removesuffix(".hmac"), manifest)
+
+
+def sign_file(path: Path, data: bytes) -> None:
+    """Write ``<path>.hmac`` (the HMAC of ``data``, which ``path`` holds) when ``MOEGATE_BASELINE_KEY`` is set."""
     key = _key()
     if key is not None:
-        (Path(store) / SIGNATURE).write_text(signature(manifest, key) + "\n", encoding="ascii")
+        atomic_write_text(_signature_path(path), signature(data, key) + "\n")
 
 
 def verify(store: Path, manifest: bytes, *, pin: str | None = None, require_signature: bool = False) -> None:
@@ -52,20 +60,31 @@ def verify(store: Path, manifest: bytes, *, pin: str | None = None, require_sign
         actual = hashlib.sha256(manifest).hexdigest()
         if actual != pin.lower():
             raise UserError(f"baseline {store} has manifest sha256 {actual[:16]}…, the gate file pins {pin[:16]}…", PIN_FIX)
+    verify_file(store / SIGNATURE.removesuffix(".hmac"), manifest, redo="re-record it",
+                require_signature=require_signature)  # fmt: skip
+
+
+def verify_file(path: Path, data: bytes, *, redo: str, require_signature: bool = False) -> None:
+    """Refuse ``data`` (read from ``path``) when ``MOEGATE_BASELINE_KEY`` is set and ``<path>.hmac`` is
+    missing or does not match; without the key, refuse only if the gate file requires a signature."""
     key = _key()
     if key is None:
         if require_signature:
             raise UserError(f"the gate file requires a signed baseline and {KEY_ENV} is not set",
                             f"set {KEY_ENV} to the key the baseline was recorded with")
         return
-    path = store / SIGNATURE
-    if not path.is_file():
-        raise UserError(f"baseline {store} is not signed ({SIGNATURE} missing) and {KEY_ENV} is set",
-                        f"re-record it with {KEY_ENV} set, or unset {KEY_ENV}")
-    stored = path.read_text(encoding="ascii", errors="replace").strip()
-    if not hmac.compare_digest(stored, signature(manifest, key)):
-        raise UserError(f"baseline {store}: the signature in {SIGNATURE} does not match its manifest under {KEY_ENV}",
-                        "the baseline was changed after it was signed, or signed with another key: re-record it")
+    sig = _signature_path(path)
+    if not sig.is_file():
+        raise UserError(f"{path} is not signed ({sig.name} missing) and {KEY_ENV} is set",
+                        f"{redo} with {KEY_ENV} set, or unset {KEY_ENV}")
+    stored = sig.read_text(encoding="ascii", errors="replace").strip()
+    if not hmac.compare_digest(stored, signature(data, key)):
+        raise UserError(f"{path}: the signature in {sig.name} does not match it under {KEY_ENV}",
+                        f"it was changed after it was signed, or signed with another key: {redo}")
+
+
+def _signature_path(path: Path) -> Path:
+    return path.with_name(path.name + ".hmac")
 
 
 def impossible_value(run: SuiteRun) -> str | None:

@@ -15,10 +15,13 @@ What holds, strongest first (Linux; ``SandboxResult.isolation`` says what held o
   own temp dir writable, no exec; names and metadata of other files stay visible (``stat``).
 - **seccomp**, always where the architecture is known (x86_64, aarch64): no exec, no new processes
   (threads are fine), no sockets, no io_uring, ptrace, mounts, namespaces, keyrings, bpf or signals.
+  Without it, Landlock is not enough (the host's unix sockets stay reachable).
 - **Limits**: address space, CPU seconds, file size, no core files, open files, processes.
-- **Python audit hook**, a second layer in the program's own interpreter (``_sandbox_hook.py``).
+- **Python audit hook**, a second layer in the program's own interpreter (``_sandbox_hook.py``); no wall
+  against a program written to get past it.
 
-Where neither the mount namespace nor Landlock holds (or the network is open), the program is not run
+Where neither the mount namespace nor Landlock holds (or the network is open, or the host's unix
+sockets are reachable: Landlock without seccomp, on an architecture with no syscall table), the program is not run
 unless the user allowed it (``allow_unsandboxed``, or ``MOEGATE_ALLOW_UNSANDBOXED=1``, which the CLI's
 ``--allow-unsandboxed`` sets). A program passes only when it ran to its last line: the child then writes
 a per-run token to a file the program has no path to; any early exit (``SystemExit`` with any code,
@@ -189,7 +192,7 @@ def require_kernel_isolation() -> str:
     report = kernel_isolation()
     if report.get("kernel_isolated") or unsandboxed_allowed():
         return str(report.get("summary", "unknown"))
-    why = "; ".join(str(report[k]) for k in ("mount_namespace_error", "landlock_error") if k in report)
+    why = "; ".join(str(report[k]) for k in ("mount_namespace_error", "landlock_error", "unix_sockets_error") if k in report)
     raise UserError(
         f"no kernel sandbox for generated code on this machine ({why or 'no mount namespace or Landlock was tried'})",
         "allow unprivileged user namespaces or use Linux >= 5.13 with Landlock, or pass --allow-unsandboxed "

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from harness.cli import main
-from harness.store import write_store
+from harness.store import load_store, write_store
 from tests.gate_toys import acc_run, write_gate
 
 pytestmark = pytest.mark.usefixtures("gate_toys")
@@ -50,6 +50,20 @@ def test_record_run_verdict_on_a_tiny_model(tiny: Path, tmp_path: Path, capsys: 
 
     shutil.rmtree(candidate)  # verdict needs the stored records only, never the model
     assert moegate("verdict", run_dir, "--gate", gate) == 0
+    assert json.loads((run_dir / "report.json").read_text())["run"]["warnings"] == []
+
+    # generated code that ran under the audit hook alone (--allow-unsandboxed): the report says so
+    manifest, runs = load_store(run_dir / "candidate")
+    for run in runs.values():
+        run.records[0].meta["sandbox"] = "UNSANDBOXED:none+seccomp+audit-hook"
+    write_store(run_dir / "candidate", runs, model=manifest.model, backend=manifest.backend,
+                fingerprint=manifest.fingerprint, options=manifest.options, engine=manifest.engine)  # fmt: skip
+    capsys.readouterr()
+    assert moegate("verdict", run_dir, "--gate", gate) == 0
+    warned = [w for w in json.loads((run_dir / "report.json").read_text())["run"]["warnings"] if "isolation" in w]
+    assert warned == ["generated code ran without kernel isolation for the candidate's suite 'toy' "
+                      "(UNSANDBOXED:none+seccomp+audit-hook; --allow-unsandboxed)"]  # fmt: skip
+    assert "warning: generated code ran without kernel isolation" in capsys.readouterr().out
     stricter = gate.read_text().replace("max = 0.5", "max = -1.0")
     gate.write_text(stricter)
     assert moegate("verdict", run_dir, "--gate", gate) == 2  # a negative drop budget is refused

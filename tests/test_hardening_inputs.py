@@ -182,3 +182,18 @@ def test_info_warns_on_impossible_expert_counts(edit: dict[str, int], needle: st
     assert f"moegate: warning: config.json says {next(iter(edit))}" in result.stderr
     clean = CliRunner().invoke(cli, ["info", str(tiny), "--json"])
     assert json.loads(clean.stdout)["warnings"] == []
+
+
+def test_a_checkpoints_own_code_is_never_run(project: dict[str, Path], tmp_path: Path) -> None:
+    """``auto_map`` naming a module in the checkpoint: moegate never passes ``trust_remote_code``, so
+    transformers loads its own class for the model type and the module is not imported."""
+    pwned = tmp_path / "PWNED"
+    model = copy_model(project, tmp_path, "remote-code")
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel",
+                          "AutoTokenizer": ["evil.EvilTokenizer", None]}  # fmt: skip
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "evil.py").write_text(f"open({str(pwned)!r}, 'w').write('pwned')\n")
+    code = moegate("eval", model, "--suite", "toy")
+    assert not pwned.exists()
+    assert code == 0

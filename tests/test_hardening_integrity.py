@@ -123,3 +123,28 @@ def test_a_binary_score_of_two_is_impossible(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"item q2 score acc = 2\.0"):
         load_baseline(tmp_path / "s")
     assert load_baseline(_ppl_store(tmp_path, 12.0))[0].model == "m"
+
+
+def test_a_signature_covers_the_calibration_too(project: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """``calibration.json`` is written after the manifest is pinned, and its churn widens a budget set
+    with ``churn_multiple``: an edit there loosened the gate under a signed baseline until it was signed too."""
+    from harness.api.calibrate import CALIBRATION_FILE, write_calibration
+    from harness.gate.churn import Calibration, ObservedChange, Perturbation
+
+    monkeypatch.setenv(KEY_ENV, "s3cret")
+    assert moegate("baseline", "record", "--gate", project["gate"]) == 0
+    store, gate = project["store"], project["gate"]
+    gate.write_text(gate.read_text().replace("max = 0.5", "max = 0.5\nchurn_multiple = 2"))
+    seen = ObservedChange(status="PASS", change=0.1, ci_low=0.05, budget=0.5)
+    write_calibration(store, Calibration(manifest_sha256=manifest_sha256(store), created_utc="now", perturbations=[
+        Perturbation(name="bf16", description="bf16", fingerprint="f", capabilities={"toy/logprob": seen})]))  # fmt: skip
+    assert (store / f"{CALIBRATION_FILE}.hmac").is_file()
+    run = ["run", "--gate", gate, "--candidate", project["model"], "--report-dir"]
+    assert moegate(*run, tmp_path / "r0") == 0
+    path = store / CALIBRATION_FILE
+    path.write_text(path.read_text().replace('"change": 0.1', '"change": 50.0'))  # a budget of 100 points
+    one_line_exit_2(capsys, [*run, tmp_path / "r1"], CALIBRATION_FILE, "signature")
+    (store / f"{CALIBRATION_FILE}.hmac").unlink()
+    one_line_exit_2(capsys, [*run, tmp_path / "r2"], "not signed")
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()

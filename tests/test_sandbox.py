@@ -109,6 +109,30 @@ def test_huge_allocation_fails(sandbox_tmp: Path) -> None:
     assert not result.passed and result.status == "failed" and "MemoryError" in result.stderr_tail
 
 
+def test_file_size_and_open_files_are_capped(sandbox_tmp: Path) -> None:
+    """RLIMIT_FSIZE (16 MiB a file) and RLIMIT_NOFILE (256), the kernel alone (hook off)."""
+    program = (
+        "import os\nwritten = 0\n"
+        "try:\n"
+        "    with open('big', 'wb', buffering=0) as f:\n"
+        "        for _ in range(20):\n"
+        "            written += f.write(bytes(1 << 20))\n"
+        "except OSError as exc:\n"
+        "    print('stopped', exc.errno)\n"
+        "handles = []\n"
+        "try:\n"
+        "    for i in range(400):\n"
+        "        handles.append(open('/dev/null'))\n"
+        "except OSError as exc:\n"
+        "    print('stopped', exc.errno)\n"
+        "print('MB', written >> 20, 'files', len(handles))\n"
+    )
+    result = run_sandboxed(program, timeout_s=10, audit_hook=False)
+    words = result.stdout_tail.split()
+    assert words[-4:-1] == ["MB", "16", "files"] and int(words[-1]) < 256, result.stdout_tail
+    assert result.stdout_tail.count("stopped") == 2, result.stderr_tail
+
+
 def test_writing_outside_its_dir_is_refused(sandbox_tmp: Path, tmp_path: Path) -> None:
     target = tmp_path / "escaped.txt"
     program = f"open({str(target)!r}, 'w').write('pwned')\n"
@@ -200,7 +224,7 @@ def test_ordinary_programs_run_behind_each_wall(isolation: str, sandbox_tmp: Pat
 def test_the_mount_namespace_shows_a_minimal_read_only_tree(sandbox_tmp: Path) -> None:
     program = (
         "import json, os, sys\n"
-        "print(json.dumps([sorted(os.listdir(d)) for d in ('/', '/dev', '/etc', '/tmp')]))\n"
+        "print(json.dumps([sorted(os.listdir(d)) for d in ('/', '/dev', '/etc', '/tmp')] + [os.getpid()]))\n"
         "for target in ('/usr/moegate-test', sys.prefix + '/moegate-test', '/moegate-test'):\n"
         "    try:\n"
         "        open(target, 'w')\n"
@@ -211,7 +235,8 @@ def test_the_mount_namespace_shows_a_minimal_read_only_tree(sandbox_tmp: Path) -
     result = run_sandboxed(program, timeout_s=10, audit_hook=False)
     if result.isolation.get("filesystem") != "mount-namespace":
         pytest.skip(f"no mount namespace here: {result.isolation}")
-    top, dev, etc, tmp = json.loads(result.stdout_tail.splitlines()[0])
+    top, dev, etc, tmp, pid = json.loads(result.stdout_tail.splitlines()[0])
+    assert pid == 1, "the program is PID 1 of its PID namespace: every process it makes dies with it"
     assert not set(top) & {"home", "work", "proc", "sys", "var", "run", "mnt", "opt", "srv"}, top
     assert dev == ["full", "null", "random", "urandom", "zero"] and etc == ["ld.so.cache"] and tmp == []
     assert "WROTE" not in result.stdout_tail and result.stdout_tail.count("refused") == 3

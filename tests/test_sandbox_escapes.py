@@ -5,7 +5,8 @@ namespace can be had). What must hold is the kernel's wall: a secret outside the
 nothing outside is written or deleted, no program is started, no host unix socket is reached.
 
 The programs first try to disable the hook (gc walks to its closure, ``__code__`` rewrites, patched
-helpers) and then do the harm with plain Python; on the old sandbox each one succeeded.
+helpers, its frames in a traceback) and then do the harm with plain Python; on the old sandbox each one
+succeeded, and each does its harm in a plain interpreter (``test_each_attack_works_where_nothing_stops_it``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import functools
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import harness
+import harness.sandbox
 from harness.sandbox import SandboxResult, run_sandboxed
 from tests.test_hardening_sandbox import FORK_EXEC
 from tests.test_sandbox import sandbox_tmp  # noqa: F401 - fixture: no temp dir or process left behind
@@ -76,6 +80,24 @@ _posixsubprocess = importlib.util.module_from_spec(_spec)
 """
 
 LIE = "class Lie(str):\n    def __str__(self):\n        return 'harmless.txt'\n"
+
+DEFEAT_BY_TRACEBACK = """
+def _defeat():
+    tb = None
+    try:
+        open('/moegate-no-such-file')  # refused by the hook: its exception carries the hook's frames
+    except OSError as exc:
+        tb = exc.__traceback__
+    while tb is not None:
+        for value in list(tb.tb_frame.f_locals.values()):  # the hook's helpers, closures sharing its cells
+            code, cells = getattr(value, "__code__", None), getattr(value, "__closure__", None) or ()
+            for name, cell in zip(getattr(code, "co_freevars", ()), cells):
+                if name == "inside":
+                    cell.cell_contents = lambda *a: True
+        tb = tb.tb_next
+_defeat()
+"""
+"""No gc walk, no ``__code__`` write, no ctypes: plain Python that the hook cannot refuse."""
 
 
 @pytest.fixture(params=[("best", True), ("best", False), ("landlock", False)], ids=["hook", "kernel", "landlock"])
@@ -132,6 +154,7 @@ READS: dict[str, Callable[[Path], str]] = {
         "buf = ctypes.create_string_buffer(99)\nlibc.read(fd, buf, 99)\nprint(buf.value)"
     ),
     "host /tmp file": lambda s: f"print(open({str(s.parent.parent.parent / 'host-tmp-file')!r}).read())",
+    "hook rewritten through a traceback": lambda s: f"{DEFEAT_BY_TRACEBACK}print(open({str(s)!r}).read())",
 }
 
 
@@ -202,9 +225,43 @@ def test_nothing_outside_is_written_deleted_or_started(
 
 HOOK_BLIND = {"os.mkfifo", "os.mknod"}
 """Python 3.11 raises no audit event for these: only the kernel stops them."""
+HOOK_DEFEATED = {"hook rewritten through a traceback"}
+"""The hook's own helpers, reached through a refused event's traceback: only the kernel stops this."""
 
 
-@pytest.mark.parametrize("attack", [f"read: {a}" for a in READS] + [f"write: {a}" for a in WRITES if a not in HOOK_BLIND])
+def test_each_attack_works_where_nothing_stops_it(secret: tuple[Path, str], tmp_path: Path) -> None:
+    """The same programs in a plain ``python -I -S -B``: each one reads the secret or does its harm, so
+    the escape tests above fail if a wall stops holding (and not only because an attack is broken)."""
+    path, value = secret
+    (path.parent.parent.parent / "host-tmp-file").write_text(value)
+    failed = []
+    for kind, attacks in (("read", READS), ("write", WRITES)):
+        for name, attack in attacks.items():
+            cwd, outside = tmp_path / f"cwd-{kind}-{len(failed)}-{uuid.uuid4().hex[:6]}", tmp_path / "outside"
+            shutil.rmtree(outside, ignore_errors=True)
+            cwd.mkdir()
+            outside.mkdir()
+            (outside / "victim").write_text("keep me")
+            program = attack(path) if kind == "read" else attack(outside)
+            done = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", program], cwd=cwd, capture_output=True,
+                                  text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+            harmed = value in done.stdout if kind == "read" else sorted(p.name for p in outside.iterdir()) != ["victim"]
+            if not harmed:
+                failed.append((kind, name, done.stderr[-300:]))
+    assert failed == []
+
+
+def test_the_hook_alone_is_no_wall(secret: tuple[Path, str], sandbox_tmp: Path) -> None:  # noqa: F811
+    """Plain Python gets past the hook (what the README says of ``--allow-unsandboxed``): if this starts
+    failing, the hook got stronger and the README's threat model should say so."""
+    path, value = secret
+    program = READS["hook rewritten through a traceback"](path)
+    result = run_sandboxed(program, timeout_s=10, isolation="none", allow_unsandboxed=True)
+    assert value in result.stdout_tail, result.stderr_tail[-300:]
+
+
+@pytest.mark.parametrize("attack", [f"read: {a}" for a in READS if a not in HOOK_DEFEATED]
+                         + [f"write: {a}" for a in WRITES if a not in HOOK_BLIND])  # fmt: skip
 def test_the_hook_alone_holds_where_python_sees_the_event(
     attack: str, secret: tuple[Path, str], tmp_path: Path, sandbox_tmp: Path  # noqa: F811
 ) -> None:
@@ -254,6 +311,27 @@ def test_host_unix_sockets_are_unreachable(
     assert not result.passed
 
 
+def test_without_seccomp_landlock_is_not_enough(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host_socket: tuple[str, socket.socket], sandbox_tmp: Path  # noqa: F811
+) -> None:
+    """On an architecture with no syscall table (no seccomp, no ``pivot_root`` number), Landlock and a
+    network namespace leave the host's unix sockets reachable: that is no kernel sandbox, and is refused."""
+    wrapper = tmp_path / "child_elsewhere.py"
+    wrapper.write_text(
+        f"import sys\nsys.path.insert(0, {str(Path(harness.__file__).parent)!r})\nimport _sandbox_kernel\n"
+        "_sandbox_kernel._machine = lambda: 'riscv64'\nimport _sandbox_child\ndel sys.path[0]\n_sandbox_child.main()\n"
+    )
+    monkeypatch.setattr(harness.sandbox, "_CHILD", wrapper)
+    path, server = host_socket
+    program = f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({path!r})\nprint('CONNECTED')\n"
+    result = run_sandboxed(program, timeout_s=10, audit_hook=False, allow_unsandboxed=False)
+    if not str(result.isolation.get("filesystem")).startswith("landlock"):
+        pytest.skip(f"no Landlock here: {result.isolation}")
+    assert result.isolation["syscalls"].startswith("none") and result.isolation["kernel_isolated"] is False
+    assert result.status == "error" and "host unix sockets reachable" in result.stderr_tail
+    assert not _was_reached(server)
+
+
 def test_abstract_unix_sockets_are_unreachable(sandbox: Callable[[str], SandboxResult]) -> None:
     name = f"\0moegate-test-{uuid.uuid4().hex}"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -289,24 +367,45 @@ def test_disk_use_is_capped_in_the_mount_namespace(sandbox: Callable[[str], Sand
 
 
 RAW_SYSCALLS = """
-import ctypes
+import ctypes, os, threading
 libc = ctypes.CDLL(None, use_errno=True)
-calls = {
-    "unshare a user namespace": lambda: libc.unshare(0x10000000),
-    "mount a tmpfs": lambda: libc.mount(b"none", b"/tmp", b"tmpfs", 0, None),
-    "a unix socket": lambda: libc.socket(1, 1, 0),
-    "an inet socket": lambda: libc.socket(2, 1, 0),
-    "fork": lambda: libc.fork(),
-    "io_uring_setup": lambda: libc.syscall(425, 8, ctypes.create_string_buffer(120)),
-    "a signal to PID 1": lambda: libc.kill(1, 0),
+libc.syscall.restype = ctypes.c_long
+sc, EPERM, ENOSYS = libc.syscall, 1, 38
+calls = {  # x86_64 numbers (asm/unistd_64.h), written out here rather than taken from the filter's table
+    "unshare a user namespace": (lambda: libc.unshare(0x10000000), EPERM),
+    "mount a tmpfs": (lambda: libc.mount(b"none", b"/tmp", b"tmpfs", 0, None), EPERM),
+    "a unix socket": (lambda: libc.socket(1, 1, 0), EPERM),
+    "an inet socket": (lambda: libc.socket(2, 1, 0), EPERM),
+    "socketpair": (lambda: libc.socketpair(1, 1, 0, ctypes.create_string_buffer(8)), EPERM),
+    "fork": (lambda: libc.fork(), EPERM),
+    "clone3": (lambda: sc(435, None, 0), ENOSYS),
+    "execve": (lambda: sc(59, b"/bin/true", None, None), EPERM),
+    "io_uring_setup": (lambda: sc(425, 8, ctypes.create_string_buffer(120)), EPERM),
+    "ptrace(TRACEME)": (lambda: sc(101, 0, 0, 0, 0), EPERM),
+    "process_vm_readv of itself": (lambda: sc(310, os.getpid(), None, 0, None, 0, 0), EPERM),
+    "keyctl": (lambda: sc(250, 0, -3, 0), EPERM),
+    "bpf": (lambda: sc(321, 0, None, 0), EPERM),
+    "perf_event_open": (lambda: sc(298, None, 0, -1, -1, 0), EPERM),
+    "name_to_handle_at": (lambda: sc(303, -100, None, None, None, 0), EPERM),
+    "open_by_handle_at": (lambda: sc(304, -100, None, 0), EPERM),
+    "setns": (lambda: sc(308, -1, 0), EPERM),
+    "pidfd_open of itself": (lambda: sc(434, os.getpid(), 0), EPERM),
+    "a signal to PID 1": (lambda: libc.kill(1, 0), EPERM),
+    "tgkill of itself": (lambda: sc(234, os.getpid(), threading.get_native_id(), 0), EPERM),
 }
-for name, call in calls.items():
-    if call() != -1:
-        print("SUCCEEDED:", name)
+for name, (call, wanted) in calls.items():
+    got = call()
+    if got != -1 or ctypes.get_errno() != wanted:
+        print("NOT REFUSED:", name, got, os.strerror(ctypes.get_errno()))
+print("DONE", len(calls))
 """
 
 
 def test_raw_syscalls_past_the_hook_are_refused_by_the_kernel(sandbox: Callable[[str], SandboxResult]) -> None:
-    """Through ctypes (which the hook refuses; without it, the kernel must)."""
+    """Through ctypes (which the hook refuses; without it, seccomp must answer each with its errno)."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("the program's syscall numbers are x86_64's")
     result = sandbox(RAW_SYSCALLS)
-    assert "SUCCEEDED" not in result.stdout_tail, (result.stdout_tail, result.isolation)
+    assert "NOT REFUSED" not in result.stdout_tail, (result.stdout_tail, result.isolation)
+    if not result.isolation["audit_hook"]:
+        assert "DONE 20" in result.stdout_tail, result.stderr_tail[-300:]

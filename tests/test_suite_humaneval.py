@@ -3,6 +3,7 @@ early exit counts as a pass, and no secret reaches a record."""
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from pathlib import Path
@@ -15,7 +16,7 @@ from harness.cli import main
 from harness.errors import UserError
 from harness.resources import data_file
 from harness.sandbox import ALLOW_UNSANDBOXED_VAR, run_sandboxed
-from harness.suites import suite_settings
+from harness.suites import humaneval, suite_settings
 from harness.suites._common import read_jsonl
 from harness.suites.humaneval import (
     HUMANEVAL_FILE,
@@ -148,6 +149,7 @@ def test_a_passing_completion_cannot_carry_a_secret_into_the_records(
     assert [r.scores["pass@1"] for r in run.records] == [1.0, 1.0], [r.meta for r in run.records]
     assert value not in run.model_dump_json()
     assert all(len(r.meta["error_tail"]) <= 500 for r in run.records)
+    assert {r.meta["sandbox"] for r in run.records} == {harness.sandbox.kernel_isolation()["summary"]}
 
 
 def test_bad_settings() -> None:
@@ -198,7 +200,10 @@ def test_the_cli_refuses_humaneval_without_kernel_walls_unless_allowed(
     assert _moegate("eval", tiny, "--suite", "humaneval", "--limit", "1") == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("moegate: error: no kernel sandbox for generated code") and "--allow-unsandboxed" in line
+    # the programs then run without walls too, as on such a machine, and the output says so
+    monkeypatch.setattr(humaneval, "run_sandboxed", functools.partial(run_sandboxed, isolation="none"))
     assert _moegate("eval", tiny, "--suite", "humaneval", "--limit", "1", "--allow-unsandboxed") == 0
+    assert "warning: generated code ran without kernel isolation for suite 'humaneval' (UNSANDBOXED:" in capsys.readouterr().err
 
 
 def _moegate(*args: str | Path) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from harness import integrity
 from harness.api.config import GateConfig, ModelSpec
 from harness.api.models import Log, open_model, resolve_testbed
 from harness.atomic import atomic_write_text
@@ -39,13 +40,15 @@ CALIBRATION_FILE = "calibration.json"
 PERTURBATIONS = ("renumber", "bf16", "batch")
 
 
-def read_calibration(store: Path) -> tuple[Calibration | None, str | None]:
-    """The store's calibration, or None with the reason when it has none or it no longer matches the store."""
+def read_calibration(store: Path, *, require_signature: bool = False) -> tuple[Calibration | None, str | None]:
+    """The store's calibration, or None with the reason when it has none or it no longer matches the store.
+    Verified like the manifest when ``MOEGATE_BASELINE_KEY`` is set: its churn can widen a budget."""
     path = Path(store) / CALIBRATION_FILE
     if not path.is_file():
         return None, None
+    blob = path.read_bytes()
     try:
-        calibration = Calibration.model_validate_json(path.read_text(encoding="utf-8"))
+        calibration = Calibration.model_validate_json(blob.decode("utf-8"))
     except (ValidationError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not a calibration moegate wrote ({exc.__class__.__name__})",
                         "delete it and run moegate baseline calibrate again") from None  # fmt: skip
@@ -54,6 +57,7 @@ def read_calibration(store: Path) -> tuple[Calibration | None, str | None]:
                         f"{CALIBRATION_SCHEMA_VERSION}", "run moegate baseline calibrate again")  # fmt: skip
     if (Path(store) / MANIFEST).is_file() and calibration.manifest_sha256 != manifest_sha256(store):
         return None, f"{path} was measured on another recording of the baseline (ignored): run moegate baseline calibrate again"
+    integrity.verify_file(path, blob, redo="run moegate baseline calibrate again", require_signature=require_signature)
     return calibration, None
 
 
@@ -76,7 +80,7 @@ def benign_failures(budgets: Sequence[Budget], calibration: Calibration) -> list
 
 def calibrated_budgets(config: GateConfig, store: Path) -> tuple[list[Budget], Calibration | None, list[str]]:
     """The gate's budgets with ``churn_multiple`` applied, the calibration and any warning about it."""
-    calibration, warning = read_calibration(store)
+    calibration, warning = read_calibration(store, require_signature=config.baseline.require_signature)
     needing = [b.display_label for b in config.budgets if b.churn_multiple is not None]
     if needing and calibration is None:
         raise UserError(f"budget(s) {', '.join(needing)} are set as a multiple of the baseline's churn, and the "
@@ -153,5 +157,12 @@ def calibrate_baseline(
     calibration = Calibration(manifest_sha256=manifest_sha256(store),
                               created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               perturbations=found)  # fmt: skip
-    atomic_write_text(Path(store) / CALIBRATION_FILE, calibration.model_dump_json(indent=2) + "\n")
+    write_calibration(store, calibration)
     return calibration
+
+
+def write_calibration(store: Path, calibration: Calibration) -> None:
+    """``calibration.json`` beside the baseline, signed (``calibration.json.hmac``) when the key is set."""
+    text = calibration.model_dump_json(indent=2) + "\n"
+    atomic_write_text(Path(store) / CALIBRATION_FILE, text)
+    integrity.sign_file(Path(store) / CALIBRATION_FILE, text.encode("utf-8"))

@@ -269,6 +269,20 @@ def _audit_first(
     return GateOutcome(verdict=verdict, reports=reports, run_dir=run_dir, warnings=warnings)
 
 
+UNSANDBOXED = "generated code ran without kernel isolation"
+
+
+def unsandboxed_warnings(runs: Mapping[str, SuiteRun], side: str = "") -> list[str]:
+    """Where generated code ran under the audit hook alone (``--allow-unsandboxed``), one line per suite
+    for the report; ``side`` names whose runs these are ("the candidate's ")."""
+    lines = []
+    for name, run in sorted(runs.items()):
+        held = sorted({s for r in run.records if str(s := r.meta.get("sandbox", "")).startswith("UNSANDBOXED:")})
+        if held:
+            lines.append(f"{UNSANDBOXED} for {side}suite '{name}' ({', '.join(held)}; --allow-unsandboxed)")
+    return lines
+
+
 def decide(
     config: GateConfig, run_dir: Path | str, *, baseline_dir: Path | None = None, warnings: list[str] | None = None,
     baseline: tuple[Manifest, dict[str, SuiteRun]] | None = None,
@@ -297,7 +311,8 @@ def decide(
             warnings.append(f"suite '{name}' ran with other settings than this gate file's ({', '.join(changed)}); "
                             "its records keep the run's settings")  # fmt: skip
     budgets, calibration, noted = calibrated_budgets(config, Path(store))
-    warnings += [w for w in noted if w not in warnings]
+    warnings += [w for w in noted + unsandboxed_warnings(baseline_runs, "the baseline's ")
+                 + unsandboxed_warnings(candidate_runs, "the candidate's ") if w not in warnings]
     flags = detector_flags(baseline_runs, candidate_runs, config.detectors)
     verdict = annotated(evaluate_gate(baseline_runs, candidate_runs, budgets, config.policy(), flags=flags), calibration)
     findings = None

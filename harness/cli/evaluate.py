@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from harness.api.gating import unsandboxed_warnings
 from harness.cli._sandbox_option import allow_unsandboxed_option
 from harness.cli.gate import backend_options, model_options
 from harness.records import metric_value
@@ -46,6 +47,8 @@ def evaluate(model: str, suites: tuple[str, ...], profile: str, limit: int | Non
             shown = "n/a" if value is None else f"{value:.4g}"
             table.add_row(name, spec_.name, shown, str(len(run.records)), f"{run.seconds:.0f}")
     Console().print(table)
+    for line in unsandboxed_warnings(runs):
+        console.print(f"[red]warning[/]: {line}", highlight=False, soft_wrap=True)
     if out:
         Console().print(f"records stored in {out}")
     if any(run.error for run in runs.values()):

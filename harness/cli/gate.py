@@ -14,6 +14,7 @@ from rich.console import Console
 
 from harness.api import GateOutcome, decide, default_run_dir, gate_candidate, load_gate, record_baseline
 from harness.api.calibrate import CALIBRATION_FILE, PERTURBATIONS, benign_failures, calibrate_baseline
+from harness.api.gating import UNSANDBOXED
 from harness.backends import BACKENDS
 from harness.cli._sandbox_option import allow_unsandboxed_option
 from harness.gate import verdict_exit_code
@@ -39,6 +40,9 @@ def print_outcome(outcome: GateOutcome, console: Console | None = None) -> None:
         console.print(f"  sequential stopping: {saved} of {total} items saved", highlight=False)
     for line in outcome.backend_differences:
         console.print(f"  [yellow]backend settings differ[/]: {line}", highlight=False)
+    for line in outcome.warnings:
+        if line.startswith(UNSANDBOXED):
+            console.print(f"  [red]warning[/]: {line}", highlight=False, soft_wrap=True)
     for kind, path in outcome.reports.items():
         console.print(f"  report ({kind}): {path}", highlight=False)
 
