@@ -9,22 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from harness.checkpoint import _digests
-from harness.checkpoint.fingerprint import (
-    _MEMO,
-    FULL_HASH_BYTES,
-    SAMPLES_PER_ROW,
-    SAMPLES_PER_TENSOR,
-    SLICE_BYTES,
-    fingerprint_checkpoint,
-    fingerprint_module,
-    sample_spans,
-    sampled_digest,
-)
+from harness.checkpoint.fingerprint import _MEMO, fingerprint_checkpoint, fingerprint_module, sampled_digest
 from tests.tiny_models import build_tiny_moe
 
 EXTRA = {"backend": "transformers", "dtype": "float32"}
@@ -72,7 +60,7 @@ def test_tokenizer_and_config_are_part_of_it(tiny: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("expert", [0, 5, 7])
-def test_each_slice_of_a_fused_expert_tensor_is_sampled(tmp_path: Path, expert: int) -> None:
+def test_one_fused_expert_or_router_row_changes_it(tmp_path: Path, expert: int) -> None:
     torch.manual_seed(0)
     fused = {"experts.gate_up_proj": torch.randn(8, 64, 96), "router.weight": torch.randn(8, 3000)}
     save_file(fused, tmp_path / "a.safetensors")
@@ -196,21 +184,3 @@ def test_module_fingerprint_sees_in_memory_edits(tiny: Path) -> None:
     with torch.no_grad():
         next(iter(experts.parameters()))[2].mul_(0.5)
     assert fingerprint_module(model, None, EXTRA) != before
-
-
-@given(
-    rows=st.integers(1, 300), row_bytes=st.integers(1, 4000), extra_dims=st.integers(0, 2),
-    begin=st.integers(0, 10_000),
-)
-def test_spans_stay_inside_the_tensor_and_cover_every_row(rows: int, row_bytes: int, extra_dims: int, begin: int) -> None:
-    shape = [rows, row_bytes] + [1] * extra_dims
-    end = begin + rows * row_bytes
-    spans = list(sample_spans(begin, end, shape))
-    assert all(begin <= a < b <= end for a, b in spans)
-    hashed = sum(b - a for a, b in spans)
-    assert hashed <= max(FULL_HASH_BYTES, rows * SLICE_BYTES * SAMPLES_PER_ROW, SLICE_BYTES * SAMPLES_PER_TENSOR)
-    if len(shape) >= 3 or rows <= 1024:
-        covered: set[int] = set()
-        for a, b in spans:
-            covered.update(range((a - begin) // row_bytes, (b - 1 - begin) // row_bytes + 1))
-        assert covered == set(range(rows))
