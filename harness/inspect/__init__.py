@@ -10,6 +10,7 @@ from harness.inspect._experts import ExpertChange
 from harness.inspect._gate import audit_extra, audit_for_gate
 from harness.inspect._report import InspectReport, inspect_checkpoint
 from harness.inspect._scan import MASK_THRESHOLD, TensorStat, scan_file
+from harness.inspect._summary import audit_lines
 
 __all__ = [
     "KINDS",
@@ -20,6 +21,7 @@ __all__ = [
     "TensorStat",
     "audit_extra",
     "audit_for_gate",
+    "audit_lines",
     "changed_experts",
     "inspect_checkpoint",
     "scan_file",

@@ -161,7 +161,7 @@ def _consistency(config: dict[str, Any], stats: list[TensorStat]) -> list[str]:
         if experts != set(range(layout.routed_experts)):
             problems.append(f"layer {layer} has {len(experts)} expert(s) with ids up to {max(experts)}; "
                             f"config says {layout.routed_experts}")
-    router_layers = {s.layer for s in routers}
+    router_layers = {s.layer for s in routers if s.layer is not None}
     if router_layers and router_layers != set(layout.moe_layers):
         problems.append(f"routers found in layers {sorted(router_layers)}; config's MoE layers are {layout.moe_layers}")
     return problems
@@ -173,7 +173,7 @@ def _compare(report: InspectReport, stats: list[TensorStat], where: dict[str, Pa
     old = {s.name: s for s in base.tensors}
     removed, added = sorted(set(old) - set(new)), sorted(set(new) - set(old))
     for label, names in (("missing", removed), ("not in the baseline", added)):
-        other = [n for n in names if new.get(n, old.get(n)).role not in COMPRESSIBLE]
+        other = [n for n in names if (new.get(n) or old[n]).role not in COMPRESSIBLE]
         if other:
             report.incomparable.append(f"{len(other)} tensor(s) {label}, e.g. {other[0]} (not a checkpoint of the baseline model?)")
         elif names:
