@@ -25,6 +25,7 @@ from harness.reports.audit import audit_markdown
 
 ATTN = "model.layers.1.self_attn.q_proj.weight"
 NORM = "model.layers.0.input_layernorm.weight"
+KEY = "model.layers.0.self_attn.k_proj.weight"
 EXPERT = "model.layers.{layer}.mlp.experts.{e}.{proj}.weight"
 PROJS = ("gate_proj", "up_proj", "down_proj")
 
@@ -59,12 +60,14 @@ def test_weights_stored_in_the_lower_dtype_are_a_cast_too(tiny: Path, tmp_path: 
         out = {k: v.to(torch.bfloat16) for k, v in t.items()}
         out[ATTN] = t[ATTN].to(torch.float8_e4m3fn)
         out[NORM] = t[NORM].to(torch.float8_e5m2)
+        out[KEY] = t[KEY].to(torch.float8_e4m3fn).to(torch.float32)  # rounded, stored back as float32
         return out
 
     report = inspect_checkpoint(rewrite(tiny, tmp_path / "low", lower), against=tiny)
     assert not report.must_fail, report.problems
     kinds = {c.name: (c.kind, c.precision) for c in report.changes}
     assert kinds[ATTN] == ("precision_cast", "fp8-e4m3") and kinds[NORM] == ("precision_cast", "fp8-e5m2")
+    assert kinds[KEY] == ("precision_cast", "fp8-e4m3")
     assert {p for k, p in kinds.values()} == {"bf16", "fp8-e4m3", "fp8-e5m2"}
 
 
@@ -90,6 +93,18 @@ def test_a_zeroed_norm_and_one_flipped_exponent_bit_are_damage(tiny: Path, tmp_p
     assert any(f"{ATTN} changed bits in 1 of" in d for d in report.damaged)
     assert any("damage" in p and "2 tensor(s)" in p for p in report.problems)
     assert "damage:" in "\n".join(audit_markdown(audit_extra(report)))
+
+
+def test_an_fp16_overflow_to_inf_is_damage_not_a_cast(tiny: Path, tmp_path: Path) -> None:
+    def big(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        norm = t[NORM].clone()
+        norm[0] = 1e5
+        return {**t, NORM: norm}
+
+    base = rewrite(tiny, tmp_path / "big", big)
+    report = inspect_checkpoint(round_trip(base, tmp_path / "fp16", dtype="float16"), against=base)
+    assert report.must_fail and [c.name for c in report.changes if c.kind == "damage"] == [NORM]
+    assert "1 became NaN/inf" in report.damaged[0]
 
 
 def test_renumbered_experts_are_identical_and_the_diagnosis_maps_through(tiny: Path, tmp_path: Path) -> None:
