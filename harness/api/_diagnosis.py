@@ -32,6 +32,7 @@ from harness.diagnosis import (
 from harness.errors import UserError
 from harness.gate import GatePolicy, GateVerdict
 from harness.gate.budgets import Budget
+from harness.inspect import changed_experts as audit_changed_experts
 from harness.records import SuiteRun
 
 NO_ROUTES = ("the baseline store has no route traces (recorded on a backend that cannot trace routes, e.g. openai, "
@@ -40,11 +41,16 @@ NO_ROUTES = ("the baseline store has no route traces (recorded on a backend that
 
 
 def changed_experts(findings: Mapping[str, Any]) -> ChangedExperts:
-    """{layer: {expert: kind}} from the audit as main writes it today (masked rows, zeroed experts, changed tensors).
+    """{layer: {baseline expert: kind}} from the audit's JSON (``inspect.json``), for the baseline's routes.
 
-    The one adapter to switch to the audit's typed accessor (``changed_experts(report)``) once it lands.
-    A changed stacked ``[E, ...]`` expert tensor marks every expert of its layer (its rows are not compared).
+    Built on ``harness.inspect.changed_experts``: the map goes through the expert permutation, so a
+    renumbered but identical expert is unchanged. An audit written by an older moegate (no
+    ``expert_changes``) is read from its masked rows, zeroed experts and changed tensor names instead;
+    there a changed stacked ``[E, ...]`` tensor marks every expert of its layer.
     """
+    if "expert_changes" in findings:
+        return {layer: {b: change.kind for b, change in experts.items()}
+                for layer, experts in audit_changed_experts(findings).items()}  # fmt: skip
     out: dict[int, dict[int, str]] = {}
 
     def mark(layer: int, expert: int, kind: str) -> None:
@@ -193,7 +199,7 @@ def riskiest_first(
     """The gate's suites reordered by risk (``moegate risk``), so a failing gate fails early; unchanged without routes or audit."""
     if findings is None:
         return dict(settings)
-    risks, why = risk_ranking(baseline_runs, findings, [(b.label, b.suite) for b in budgets])
+    risks, why = risk_ranking(baseline_runs, findings, [(b.display_label, b.suite) for b in budgets])
     if why or not risks:
         return dict(settings)
     order = suite_order(risks, list(settings))

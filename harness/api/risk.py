@@ -39,5 +39,5 @@ def assess_risk(config: GateConfig, candidate: str, *, baseline_dir: Path | None
     if findings is None:
         raise UserError(f"cannot audit {candidate} against the baseline {manifest.model}",
                         "moegate risk needs both as local safetensors folders (the candidate's diff comes from its weights)")
-    risks, note = risk_ranking(baseline_runs, findings, [(b.label, b.suite) for b in config.budgets])
+    risks, note = risk_ranking(baseline_runs, findings, [(b.display_label, b.suite) for b in config.budgets])
     return RiskOutcome(risks, changed_experts(findings), note, round(time.perf_counter() - start, 2))

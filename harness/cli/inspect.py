@@ -1,7 +1,8 @@
 """``moegate inspect MODEL [--against BASELINE] [--json]``: audit a checkpoint's weights without loading the model.
 
 Exit 0 clean, 1 when a finding must fail a gate (NaN/Inf, weights that contradict the config,
-untouchable tensors changed vs the baseline), 2 when the checkpoint cannot be read.
+tensors outside experts/routers changed vs the baseline in a way no
+precision cast explains), 2 when the checkpoint cannot be read.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import click
 
 from harness.cli._model_arg import testbed_keyword
-from harness.inspect import InspectReport, inspect_checkpoint
+from harness.inspect import InspectReport, audit_lines, inspect_checkpoint
 
 
 def _fmt(mapping: dict[int, list[int]]) -> str:
@@ -43,6 +44,8 @@ def print_report(report: InspectReport) -> None:
     table.add_row("zeroed experts", _fmt(report.zeroed_experts))
     table.add_row("masked router rows", _fmt(report.masked_router_rows))
     console.print(table)
+    for line in audit_lines(report.model_dump(mode="json", exclude={"tensors"})):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     for note in report.notes:
         console.print(f"note: {note}", markup=False)
     for problem in report.problems:

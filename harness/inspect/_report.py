@@ -1,8 +1,9 @@
 """``inspect_checkpoint``: what a checkpoint holds and, against its baseline, what compression changed.
 
 A compressed MoE checkpoint may legitimately differ from its baseline only in routed-expert weights
-and routers. Anything else that changed (a norm, an embedding, attention) is damage — typically bf16
-weights written through a float16 path — and fails the gate before any suite runs.
+and routers, in precision (a cast to bf16/fp16/fp8) and in the numbering of its experts. Anything else
+that changed (a norm, an embedding, attention) is damage — typically bf16 weights written through a
+float16 path — and fails the gate before any suite runs.
 """
 
 from __future__ import annotations
@@ -13,17 +14,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, Field, computed_field
 
 from harness.checkpoint import TOKENIZER_FILES, moe_layout_from_config, resolve_model
 from harness.errors import UserError
-from harness.inspect._scan import TensorStat, read_values, scan_file_cached
-
-COMPRESSIBLE = ("expert", "fused_experts", "router")
-F16_MAX = 65504.0
-F16_TINY = 6.104e-05
-"""Smallest normal float16: below it float16 loses bits or flushes to zero."""
+from harness.inspect._changes import COMPRESSIBLE, KINDS, TensorChange, classify_changes
+from harness.inspect._experts import ExpertChange
+from harness.inspect._scan import TensorStat, scan_file_cached
 
 
 class InspectReport(BaseModel):
@@ -47,7 +44,15 @@ class InspectReport(BaseModel):
     changed: list[str] = Field(default_factory=list)
     """Tensors whose bytes differ from the baseline's."""
     damaged: list[str] = Field(default_factory=list)
-    """Changed tensors that compression must not touch, with what changed."""
+    """Changed tensors outside experts and routers that no cast explains (class ``damage``), with what changed."""
+    changes: list[TensorChange] = Field(default_factory=list)
+    """Every changed tensor in one class (precision_cast, renumbered, pruned, merged, edited, damage)."""
+    renumbered: dict[int, list[int]] = Field(default_factory=dict)
+    """Layer -> for each candidate expert, the baseline expert it is (layers whose experts were renumbered)."""
+    merged_groups: dict[int, list[list[int]]] = Field(default_factory=dict)
+    """Layer -> groups of candidate experts that share identical weights where the baseline's differed."""
+    expert_changes: list[ExpertChange] = Field(default_factory=list)
+    """Every changed routed expert with its kind, size of change and baseline index (see ``changed_experts``)."""
     problems: list[str] = Field(default_factory=list)
     """Findings that must fail a gate."""
     fatal: list[str] = Field(default_factory=list)
@@ -60,6 +65,13 @@ class InspectReport(BaseModel):
     @property
     def must_fail(self) -> bool:
         return bool(self.problems)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def change_counts(self) -> dict[str, int]:
+        """Changed tensors per class."""
+        counts = Counter(c.kind for c in self.changes)
+        return {k: counts[k] for k in KINDS if counts[k]}
 
     def summary(self) -> str:
         status = "FAIL" if self.must_fail else "clean"
@@ -149,29 +161,10 @@ def _consistency(config: dict[str, Any], stats: list[TensorStat]) -> list[str]:
         if experts != set(range(layout.routed_experts)):
             problems.append(f"layer {layer} has {len(experts)} expert(s) with ids up to {max(experts)}; "
                             f"config says {layout.routed_experts}")
-    router_layers = {s.layer for s in routers}
+    router_layers = {s.layer for s in routers if s.layer is not None}
     if router_layers and router_layers != set(layout.moe_layers):
         problems.append(f"routers found in layers {sorted(router_layers)}; config's MoE layers are {layout.moe_layers}")
     return problems
-
-
-def _damage(name: str, new: TensorStat, old: TensorStat, new_file: Path, old_file: Path) -> str:
-    """Say how a tensor that should be bit-identical changed."""
-    if new.dtype != old.dtype or new.shape != old.shape:
-        how = f"{old.dtype}{old.shape} -> {new.dtype}{new.shape}"
-        hint = " (bf16 written through a float16 path?)" if {old.dtype, new.dtype} == {"BF16", "F16"} else ""
-        return f"{name} changed {how}{hint}"
-    a, b = read_values(old_file, name), read_values(new_file, name)
-    differ = np.flatnonzero(~((a == b) | (np.isnan(a) & np.isnan(b))))
-    gaps = np.abs(a[differ] - b[differ])
-    gaps = gaps[~np.isnan(gaps)]  # a value that became NaN has no size of change
-    worst = float(gaps.max()) if gaps.size else float("nan")
-    hint = ""
-    if differ.size and old.dtype == "BF16":
-        magnitude = np.abs(a[differ])
-        if ((magnitude > F16_MAX) | (magnitude < F16_TINY)).all():
-            hint = " (values outside float16's range were clipped/flushed: bf16 written through a float16 path?)"
-    return f"{name} changed bits in {differ.size} of {a.size} values (max |diff| {worst:.3g}){hint}"
 
 
 def _compare(report: InspectReport, stats: list[TensorStat], where: dict[str, Path], base: InspectReport,
@@ -180,19 +173,21 @@ def _compare(report: InspectReport, stats: list[TensorStat], where: dict[str, Pa
     old = {s.name: s for s in base.tensors}
     removed, added = sorted(set(old) - set(new)), sorted(set(new) - set(old))
     for label, names in (("missing", removed), ("not in the baseline", added)):
-        other = [n for n in names if new.get(n, old.get(n)).role not in COMPRESSIBLE]
+        other = [n for n in names if (new.get(n) or old[n]).role not in COMPRESSIBLE]
         if other:
             report.incomparable.append(f"{len(other)} tensor(s) {label}, e.g. {other[0]} (not a checkpoint of the baseline model?)")
         elif names:
             report.notes.append(f"{len(names)} expert/router tensor(s) {label}")
-    for name in sorted(set(new) & set(old)):
-        if new[name].blake2b == old[name].blake2b and new[name].dtype == old[name].dtype:
-            continue
-        report.changed.append(name)
-        if new[name].role not in COMPRESSIBLE:
-            report.damaged.append(_damage(name, new[name], old[name], where[name], base_where[name]))
+    report.changed = [n for n in sorted(set(new) & set(old))
+                      if new[n].blake2b != old[n].blake2b or new[n].dtype != old[n].dtype]
+    found = classify_changes(report.changed, new, old, where, base_where)
+    report.changes, report.expert_changes = found.tensors, found.experts
+    report.renumbered, report.merged_groups = found.renumbered, found.merged_groups
+    report.notes += found.notes
+    report.damaged = [c.detail for c in found.tensors if c.kind == "damage" and c.role not in COMPRESSIBLE]
     if report.damaged:
-        report.problems.append(f"{len(report.damaged)} tensor(s) that compression must not touch changed, "
+        report.problems.append(f"{len(report.damaged)} tensor(s) that compression must not touch changed in a way "
+                               f"no precision cast explains (damage), "
                                f"e.g. {report.damaged[0]}")
     layout_new, layout_old = moe_layout_from_config(report.config), moe_layout_from_config(base_config)
     if (layout_new and layout_old and layout_new.routed_experts != layout_old.routed_experts) or (

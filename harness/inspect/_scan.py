@@ -58,6 +58,8 @@ class TensorStat(BaseModel):
     """Leading-dim rows whose values are all <= MASK_THRESHOLD (routers)."""
     unmasked_inf: int = 0
     """Infinities outside fully masked router rows (a ``-inf`` mask is not damage)."""
+    row_digests: list[str] = Field(default_factory=list)
+    """Hash of each leading-dim row (fused experts, routers): equal rows under another index are renumbered experts."""
 
 
 def decode(raw: np.ndarray, dtype: str) -> np.ndarray | None:
@@ -124,9 +126,13 @@ def scan_tensor(fd: int, offset: int, name: str, info: dict[str, Any], file: str
     any_nonzero = False
     zero_rows: list[int] = []
     masked_rows: list[int] = []
+    row_digests: list[str] = []
     for r0, r1 in _chunks(rows, row_bytes):
         chunk = os.pread(fd, (r1 - r0) * row_bytes, offset + begin + r0 * row_bytes)
         digest.update(chunk)
+        if per_row:
+            row_digests += [hashlib.blake2b(memoryview(chunk)[j:j + row_bytes], digest_size=8).hexdigest()
+                            for j in range(0, len(chunk), row_bytes)]
         raw = np.frombuffer(chunk, dtype=storage if size % width == 0 else np.uint8)
         values = decode(raw, dtype)
         n, i = _special_counts(raw, dtype if size % width == 0 else "U8", values)
@@ -148,7 +154,7 @@ def scan_tensor(fd: int, offset: int, name: str, info: dict[str, Any], file: str
         name=name, file=file, dtype=dtype, shape=shape, nbytes=size, blake2b=digest.hexdigest(),
         nan=nan, inf=inf, all_zero=size > 0 and not any_nonzero, role=role, layer=layer, expert=expert,
         zero_rows=zero_rows if role == "fused_experts" else [], masked_rows=masked_rows if role == "router" else [],
-        unmasked_inf=unmasked_inf,
+        unmasked_inf=unmasked_inf, row_digests=row_digests,
     )
 
 
@@ -164,7 +170,7 @@ def scan_file(file: Path) -> list[TensorStat]:
     return stats
 
 
-SCAN_CACHE_VERSION = 1
+SCAN_CACHE_VERSION = 2
 """Bump when ``TensorStat`` or the scan changes, so older cached scans are not reused."""
 RACY_SECONDS = 2
 

@@ -16,6 +16,7 @@ from harness.diagnosis import Diagnosis
 from harness.errors import UserError
 from harness.gate import GateVerdict
 from harness.records import SuiteRun
+from harness.reports.audit import audit_markdown
 from harness.reports.diagnosis import diagnosis_markdown
 from harness.reports.html import render_html
 from harness.reports.json_report import build_report, render_json
@@ -63,7 +64,8 @@ def write_reports(
     title = f"moegate gate {report.run.gate}" if report.run.gate else "moegate gate report"
     texts = {
         "json": render_json(report),
-        "md": render_markdown(verdict, baseline_runs, candidate_runs, title=title, warnings=report.run.warnings) + with_diagnosis(diagnosis),
+        "md": render_markdown(verdict, baseline_runs, candidate_runs, title=title, warnings=report.run.warnings)
+        + with_audit(inspect) + with_diagnosis(diagnosis),
         "html": render_html(report, baseline_runs, candidate_runs, title=title),
     }
     paths = {key: out_dir / f"report.{key}" for key in texts}
@@ -71,6 +73,12 @@ def write_reports(
         atomic_write_text(paths[key], text)
         paths[key].chmod(0o644)  # temp files are created 0600; reports are meant to be shared
     return paths
+
+
+def with_audit(inspect: dict[str, Any] | None) -> str:
+    """The checkpoint audit's classes appended to report.md (nothing without an audit against a baseline)."""
+    lines = audit_markdown(inspect)
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def with_diagnosis(diagnosis: Diagnosis | None) -> str:

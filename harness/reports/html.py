@@ -23,6 +23,7 @@ from harness.reports._common import (
     sequential_totals,
     suite_summary,
 )
+from harness.reports.audit import audit_html
 from harness.reports.diagnosis import diagnosis_html
 from harness.reports.html_template import page
 from harness.reports.kld import kld_html
@@ -227,6 +228,7 @@ def render_html(
             f'<div class="figure">{heatmap_svg(to_matrix(hm.matrix), marked=hm.marked, title=hm.title, layer_labels=hm.layer_labels, colorbar_label=hm.colorbar_label)}</div>',
         ]  # fmt: skip
     parts += kld_html(candidate_runs, baseline_runs)
+    parts += audit_html(report.inspect)
     parts += diagnosis_html(report.diagnosis)
     parts += [
         "<h2>Items</h2>",
