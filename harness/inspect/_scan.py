@@ -203,18 +203,3 @@ def scan_file_cached(file: Path) -> list[TensorStat]:
         with contextlib.suppress(UserError):  # a convenience: a full disk there must not fail the audit
             atomic_write_text(entry, json.dumps([s.model_dump(mode="json") for s in stats]))
     return stats
-
-
-def read_values(file: Path, name: str) -> np.ndarray:
-    """One tensor's values as float64 (for diffing two versions of a damaged tensor; bounded by its size)."""
-    header, start = read_safetensors_header(file)
-    info = header[name]
-    begin, end = (int(x) for x in info["data_offsets"])
-    dtype = str(info["dtype"])
-    with file.open("rb") as handle:
-        handle.seek(start + begin)
-        blob = handle.read(end - begin)
-    storage = _NATIVE.get(dtype) or _BITS.get(dtype) or np.uint8
-    raw = np.frombuffer(blob, dtype=storage)
-    values = decode(raw, dtype)
-    return (raw if values is None else values).astype(np.float64)
