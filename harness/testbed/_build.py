@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -179,7 +180,8 @@ def build(out: Path, settings: TestbedSettings, gguf: Path, calib: Path, progres
             dense, tokenizer = load_dense(gguf)
             ids = calibration_ids(tokenizer, calib, settings.calib_seqs, settings.seq_len)
             fitted = fit_moe_layers(dense, ids, settings, progress)
-            info = {"settings": settings.as_dict(), "calibration": calib.name, "source": gguf.name}
+            info = {"settings": settings.as_dict(), "calibration": calib.name, "source": gguf.name, "torch": torch.__version__,
+                    "kernels": {k: os.environ.get(k, "native") for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_DYNAMIC")}}
             write_testbed(dense, tokenizer, fitted, settings, out, info)
     finally:
         torch.set_num_threads(threads)

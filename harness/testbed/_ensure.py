@@ -64,11 +64,11 @@ def ensure_testbed(
     with _build_lock(target):
         if is_complete(target):  # another process finished it while we waited
             return target
-        from harness.testbed._build import build
+        from harness.testbed._pinned import build_pinned
 
         gguf, calib = _inputs()
         with atomic_dir(target, kind="testbed", recognise=lambda old: (old / COMPLETE_MARKER).is_file()) as tmp:
-            info = build(tmp, settings, gguf, calib, progress)
+            info = build_pinned(tmp, settings, gguf, calib, progress)
             # fixed content: a rebuild must give the same bytes in every file (the time goes to progress)
             atomic_write_text(tmp / COMPLETE_MARKER, "complete\n")
     if progress:
