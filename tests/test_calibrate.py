@@ -106,7 +106,7 @@ def test_calibrate_stores_the_churn_and_gates_read_it(tiny: Path, tmp_path: Path
     store = tmp_path / "baselines" / "tiny"
     stored = json.loads((store / "calibration.json").read_text())
     seen = {p["name"]: p["capabilities"]["wikitext2/ppl"] for p in stored["perturbations"]}
-    assert set(seen) == {"renumber", "bf16", "batch"} and all(s["status"] == "PASS" for s in seen.values())
+    assert set(seen) == {"renumber", "bf16", "dtype", "batch"} and all(s["status"] == "PASS" for s in seen.values())
     assert abs(seen["renumber"]["change"] - 1.0) < 1e-4  # the same function
     assert seen["bf16"]["change"] != 1.0  # a round trip does move the numbers
     assert not list((tmp_path / "cache").glob("calibrate-*"))  # perturbed copies are gone

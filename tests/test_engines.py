@@ -99,7 +99,8 @@ def vllm(testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     port = free_port()
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(testbed), "--served-model-name",
            "moegate-testbed", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-           "--max-model-len", "2048", "--gpu-memory-utilization", "0.2"]  # a share of CPU memory, on CPU
+           "--max-model-len", "2048", "--gpu-memory-utilization", "0.2",  # a share of CPU memory, on CPU
+           "--max-logprobs", "64"]  # the kld suite's top-k (vLLM's default allows 20)
     yield from serve("vllm", cmd, port, "moegate-testbed", tmp_path_factory.mktemp("vllm"), timeout_s=600)
 
 
@@ -120,7 +121,8 @@ def test_vllm_scores_like_the_local_backend(vllm: Served, local) -> None:
 
 
 def test_gate_through_vllm_both_ways(vllm: Served, testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Baseline local and candidate served, then baseline served and candidate local: the same model PASSes."""
+    """Baseline local and candidate served, then baseline served and candidate local: the same model PASSes,
+    logit divergence (the kld suite: vLLM's prompt_logprobs top-64 against the local full distribution) included."""
     from tests.test_backend_openai import moegate
 
     gate = tmp_path / "gates" / "served.toml"
@@ -143,11 +145,25 @@ def test_gate_through_vllm_both_ways(vllm: Served, testbed: Path, tmp_path: Path
         metric = "acc_norm"
         kind = "drop"
         max = 50.0
+        [suites.kld]
+        limit = 2
+        seq_len = 256
+        corpora = ["text"]
         [[budgets]]
         suite = "collapse"
         metric = "any"
         kind = "new_flags_count"
         max = 0
+        [[budgets]]
+        suite = "kld"
+        metric = "kl_mean"
+        kind = "max_mean"
+        max = 0.001
+        [[budgets]]
+        suite = "kld"
+        metric = "same_top"
+        kind = "drop"
+        max = 1.0
     """)
     served = f'model = "{vllm.model}"\nbackend = "openai"\noptions = {{ base_url = "{vllm.url}" }}'
     local = f'model = "{testbed}"\nbackend = "transformers"\noptions = {{ dtype = "float32" }}'

@@ -37,7 +37,7 @@ from harness.runner import run_suites
 from harness.store import MANIFEST, load_baseline, manifest_sha256
 
 CALIBRATION_FILE = "calibration.json"
-PERTURBATIONS = ("renumber", "bf16", "batch")
+PERTURBATIONS = ("renumber", "bf16", "dtype", "batch")
 
 
 def read_calibration(store: Path, *, require_signature: bool = False) -> tuple[Calibration | None, str | None]:
@@ -119,6 +119,11 @@ def _perturbed(name: str, spec: ModelSpec, folder: Path, work: Path) -> tuple[Mo
     if name == "bf16":
         path = round_trip(folder, work / "bf16", dtype="bfloat16")
         return spec.model_copy(update={"model": str(path)}), "every float32 tensor cast to bfloat16 and back", True
+    if name == "dtype":  # what serving in another precision does: the weights as they are, computed in bf16
+        current = str(spec.options.get("dtype") or "float32")
+        other = "float32" if current == "bfloat16" else "bfloat16"
+        update = {"options": {**spec.options, "dtype": other}, "model": str(folder)}
+        return spec.model_copy(update=update), f"loaded in {other} instead of {current}", True
     batch = int(spec.options.get("batch_size", 8))
     other = 1 if batch != 1 else 4
     update = {"options": {**spec.options, "batch_size": other}, "model": str(folder)}
@@ -144,6 +149,9 @@ def calibrate_baseline(
     found: list[Perturbation] = []
     with tempfile.TemporaryDirectory(prefix="calibrate-", dir=cache_dir()) as work:
         for name in perturbations:
+            if name == "dtype" and spec.backend != "transformers":
+                log(f"calibrate: dtype skipped (the {spec.backend} backend has no dtype option)")
+                continue
             subject, description, cached = _perturbed(name, spec, folder, Path(work))
             log(f"calibrate: {name} ({description})")
             opened = open_model(subject, cache=cached, log=log)
