@@ -1,19 +1,22 @@
-"""Forward passes and token positions the transformers backend plans for a suite, with and without shared prefixes.
+"""Forward passes and token positions the transformers backend plans for a suite: plain rows, prefixes shared
+within one context (a question's choices), and with few-shot starts shared across questions too.
 
-The suite runs through the real backend and its real planning code (``_scoring``), but the model is
-never called: a counting scorer stands in for the torch passes and answers 0.0, so this measures the
-plan, not the clock (hence no timing noise). Token positions: the padded rows x width of each pass
-(for a suffix pass on a shared prefix, the suffix width; the prefix ran once, in its own pass).
+The suite runs through the real backend's tokenization and its real planning code (``_scoring``), but
+no model is loaded: the backend gets the checkpoint's config and tokenizer, and a counting scorer
+stands in for the torch passes and answers 0.0. So this measures the plan, not the clock, and needs
+no heavy lock. Token positions: the padded rows x width of the tokens each pass runs (a pass on top
+of a cache counts its new tokens; the cached ones ran once, in their own pass).
 
-    python benchmarks/scoring_plan.py --model testbed --suite arc_challenge --limit 20
-Last line: ``positions shared/plain = X``.
+    python benchmarks/scoring_plan.py --model testbed --suite mmlu_pro_mc --limit 10
+Last line: ``positions stems/within = X``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+import types
+from collections.abc import Callable, Sequence
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,18 +31,22 @@ class CountingScorer:
         self.passes = 0
         self.positions = 0
 
-    def plain(self, batch: Sequence[Any], results: dict, *, greedy: bool = True) -> None:
+    def plain(self, batch: Sequence[Any], score: Callable[[Any, int], Any]) -> list[tuple[float, bool]]:
         self.passes += 1
         self.positions += len(batch) * max(len(seq) - 1 for seq, _ in batch)
-        results.update({item: (0.0, False) for item in batch})
+        return [(0.0, False)] * len(batch)
 
     def shared(self, unique: Sequence[Any], plan: Any, results: dict) -> None:
-        self.passes += 1 + len(plan.chunks)
-        self.positions += len(plan.groups) * plan.prefix_width
-        for chunk in plan.chunks:
-            self.positions += len(chunk) * max(len(plan.groups[pos].rows[r]) for pos, r in chunk)
-        for group in plan.groups:
-            results.update({unique[i]: (0.0, False) for i, _ in group.members})
+        if plan.stems:
+            self.passes += 1
+            self.positions += len(plan.stems) * plan.stem_width
+        for shared in plan.passes:
+            self.passes += 1 + len(shared.chunks)
+            self.positions += len(shared.groups) * shared.prefix_width
+            for chunk in shared.chunks:
+                self.positions += len(chunk) * max(len(shared.groups[pos].rows[r]) for pos, r in chunk)
+            for group in shared.groups:
+                results.update({unique[i]: (0.0, False) for i, _ in group.members})
 
 
 def main() -> None:
@@ -50,23 +57,28 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
 
+    from transformers import AutoConfig, AutoTokenizer
+
     from harness.api import resolve_testbed
-    from harness.backends import open_backend
+    from harness.backends.transformers import TransformersBackend
     from harness.runner import run_suites
     from harness.suites import suite_settings
 
-    backend = open_backend(resolve_testbed(args.model), dtype="float32", device="cpu", batch_size=args.batch_size)
+    path = resolve_testbed(args.model)
+    config_only = types.SimpleNamespace(config=AutoConfig.from_pretrained(path))
+    backend = TransformersBackend(config_only, AutoTokenizer.from_pretrained(path), device="cpu", batch_size=args.batch_size)
     settings = {args.suite: suite_settings(args.suite, "ci", {"limit": args.limit})}
     counts = {}
-    for label, share in (("plain", False), ("shared", True)):
-        backend._scorer, backend._can_share = CountingScorer(), share  # the planning stays the backend's own
+    for label, share, min_stem in (("plain", False, 0), ("within", True, 10**9), ("stems", True, backend.share_min_stem_tokens)):
+        scorer = CountingScorer()
+        backend._scorer, backend._can_share, backend.share_min_stem_tokens = scorer, share, min_stem
         run = run_suites(backend, settings)[args.suite]
         if run.error:
             raise SystemExit(f"suite failed: {run.error}")
-        counts[label] = backend._scorer
-        print(f"{label:6s}: {len(run.records)} items, {backend._scorer.passes} forward passes, "
-              f"{backend._scorer.positions} token positions")
-    print(f"positions shared/plain = {counts['shared'].positions / counts['plain'].positions:.3f}")
+        counts[label] = scorer
+        print(f"{label:6s}: {len(run.records)} items, {scorer.passes} forward passes, {scorer.positions} token positions")
+    print(f"positions within/plain = {counts['within'].positions / counts['plain'].positions:.3f}")
+    print(f"positions stems/within = {counts['stems'].positions / counts['within'].positions:.3f}")
 
 
 if __name__ == "__main__":

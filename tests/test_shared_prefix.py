@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.backends import open_backend
-from harness.backends._scoring import batches, prefix_groups, shared_passes, unique_longest_first
+from harness.backends._scoring import (
+    batches,
+    common_length,
+    prefix_families,
+    shared_passes,
+    stem_ranges,
+    unique_longest_first,
+)
 from harness.backends.base import LoglikelihoodRequest
 from harness.backends.transformers import TransformersBackend
 from tests.tiny_models import build_tiny_moe
@@ -26,31 +33,76 @@ scored = st.builds(
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(scored, max_size=12), st.integers(0, 8), st.integers(1, 4), st.integers(1, 40))
+@given(st.lists(scored, max_size=12), st.integers(0, 8), st.integers(0, 4), st.integers(1, 4), st.integers(1, 40))
 def test_plan_covers_every_sequence_once_and_rebuilds_it(
-    seqs: list, min_saved: int, batch_size: int, max_batch_tokens: int
+    seqs: list, min_saved: int, min_stem: int, batch_size: int, max_batch_tokens: int
 ) -> None:
     unique = unique_longest_first(seqs)
     assert sorted(unique) == sorted(set(seqs))
     assert [len(s) for s, _ in unique] == sorted((len(s) for s, _ in unique), reverse=True)
-    groups, rest = prefix_groups(unique, min_saved_tokens=min_saved)
+    families, rest = prefix_families(unique, min_saved_tokens=min_saved, min_stem_tokens=min_stem)
+    groups = [g for f in families for g in f.groups]
     members = [i for g in groups for i, _ in g.members]
     assert sorted(members + rest) == list(range(len(unique)))
+    for family in families:
+        if family.stem:  # a stem is long enough, saves enough, and leaves every prefix a part of its own
+            assert len(family.stem) >= max(1, min_stem) and len(family.groups) >= 2
+            assert (len(family.groups) - 1) * len(family.stem) >= min_saved
+            assert all(g.prefix[: len(family.stem)] == family.stem and len(g.prefix) > len(family.stem) for g in family.groups)
+        else:
+            assert all(len(g.members) >= 2 and g.saved_tokens(unique) >= min_saved for g in family.groups)
     for group in groups:
-        assert group.prefix and len(group.members) >= 2 and group.saved_tokens(unique) >= min_saved
-        assert len(set(group.rows)) == len(group.rows)
+        assert group.prefix and len(set(group.rows)) == len(group.rows)
         for i, r in group.members:  # prefix + row + last token is the sequence; the row is as long as n
             seq, n = unique[i]
             assert group.prefix + group.rows[r] + seq[-1:] == seq and len(group.rows[r]) == n
-    passes = shared_passes(groups, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
-    seen = [(g.prefix, g.rows[r]) for p in passes for chunk in p.chunks for pos, r in chunk for g in [p.groups[pos]]]
+    plan = shared_passes(families, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    seen = [(p.groups[pos].prefix, p.groups[pos].rows[r]) for sp in plan for p in sp.passes for chunk in p.chunks for pos, r in chunk]
     assert sorted(seen) == sorted((g.prefix, row) for g in groups for row in g.rows)
-    for p in passes:
-        assert len(p.groups) <= batch_size
-        assert len(p.groups) == 1 or len(p.groups) * p.prefix_width <= max_batch_tokens
-        for chunk in p.chunks:
-            width = p.prefix_width + max(len(p.groups[pos].rows[r]) for pos, r in chunk)
-            assert len(chunk) == 1 or len(chunk) * width <= max_batch_tokens
+    for sp in plan:
+        assert len(sp.stems) <= batch_size and (len(sp.stems) <= 1 or len(sp.stems) * sp.stem_width <= max_batch_tokens)
+        for p in sp.passes:
+            for group, stem, segment in zip(p.groups, p.stem_of, p.segments, strict=True):
+                assert (sp.stems[stem] if sp.stems else ()) + segment == group.prefix and segment
+            cached = sp.stem_width + p.prefix_width
+            assert len(p.groups) <= batch_size and (len(p.groups) == 1 or len(p.groups) * cached <= max_batch_tokens)
+            for chunk in p.chunks:
+                width = cached + max(len(p.groups[pos].rows[r]) for pos, r in chunk)
+                assert len(chunk) == 1 or len(chunk) * width <= max_batch_tokens
+
+
+def _best_partition(keys: list[tuple[int, ...]], min_saved: int, min_stem: int) -> int:
+    """The most positions any split of the sorted keys into runs of whole subtrees can save, by brute force.
+
+    A run of k keys sharing L tokens saves (k - 1) x L; it covers whole subtrees of the trie when the
+    keys just outside it share at most L tokens with its edge keys."""
+    lcp = [common_length(keys[j], keys[j + 1]) for j in range(len(keys) - 1)]
+    best = [0] * (len(keys) + 1)
+    for hi in range(1, len(keys) + 1):
+        best[hi] = best[hi - 1]
+        for lo in range(hi - 1):
+            length = min(lcp[lo:hi - 1])
+            whole = (lo == 0 or lcp[lo - 1] <= length) and (hi == len(keys) or lcp[hi - 1] <= length)
+            saved = (hi - lo - 1) * length
+            if whole and length >= max(1, min_stem) and saved >= max(1, min_saved):
+                best[hi] = max(best[hi], best[lo] + saved)
+    return best[-1]
+
+
+starts = st.lists(st.integers(0, 2), max_size=9).map(tuple)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([(), (1,) * 6, (1,) * 6 + (2,) * 3, (2,) * 8]).flatmap(
+    lambda base: starts.map(lambda extra: base + extra)), max_size=12), st.integers(0, 12), st.integers(0, 6))
+def test_stems_save_the_most_whole_subtree_runs_can(keys: list, min_saved: int, min_stem: int) -> None:
+    keys = sorted(set(keys))
+    ranges = stem_ranges(keys, min_saved_tokens=min_saved, min_stem_tokens=min_stem)
+    covered = [i for lo, hi, _ in ranges for i in range(lo, hi)]
+    assert len(covered) == len(set(covered))
+    for lo, hi, length in ranges:
+        assert hi - lo >= 2 and all(k[:length] == keys[lo][:length] and len(k) >= length for k in keys[lo:hi])
+    assert sum((hi - lo - 1) * length for lo, hi, length in ranges) == _best_partition(keys, min_saved, min_stem)
 
 
 @given(st.lists(st.integers(1, 30), max_size=20).map(lambda w: sorted(w, reverse=True)), st.integers(1, 5), st.integers(1, 60))
@@ -64,8 +116,8 @@ def test_batches_keep_order_and_bounds(widths: list[int], batch_size: int, max_b
 def test_contexts_cut_differently_do_not_share() -> None:
     long = tuple(range(100, 140))
     cut = [((*long, 1)[-33:], 1), ((*long, 2)[-33:], 1), ((*long, 3, 4, 5)[-33:], 3)]
-    groups, rest = prefix_groups(unique_longest_first(cut), min_saved_tokens=0)
-    assert [len(g.members) for g in groups] == [2] and len(rest) == 1  # the same cut shares, another does not
+    families, rest = prefix_families(unique_longest_first(cut), min_saved_tokens=0)
+    assert [len(g.members) for f in families for g in f.groups] == [2] and len(rest) == 1  # the same cut shares, another does not
 
 
 # ------------------------------------------------------------------ the backend: shared equals plain
@@ -109,7 +161,7 @@ def test_shared_prefix_scores_equal_plain_rows(tiny_dirs: dict[str, Path], famil
         plain = open_backend(str(tiny_dirs[family]), device="cpu", max_length=40, batch_size=batch_size, share_prefixes=False)
         shared = open_backend(str(tiny_dirs[family]), device="cpu", max_length=40, batch_size=batch_size)
         assert isinstance(shared, TransformersBackend) and isinstance(plain, TransformersBackend)
-        shared.share_min_saved_tokens = 0  # share every group, even these small ones
+        shared.share_min_saved_tokens = shared.share_min_stem_tokens = 0  # share every group and start, even small ones
         plain_tokens, shared_tokens = _forward_tokens(plain), _forward_tokens(shared)
         reference, ours = plain.loglikelihood(REQUESTS), shared.loglikelihood(REQUESTS)
         for mine, ref in zip(ours, reference, strict=True):
@@ -117,6 +169,46 @@ def test_shared_prefix_scores_equal_plain_rows(tiny_dirs: dict[str, Path], famil
             assert mine.is_greedy == ref.is_greedy
         assert ours[0] == ours[5]
         assert sum(shared_tokens) < sum(plain_tokens)  # it did share
+
+
+word = st.integers(3, 400)
+question = st.tuples(
+    st.lists(word, min_size=1, max_size=12).map(tuple),  # the question after the shared few-shot start
+    st.lists(st.lists(word, min_size=1, max_size=3).map(tuple), min_size=1, max_size=4),  # its choices
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(word, min_size=6, max_size=30).map(tuple), min_size=1, max_size=3),
+       st.lists(st.tuples(st.integers(0, 2), question), min_size=1, max_size=8),
+       st.integers(1, 4), st.sampled_from([65, 100, 300]))
+def test_stems_across_questions_score_as_plain_rows(
+    tiny_dirs: dict[str, Path], shots: list, questions: list, batch_size: int, max_batch_tokens: int
+) -> None:
+    """Few-shot starts shared across questions, each question's own text and choices, one greedy choice each."""
+    import torch
+
+    plain = open_backend(str(tiny_dirs["qwen3_moe"]), device="cpu", max_length=64, batch_size=batch_size, share_prefixes=False)
+    shared = open_backend(str(tiny_dirs["qwen3_moe"]), device="cpu", max_length=64, batch_size=batch_size)
+    assert isinstance(shared, TransformersBackend) and isinstance(plain, TransformersBackend)
+    shared.max_batch_tokens = plain.max_batch_tokens = max_batch_tokens
+    shared.share_min_saved_tokens, shared.share_min_stem_tokens = 0, 4
+    seqs = []
+    for shot, (text, choices) in questions:
+        context = (1, *shots[shot % len(shots)], *text)
+        with torch.inference_mode():
+            greedy = int(plain.model(torch.tensor([context])).logits[0, -1].argmax())
+        seqs += [(context + c, len(c)) for c in [*choices, (greedy,)]]
+    reference = plain._score(seqs)
+    counted = _forward_tokens(shared)
+    ours = shared._score(seqs)
+    for mine, ref in zip(ours, reference, strict=True):
+        assert mine[0] == pytest.approx(ref[0], abs=1e-4) and mine[1] == ref[1]
+    assert any(flag for _, flag in reference)  # the flags are not all False by construction
+    prefixes = {(shots[s % len(shots)], text[:-1]) for s, (text, _) in questions}  # a context minus its last token
+    if len({shot for shot, _ in prefixes}) < len(prefixes):  # a start two questions share runs once
+        families, _ = prefix_families(unique_longest_first(seqs), min_saved_tokens=0, min_stem_tokens=4)
+        assert any(f.stem for f in families) and sum(counted) < sum(len(t) - 1 for t, _ in set(seqs))
 
 
 def test_default_threshold_shares_a_long_context_and_agrees_with_lm_eval(tiny_dirs: dict[str, Path]) -> None:

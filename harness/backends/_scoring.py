@@ -12,12 +12,18 @@ tokens before their scored part agree (same context after the left cut) form a `
 prefix (the context minus its last token) is run once into a key/value cache, and each distinct suffix
 (the context's last token, then the continuation minus its last token) runs on top of it. The context's
 last token sits in the suffix so that every scored logit comes from the suffix pass.
+
+Across questions: the contexts of a few-shot task start with the same examples (all MMLU-Pro questions
+share a ~790-token 5-shot start). Groups whose prefixes start alike form a ``Family``; its ``stem`` (the
+start they share) runs once into a cache, each group's prefix after the stem runs on top of it, and the
+suffix rows on top of that: three levels of one cache, the middle one absent for a stemless family.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -32,6 +38,10 @@ SHARE_MIN_SAVED_TOKENS = 16
 """Share a prefix only when it saves at least this many token positions. Groups ride together in
 batched prefix and suffix passes, so a group adds no forward pass of its own; the floor only keeps
 groups that save next to nothing (a one-token prefix) in the plain batches."""
+
+STEM_MIN_TOKENS = 64
+"""Share a start across contexts (a few-shot prompt) only when it is at least this long: a stem adds a
+forward pass and a cache copy per row, which a start of a few tokens does not repay."""
 
 
 def unique_longest_first(seqs: Sequence[Scored]) -> list[Scored]:
@@ -78,16 +88,28 @@ class PrefixGroup:
         return plain - len(self.prefix) - len(self.rows) * max(len(r) for r in self.rows)
 
 
-def prefix_groups(seqs: Sequence[Scored], *, min_saved_tokens: int = SHARE_MIN_SAVED_TOKENS) -> tuple[list[PrefixGroup], list[int]]:
-    """Split distinct ``seqs`` into prefix groups worth sharing and the indices left for plain batches.
+@dataclass(frozen=True)
+class Family:
+    """Prefix groups whose prefixes all start with ``stem`` (``()``: no shared start, each prefix runs whole)."""
 
-    Two sequences share when the tokens before their scored part minus one are equal (the left cut to
-    ``max_length + 1`` is part of the tokens, so a cut context only groups with an identical cut).
+    stem: tuple[int, ...]
+    groups: tuple[PrefixGroup, ...]
+
+
+def prefix_families(seqs: Sequence[Scored], *, min_saved_tokens: int = SHARE_MIN_SAVED_TOKENS,
+                    min_stem_tokens: int = STEM_MIN_TOKENS) -> tuple[list[Family], list[int]]:
+    """Split distinct ``seqs`` into families of prefix groups worth sharing and the indices left for plain batches.
+
+    Two sequences share a group when the tokens before their scored part minus one are equal (the left
+    cut to ``max_length + 1`` is part of the tokens, so a cut context only groups with an identical cut).
+    Groups whose prefixes start alike (the few-shot examples before each question) join a family with
+    that start as its stem (see ``stem_ranges``), even a group of one sequence. The other groups share
+    only within themselves, and only when that saves ``min_saved_tokens``; they form the stemless family.
     """
     keyed: dict[tuple[int, ...], list[int]] = {}
     for i, (tokens, n) in enumerate(seqs):
         keyed.setdefault(tokens[: len(tokens) - n - 1], []).append(i)
-    groups: list[PrefixGroup] = []
+    candidates: list[PrefixGroup] = []
     rest: list[int] = []
     for prefix, members in keyed.items():
         rows = list(dict.fromkeys(seqs[i][0][len(prefix):-1] for i in members))
@@ -96,53 +118,154 @@ def prefix_groups(seqs: Sequence[Scored], *, min_saved_tokens: int = SHARE_MIN_S
             rows=tuple(rows),
             members=tuple((i, rows.index(seqs[i][0][len(prefix):-1])) for i in members),
         )
-        if prefix and len(members) >= 2 and group.saved_tokens(seqs) >= min_saved_tokens:
-            groups.append(group)
+        if prefix:
+            candidates.append(group)
         else:
             rest.extend(members)
-    groups.sort(key=lambda g: (-len(g.prefix), g.prefix))
-    return groups, sorted(rest)
+    candidates.sort(key=lambda g: g.prefix)
+    # a stem stops at least one token short of each prefix, so every group runs a non-empty part on top of it
+    keys = [g.prefix[:-1] for g in candidates]
+    families, in_family = [], set()
+    for lo, hi, length in stem_ranges(keys, min_saved_tokens=min_saved_tokens, min_stem_tokens=min_stem_tokens):
+        families.append(Family(stem=keys[lo][:length], groups=tuple(candidates[lo:hi])))
+        in_family.update(range(lo, hi))
+    alone = []
+    for pos, group in enumerate(candidates):
+        if pos in in_family:
+            continue
+        if len(group.members) >= 2 and group.saved_tokens(seqs) >= min_saved_tokens:
+            alone.append(group)
+        else:
+            rest.extend(i for i, _ in group.members)
+    if alone:
+        families.append(Family(stem=(), groups=tuple(sorted(alone, key=lambda g: (-len(g.prefix), g.prefix)))))
+    return families, sorted(rest)
+
+
+def common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of ``a`` and ``b``."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def stem_ranges(keys: Sequence[tuple[int, ...]], *, min_saved_tokens: int, min_stem_tokens: int) -> list[tuple[int, int, int]]:
+    """Disjoint ``(lo, hi, length)``: ``keys[lo:hi]`` (sorted) share their first ``length`` tokens, run once.
+
+    A walk over the trie of the sorted keys: below a branch point at depth ``m`` each subtree either
+    chooses its own stems, or joins a run of adjacent subtrees that share those ``m`` tokens, a run of
+    ``k`` keys saving (k - 1) x m; a linear pass picks the best mix. This is the most one level of stems
+    can save when stems cover whole subtrees (a stem over part of a subtree can save a little more,
+    rarely). A stem needs at least ``min_stem_tokens`` tokens (a shorter one, such as ARC's "Question:",
+    saves less than the pass it adds; and at least one) and must save ``min_saved_tokens``.
+    """
+    lcp = [common_length(keys[j], keys[j + 1]) for j in range(len(keys) - 1)]
+
+    def best(lo: int, hi: int, depth: int) -> tuple[int, list[tuple[int, int, int]]]:
+        if hi - lo < 2:
+            return 0, []
+        m = min(lcp[lo:hi - 1])
+        bounds = [lo, *(j + 1 for j in range(lo, hi - 1) if lcp[j] == m), hi]
+        # a chain of nested keys this deep stops refining (a plan choice: scores do not depend on it)
+        kids = [best(a, b, depth + 1) if depth < 64 else (0, []) for a, b in pairwise(bounds)]
+        # done[j]: the most the first j subtrees save, and how: (value, ranges)
+        done: list[tuple[int, list[tuple[int, int, int]]]] = [(0, [])]
+        admitted, top = 0, None  # runs may start at subtrees 0..admitted-1; top: best (value - keys before * m, start)
+        for j in range(1, len(bounds)):
+            value, ranges = done[j - 1][0] + kids[j - 1][0], done[j - 1][1] + kids[j - 1][1]
+            while m >= max(1, min_stem_tokens) and admitted < j and \
+                    (bounds[j] - bounds[admitted] - 1) * m >= max(min_saved_tokens, 1):
+                score = done[admitted][0] - (bounds[admitted] - lo) * m
+                top = (score, admitted) if top is None or score > top[0] else top
+                admitted += 1
+            if top is not None and top[0] + (bounds[j] - lo - 1) * m > value:
+                value = top[0] + (bounds[j] - lo - 1) * m
+                ranges = done[top[1]][1] + [(bounds[top[1]], bounds[j], m)]
+            done.append((value, ranges))
+        return done[-1]
+
+    return best(0, len(keys), 0)[1]
 
 
 @dataclass(frozen=True)
 class SharedPass:
-    """One prefix pass over ``groups`` (right-padded), then one suffix pass per chunk of rows."""
+    """One prefix pass over ``groups`` (right-padded, each on top of its stem), then one suffix pass per chunk of rows."""
 
     groups: tuple[PrefixGroup, ...]
+    stem_of: tuple[int, ...]
+    """Per group, the position of its stem in its ``StemPass``'s stems (0 when there are none)."""
+    segments: tuple[tuple[int, ...], ...]
+    """Per group, what the prefix pass runs: its prefix after its stem."""
     chunks: tuple[tuple[tuple[int, int], ...], ...]
     """Per suffix pass, ``(position in groups, row index)`` of each row."""
 
     @property
     def prefix_width(self) -> int:
-        return max(len(g.prefix) for g in self.groups)
+        return max(len(s) for s in self.segments)
 
 
-def shared_passes(groups: Sequence[PrefixGroup], *, batch_size: int, max_batch_tokens: int) -> list[SharedPass]:
-    """Batch groups (longest prefix first) into prefix passes, and their rows into suffix passes.
+@dataclass(frozen=True)
+class StemPass:
+    """The stems of a few families in one pass into a cache (none: the prefixes start from nothing), then their
+    groups' prefix passes on top of it."""
 
-    A prefix pass holds at most ``batch_size`` prefixes and ``max_batch_tokens`` padded tokens. A suffix
-    pass is bounded by tokens alone: rows times (cached prefix + suffix width) at most
-    ``max_batch_tokens``, as each row reads its own copy of the cache (always at least one row). Suffix
-    rows are short, so a row bound would split one multiple-choice batch into several forward passes,
-    each with the fixed per-pass cost the sharing is meant to save.
+    stems: tuple[tuple[int, ...], ...]
+    passes: tuple[SharedPass, ...]
+
+    @property
+    def stem_width(self) -> int:
+        return max((len(s) for s in self.stems), default=0)
+
+
+def shared_passes(families: Sequence[Family], *, batch_size: int, max_batch_tokens: int) -> list[StemPass]:
+    """Batch stems (longest first) into stem passes, their groups into prefix passes, and rows into suffix passes.
+
+    A stem or prefix pass holds at most ``batch_size`` rows and ``max_batch_tokens`` padded tokens,
+    counting the cache a row reads (the stems' width) as tokens: each row reads its own copy of it. A
+    suffix pass is bounded by tokens alone, the same way (always at least one row). Suffix rows are
+    short, so a row bound would split one multiple-choice batch into several forward passes, each with
+    the fixed per-pass cost the sharing is meant to save.
     """
+    limits = {"batch_size": batch_size, "max_batch_tokens": max_batch_tokens}
+    out: list[StemPass] = []
+    stemmed = sorted((f for f in families if f.stem), key=lambda f: (-len(f.stem), f.stem))
+    for batch in batches([len(f.stem) for f in stemmed], **limits):
+        chosen = [stemmed[i] for i in batch]
+        members = [(pos, len(f.stem), g) for pos, f in enumerate(chosen) for g in f.groups]
+        stems = tuple(f.stem for f in chosen)
+        out.append(StemPass(stems, _prefix_passes(members, max(len(s) for s in stems), **limits)))
+    stemless = [(0, 0, g) for f in families if not f.stem for g in f.groups]
+    if stemless:
+        out.append(StemPass((), _prefix_passes(stemless, 0, **limits)))
+    return out
+
+
+def _prefix_passes(members: list[tuple[int, int, PrefixGroup]], stem_width: int, *, batch_size: int,
+                   max_batch_tokens: int) -> tuple[SharedPass, ...]:
+    """``(stem position, stem length, group)`` in prefix passes (longest part first), each with its suffix passes."""
+    members = sorted(members, key=lambda m: (-(len(m[2].prefix) - m[1]), m[2].prefix))
+    widths = [stem_width + len(g.prefix) - cut for _, cut, g in members]
     passes: list[SharedPass] = []
-    for batch in batches([len(g.prefix) for g in groups], batch_size=batch_size, max_batch_tokens=max_batch_tokens):
-        members = tuple(groups[i] for i in batch)
-        width = max(len(g.prefix) for g in members)
-        rows = [(pos, r) for pos, g in enumerate(members) for r in range(len(g.rows))]
-        rows.sort(key=lambda pr: -len(members[pr[0]].rows[pr[1]]))
+    for batch in batches(widths, batch_size=batch_size, max_batch_tokens=max_batch_tokens):
+        chosen = [members[i] for i in batch]
+        groups = tuple(g for _, _, g in chosen)
+        width = widths[batch[0]]
+        rows = [(pos, r) for pos, g in enumerate(groups) for r in range(len(g.rows))]
+        rows.sort(key=lambda pr: -len(groups[pr[0]].rows[pr[1]]))
         chunks: list[tuple[tuple[int, int], ...]] = []
         current: list[tuple[int, int]] = []
         for pos, r in rows:
-            top = len(members[current[0][0]].rows[current[0][1]]) if current else len(members[pos].rows[r])
+            top = len(groups[current[0][0]].rows[current[0][1]]) if current else len(groups[pos].rows[r])
             if current and (width + top) * (len(current) + 1) > max_batch_tokens:
                 chunks.append(tuple(current))
                 current = []
             current.append((pos, r))
         chunks.append(tuple(current))
-        passes.append(SharedPass(groups=members, chunks=tuple(chunks)))
-    return passes
+        passes.append(SharedPass(groups=groups, stem_of=tuple(s for s, _, _ in chosen),
+                                 segments=tuple(g.prefix[cut:] for _, cut, g in chosen), chunks=tuple(chunks)))
+    return tuple(passes)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 The plan (which rows, which batches, which prefixes) comes from ``_scoring``; this module only turns
 a plan into forward passes and scores. Plain batches are lm-eval's: right padding without a mask
-(causal attention never lets a real token see the padding after it). Shared prefixes run once into a
-transformers ``DynamicCache``; every suffix row then reads a copy of its own group's cache rows.
+(causal attention never lets a real token see the padding after it). Shared stems and prefixes run
+once into a transformers ``DynamicCache``; each pass on top reads a copy of its own rows of it.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
-from harness.backends._scoring import Scored, SharedPass, TopKJob, TopKRows
+from harness.backends._scoring import Scored, StemPass, TopKJob, TopKRows
 
 Results = dict[Scored, tuple[float, bool]]
 T = TypeVar("T")
@@ -62,44 +63,64 @@ class TorchScorer:
                 out.append(score(logits[row, start:start + n], row))
             return out
 
-    def shared(self, unique: Sequence[Scored], plan: SharedPass, results: Results) -> None:
-        """The groups' prefixes in one right-padded pass into a cache; then each chunk of rows on top.
+    def shared(self, unique: Sequence[Scored], plan: StemPass, results: Results) -> None:
+        """The stems in one pass into a cache; each prefix pass on top of it; each chunk of rows on top of that.
 
-        In a suffix pass each row attends to its own group's prefix only (the mask hides the padding a
-        shorter prefix left in the cache) and its positions continue from that prefix's length.
+        A row attends to its own stem's and prefix's real tokens only (the mask hides the padding a shorter
+        one left in the cache) and its positions continue from their length.
+        """
+        base = self.extend(None, (), plan.stems, keep=1)[1] if plan.stems else None
+        for shared in plan.passes:
+            level = self.extend(base, shared.stem_of, shared.segments, keep=1)[1]
+            for chunk in shared.chunks:
+                rows = [shared.groups[pos].rows[r] for pos, r in chunk]
+                logits = self.extend(level, [pos for pos, _ in chunk], rows, keep=0)[0]
+                for k, (pos, r) in enumerate(chunk):
+                    for i, row in shared.groups[pos].members:
+                        if row == r:
+                            seq, n = unique[i]
+                            results[unique[i]] = target_score(logits[k, :n], seq[-n:])
+
+    def extend(self, parent: Level | None, index: Sequence[int], segments: Sequence[tuple[int, ...]], *,
+               keep: int) -> tuple[Any, Level]:
+        """Run ``segments`` (right-padded) on top of rows ``index`` of ``parent``'s cache, or from nothing.
+
+        Returns the logits of the last ``keep`` positions (0: all) and the extended cache, a copy:
+        ``parent`` stays as it was for the next pass that reads it.
         """
         import torch
         from transformers import DynamicCache
 
-        width = plan.prefix_width
-        ids = torch.zeros((len(plan.groups), width), dtype=torch.long)
-        for pos, group in enumerate(plan.groups):
-            ids[pos, : len(group.prefix)] = torch.tensor(group.prefix, dtype=torch.long)
-        cache = DynamicCache(config=self.model.config)
-        kwargs = {"logits_to_keep": 1} if self.keep_arg else {}
+        width = max(len(s) for s in segments)
+        ids = torch.zeros((len(segments), width), dtype=torch.long)
+        real = torch.zeros((len(segments), width), dtype=torch.long)
+        for k, segment in enumerate(segments):
+            ids[k, : len(segment)] = torch.tensor(segment, dtype=torch.long)
+            real[k, : len(segment)] = 1
+        kwargs: dict[str, Any] = {"logits_to_keep": keep} if self.keep_arg and keep else {}
         with torch.inference_mode():
-            self.model(ids.to(self.device), use_cache=True, **{self.cache_arg: cache}, **kwargs)
-            for chunk in plan.chunks:
-                rows = [plan.groups[pos].rows[r] for pos, r in chunk]
-                suffix = max(len(row) for row in rows)
-                ids = torch.zeros((len(chunk), suffix), dtype=torch.long)
-                mask = torch.ones((len(chunk), width + suffix), dtype=torch.long)
-                positions = torch.zeros((len(chunk), suffix), dtype=torch.long)
-                for k, ((pos, _), row) in enumerate(zip(chunk, rows, strict=True)):
-                    prefix = len(plan.groups[pos].prefix)
-                    ids[k, : len(row)] = torch.tensor(row, dtype=torch.long)
-                    mask[k, prefix:width] = 0
-                    positions[k] = torch.arange(prefix, prefix + suffix)
-                index = torch.tensor([pos for pos, _ in chunk], device=self.device)
-                logits = self.model(
-                    ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
-                    use_cache=True, **{self.cache_arg: cache_rows(cache, index)},
-                ).logits
-                for k, (pos, r) in enumerate(chunk):
-                    for i, row in plan.groups[pos].members:
-                        if row == r:
-                            seq, n = unique[i]
-                            results[unique[i]] = target_score(logits[k, :n], seq[-n:])
+            if parent is None:  # right padding without a mask, as in plain batches
+                cache = DynamicCache(config=self.model.config)
+                logits = self.model(ids.to(self.device), use_cache=True, **{self.cache_arg: cache}, **kwargs).logits
+                return logits, Level(cache, real)
+            at = torch.tensor(list(index), dtype=torch.long)
+            past = parent.real[at]
+            cache = cache_rows(parent.cache, at.to(self.device))
+            mask = torch.cat([past, torch.ones_like(real)], dim=1)
+            positions = past.sum(dim=1, keepdim=True) + torch.arange(width)
+            logits = self.model(
+                ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
+                use_cache=True, **{self.cache_arg: cache}, **kwargs,
+            ).logits
+            return logits, Level(cache, torch.cat([past, real], dim=1))
+
+
+@dataclass(frozen=True)
+class Level:
+    """A key/value cache of right-padded rows and which of its positions hold real tokens ([rows, width], 0/1)."""
+
+    cache: Any
+    real: Any
 
 
 def target_score(logits: Any, targets: Sequence[int], *, greedy: bool = True) -> tuple[float, bool]:

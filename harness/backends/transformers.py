@@ -15,13 +15,14 @@ from typing import Any
 
 from harness.backends._scoring import (
     SHARE_MIN_SAVED_TOKENS,
+    STEM_MIN_TOKENS,
     Scored,
     TopKJob,
     TopKRows,
     assemble_tables,
     batches,
     longest_first_batches,
-    prefix_groups,
+    prefix_families,
     rolling_windows,
     shared_passes,
     topk_jobs,
@@ -60,8 +61,8 @@ class TransformersBackend:
         batch_size: most rows per forward pass.
         max_batch_tokens: most padded tokens per forward pass (keeps memory flat for long windows).
         add_bos_token: force BOS on or off for plain prompts (``None``: the tokenizer's default).
-        share_prefixes: run a context shared by several continuations once into a key/value cache
-            (results agree with plain batches to float noise).
+        share_prefixes: run a context shared by several continuations, and a start shared by several
+            contexts, once into a key/value cache (results agree with plain batches to float noise).
         source: where the checkpoint came from (for the fingerprint).
         settings: extra settings that change outputs (recorded in the fingerprint).
     """
@@ -91,6 +92,7 @@ class TransformersBackend:
         self.add_bos_token = add_bos_token
         self.share_prefixes = share_prefixes
         self.share_min_saved_tokens = SHARE_MIN_SAVED_TOKENS
+        self.share_min_stem_tokens = STEM_MIN_TOKENS
         self._scorer: TorchScorer | None = None
         self._can_share = False
         self.source = source
@@ -254,17 +256,19 @@ class TransformersBackend:
 
         With ``greedy=False`` the argmax is skipped and every flag is False.
 
-        Groups of sequences with a long common context run it once into a key/value cache (see
-        ``_scoring``); the rest go through plain right-padded batches, longest first.
+        Groups of sequences with a long common context run it once into a key/value cache, and contexts
+        that start alike (few-shot examples) run that start once beneath them (see ``_scoring``); the
+        rest go through plain right-padded batches, longest first.
         """
         scorer = self._torch_scorer()
         unique = unique_longest_first(seqs)
-        groups, rest = [], list(range(len(unique)))
+        families, rest = [], list(range(len(unique)))
         if self.share_prefixes and self._can_share:
-            groups, rest = prefix_groups(unique, min_saved_tokens=self.share_min_saved_tokens)
+            families, rest = prefix_families(unique, min_saved_tokens=self.share_min_saved_tokens,
+                                             min_stem_tokens=self.share_min_stem_tokens)
         limits = {"batch_size": self.batch_size, "max_batch_tokens": self.max_batch_tokens}
         results: dict[Scored, tuple[float, bool]] = {}
-        for shared in shared_passes(groups, **limits):
+        for shared in shared_passes(families, **limits):
             scorer.shared(unique, shared, results)
         plain = [unique[i] for i in rest]
         for batch in batches([len(seq) - 1 for seq, _ in plain], **limits):
