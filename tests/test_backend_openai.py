@@ -333,7 +333,7 @@ def test_a_dropped_server_resumes_from_the_cache(tmp_path: Path) -> None:
     """The server dies mid-run: the call fails in one line, the committed chunks stay, a rerun asks only the rest."""
     port, prompts = free_port(), [GenerateRequest(f"q{i}", max_tokens=1) for i in range(12)]
     cache = RequestCache(tmp_path / "requests.sqlite")
-    for url in ref_server("", "--exit-after", "10", port=port):  # 4 probes, one chunk of 4, then it dies
+    for url in ref_server("", "--exit-after", "10", port=port):  # the probes (capabilities, fingerprint), one chunk of 4, then it dies
         first = CachedBackend(OpenAIBackend(url, concurrency=2, max_retries=1, sleep=lambda _s: None), cache, chunk_size=4)
         with pytest.raises(UserError, match="failed") as dropped:
             first.generate(prompts)

@@ -11,6 +11,7 @@ dropped server ends a call within one retry budget, and what the request cache s
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import time
@@ -97,8 +98,9 @@ class JsonClient:
                 body = err.read().decode("utf-8", "replace")
                 if status not in RETRY_STATUS:
                     raise HttpError(url, status, body, attempt + 1) from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                body = str(getattr(err, "reason", err))
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as err:
+                # HTTPException: the server closed the connection mid-answer (IncompleteRead, RemoteDisconnected)
+                body = str(getattr(err, "reason", err)) or type(err).__name__
             except json.JSONDecodeError as err:
                 raise HttpError(url, 200, f"response is not JSON: {err}", attempt + 1) from None
             if attempt >= self.retry.max_retries:
