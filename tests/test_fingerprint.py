@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.checkpoint import _digests
-from harness.checkpoint.fingerprint import _MEMO, fingerprint_checkpoint, fingerprint_module, sampled_digest
+from harness.checkpoint import _digests, _filecache
+from harness.checkpoint._digests import sampled_digest
+from harness.checkpoint.fingerprint import _MEMO, fingerprint_checkpoint, fingerprint_module
 from tests.tiny_models import build_tiny_moe
 
 EXTRA = {"backend": "transformers", "dtype": "float32"}
@@ -126,7 +127,7 @@ def test_any_byte_of_any_weight_changes_it(tmp_path: Path, kind: str, edit: str)
 def test_each_file_is_read_whole_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The digests are cached on disk by file identity; a changed pre-check hash makes them be read again."""
     monkeypatch.setenv("MOEGATE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(_digests, "RACY_SECONDS", -1)  # files written just now may be cached in a test
+    monkeypatch.setattr(_filecache, "RACY_SECONDS", -1)  # files written just now may be cached in a test
     reads: list[Path] = []
     full = _digests._tensor_digests_uncached
     monkeypatch.setattr(_digests, "_tensor_digests_uncached", lambda file: reads.append(file) or full(file))
@@ -135,19 +136,19 @@ def test_each_file_is_read_whole_once(tmp_path: Path, monkeypatch: pytest.Monkey
     _MEMO.clear()
     assert fingerprint_checkpoint(base) == first and len(reads) == 1
     file = base / "model.safetensors"
-    assert _digests.tensor_digests(file, lambda f: "another sampled hash") and len(reads) == 2
+    monkeypatch.setattr(_digests, "sampled_digest", lambda f: "another sampled hash")
+    assert _digests.tensor_digests(file) and len(reads) == 2
 
 
 def test_the_audit_scan_hands_its_digests_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from harness.inspect._scan import scan_file_cached
 
     monkeypatch.setenv("MOEGATE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(_digests, "RACY_SECONDS", -1)
-    monkeypatch.setattr("harness.inspect._scan.RACY_SECONDS", -1)
+    monkeypatch.setattr(_filecache, "RACY_SECONDS", -1)
     base = _big_checkpoint(tmp_path / "base")
     scanned = {s.name: s.blake2b for s in scan_file_cached(base / "model.safetensors")}
     monkeypatch.setattr(_digests, "_tensor_digests_uncached", lambda file: pytest.fail("read twice"))
-    assert _digests.tensor_digests(base / "model.safetensors", sampled_digest) == scanned
+    assert _digests.tensor_digests(base / "model.safetensors") == scanned
 
 
 def test_docs_and_compression_records_are_not_part_of_it(tmp_path: Path) -> None:

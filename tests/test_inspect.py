@@ -203,7 +203,7 @@ def test_scan_cache_reuses_a_settled_file_and_rescans_a_rewritten_one(tiny: Path
     fresh = scan_module.scan_file_cached(file)  # just written: "racy", so scanned and not cached
     assert scan_module.scan_file_cached(file) == fresh and len(calls) == 2
 
-    monkeypatch.setattr(scan_module, "RACY_SECONDS", 0)
+    monkeypatch.setattr("harness.checkpoint._filecache.RACY_SECONDS", 0)
     scan_module.scan_file_cached(file)
     assert scan_module.scan_file_cached(file) == fresh and len(calls) == 3  # the 4th came from the cache
 

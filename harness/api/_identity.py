@@ -15,7 +15,8 @@ from pathlib import Path
 from harness.api.models import resolve_testbed
 from harness.backends import Backend
 from harness.cache import CachedBackend
-from harness.checkpoint.fingerprint import content_digest, model_files, sampled_digest
+from harness.checkpoint._digests import sampled_digest
+from harness.checkpoint.fingerprint import content_digest, model_files
 from harness.errors import UserError
 from harness.resources import cache_dir
 from harness.store import Manifest

@@ -15,22 +15,20 @@ import contextlib
 import hashlib
 import json
 import os
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from harness.atomic import atomic_write_text
+from harness.checkpoint._filecache import entry_for, read_entry, write_entry
 from harness.checkpoint._files import read_safetensors_header
 from harness.errors import UserError
-from harness.resources import cache_dir
 
-DIGEST_CACHE_VERSION = 1
+DIGEST_CACHE_VERSION = "digests-1"
 READ_BYTES = 32 << 20
 """Bytes per read: bounded memory whatever the file size."""
-RACY_SECONDS = 2
-"""As git's "racy clean" rule: a file changed this recently is never cached (a second write in the same
-clock tick could keep its timestamps)."""
+SLICE_BYTES = 64
+"""Bytes per slice of the pre-check."""
+PRECHECK_SLICES = 4096
 
 
 def blake2b_span(fd: int, begin: int, end: int) -> str:
@@ -46,74 +44,87 @@ def blake2b_span(fd: int, begin: int, end: int) -> str:
     return digest.hexdigest()
 
 
-def _entry_path(file: Path, st: os.stat_result, kind: str) -> Path:
-    key = f"{DIGEST_CACHE_VERSION}\0{kind}\0{file.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}"
-    return cache_dir() / "digests" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
-
-
-def _cached(file: Path, kind: str, sampled: Callable[[Path], str], compute: Callable[[Path], Any]) -> Any:
-    st = file.stat()
-    check = sampled(file)
+@contextlib.contextmanager
+def _opened(file: Path, advice: int) -> Iterator[int]:
+    fd = os.open(file, os.O_RDONLY)
     try:
-        entry: Path | None = _entry_path(file, st, kind)
-        assert entry is not None
-        if entry.is_file():
-            stored = json.loads(entry.read_text(encoding="utf-8"))
-            if stored.get("sampled") == check:
-                return stored["digests"]
-    except (OSError, ValueError, KeyError, AttributeError, AssertionError):
-        entry = None
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, advice)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _strided(begin: int, end: int, count: int) -> list[tuple[int, int]]:
+    span = end - begin
+    if span <= SLICE_BYTES * count:
+        return [(begin, end)] if span > 0 else []
+    step = (span - SLICE_BYTES) / (count - 1)
+    return [(begin + int(j * step), begin + int(j * step) + SLICE_BYTES) for j in range(count)]
+
+
+def sampled_digest(file: Path) -> str:
+    """The cheap pre-check of a cached full digest: size, a safetensors header whole, and strided slices.
+
+    It only has to notice a file that changed while keeping its identity (size, times, inode), which
+    no ordinary write does; a few thousand reads, whatever the file's size.
+    """
+    digest = hashlib.sha256()
+    size = file.stat().st_size
+    digest.update(str(size).encode())
+    with _opened(file, getattr(os, "POSIX_FADV_RANDOM", 0)) as fd:  # no read-ahead: a slice must not pull megabytes
+        if file.suffix == ".safetensors":
+            header, _ = read_safetensors_header(file)
+            digest.update(json.dumps(header, sort_keys=True).encode())
+        for a, b in _strided(0, size, PRECHECK_SLICES):
+            digest.update(os.pread(fd, b - a, a))
+    return digest.hexdigest()
+
+
+def _cached(file: Path, kind: str, compute: Callable[[Path], Any]) -> Any:
+    st = file.stat()
+    entry = entry_for(file, st, "digests", f"{DIGEST_CACHE_VERSION}\0{kind}")
+    check = sampled_digest(file)
+    stored = read_entry(entry)
+    if isinstance(stored, dict) and stored.get("sampled") == check and "digests" in stored:
+        return stored["digests"]
     value = compute(file)
-    if entry is not None:
-        _store(entry, st, check, value)
+    write_entry(entry, st, {"sampled": check, "digests": value})
     return value
-
-
-def _store(entry: Path, st: os.stat_result, check: str, value: Any) -> None:
-    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_SECONDS * 1e9:
-        return
-    with contextlib.suppress(UserError, OSError):  # a convenience: a full disk there costs only the rereading
-        atomic_write_text(entry, json.dumps({"sampled": check, "digests": value}))
 
 
 def _tensor_digests_uncached(file: Path) -> dict[str, str]:
     header, start = read_safetensors_header(file)
     out: dict[str, str] = {}
-    fd = os.open(file, os.O_RDONLY)
-    try:
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    with _opened(file, getattr(os, "POSIX_FADV_SEQUENTIAL", 0)) as fd:
         for name in sorted(k for k in header if k != "__metadata__"):
             begin, end = (int(x) for x in header[name]["data_offsets"])
             out[name] = blake2b_span(fd, start + begin, start + end)
-    finally:
-        os.close(fd)
     return out
 
 
-def tensor_digests(file: Path, sampled: Callable[[Path], str]) -> dict[str, str]:
-    """{tensor name: blake2b-128 of its bytes} of a safetensors file; ``sampled`` is the pre-check hash."""
-    return dict(_cached(Path(file), "safetensors", sampled, _tensor_digests_uncached))
+def tensor_digests(file: Path) -> dict[str, str]:
+    """{tensor name: blake2b-128 of its bytes} of a safetensors file."""
+    return dict(_cached(Path(file), "safetensors", _tensor_digests_uncached))
 
 
-def remember_tensor_digests(file: Path, st: os.stat_result, digests: Mapping[str, str], sampled: Callable[[Path], str]) -> None:
+def remember_tensor_digests(file: Path, st: os.stat_result, digests: Mapping[str, str]) -> None:
     """Cache digests that another full read of ``file`` (taken when it had stat ``st``) already computed."""
-    with contextlib.suppress(OSError):
-        if file.stat().st_mtime_ns != st.st_mtime_ns or file.stat().st_size != st.st_size:
-            return  # rewritten while it was read: those digests describe no version of the file
-        _store(_entry_path(Path(file), st, "safetensors"), st, sampled(Path(file)), dict(digests))
+    try:
+        now = Path(file).stat()
+    except OSError:
+        return
+    if (now.st_mtime_ns, now.st_size) != (st.st_mtime_ns, st.st_size):
+        return  # rewritten while it was read: those digests describe no version of the file
+    entry = entry_for(Path(file), st, "digests", f"{DIGEST_CACHE_VERSION}\0safetensors")
+    write_entry(entry, st, {"sampled": sampled_digest(Path(file)), "digests": dict(digests)})
 
 
 def _file_digest_uncached(file: Path) -> str:
-    fd = os.open(file, os.O_RDONLY)
-    try:
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    with _opened(file, getattr(os, "POSIX_FADV_SEQUENTIAL", 0)) as fd:
         return blake2b_span(fd, 0, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
 
 
-def file_digest(file: Path, sampled: Callable[[Path], str]) -> str:
+def file_digest(file: Path) -> str:
     """blake2b-128 of every byte of ``file`` (GGUF, pickle or any other large file)."""
-    return str(_cached(Path(file), "file", sampled, _file_digest_uncached))
+    return str(_cached(Path(file), "file", _file_digest_uncached))

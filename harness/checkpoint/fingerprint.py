@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,6 @@ from harness.checkpoint._digests import file_digest, tensor_digests
 from harness.checkpoint._files import read_safetensors_header
 
 FINGERPRINT_VERSION = 2
-SLICE_BYTES = 64
-"""Bytes per sampled slice of the pre-check."""
-PRECHECK_SLICES = 4096
 SMALL_FILE_BYTES = 1 << 20
 """Files up to this size are hashed directly; larger ones through the digest cache."""
 NOT_MODEL_FILES = frozenset({"pruning.json", "merging.json", "quantization.json", "perturbation.json", "testbed.json"})
@@ -41,14 +37,6 @@ def model_files(path: Path) -> list[Path]:
     return out
 
 
-def _strided(begin: int, end: int, count: int) -> list[tuple[int, int]]:
-    span = end - begin
-    if span <= SLICE_BYTES * count:
-        return [(begin, end)] if span > 0 else []
-    step = (span - SLICE_BYTES) / (count - 1)
-    return [(begin + int(j * step), begin + int(j * step) + SLICE_BYTES) for j in range(count)]
-
-
 _MEMO: dict[tuple[Any, ...], str] = {}
 """Per-process memo keyed by path, every file's (size, mtime_ns, ctime_ns, inode) and ``extra``: a
 pipeline fingerprints the same checkpoint many times, and each time would re-stat its digest cache."""
@@ -57,29 +45,6 @@ pipeline fingerprints the same checkpoint many times, and each time would re-sta
 def _stat_signature(path: Path) -> tuple[Any, ...]:
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
     return tuple((p.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for p in files for st in [p.stat()])
-
-
-def sampled_digest(file: Path) -> str:
-    """The cheap pre-check of a cached full digest: size, a safetensors header whole, and strided slices.
-
-    It only has to notice a file that changed while keeping its identity (size, times, inode), which
-    no ordinary write does; a few thousand reads, whatever the file's size.
-    """
-    digest = hashlib.sha256()
-    size = file.stat().st_size
-    digest.update(str(size).encode())
-    fd = os.open(file, os.O_RDONLY)
-    try:
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead: a slice must not pull megabytes
-        if file.suffix == ".safetensors":
-            header, _ = read_safetensors_header(file)
-            digest.update(json.dumps(header, sort_keys=True).encode())
-        for a, b in _strided(0, size, PRECHECK_SLICES):
-            digest.update(os.pread(fd, b - a, a))
-    finally:
-        os.close(fd)
-    return digest.hexdigest()
 
 
 def fingerprint_checkpoint(path: str | Path, extra: dict[str, Any] | None = None) -> str:
@@ -101,18 +66,18 @@ def content_digest(path: str | Path) -> str:
     path = Path(path)
     digest = hashlib.sha256(f"moegate-fingerprint-v{FINGERPRINT_VERSION}".encode())
     if path.is_file():
-        digest.update(b"gguf\0" + file_digest(path, sampled_digest).encode())
+        digest.update(b"gguf\0" + file_digest(path).encode())
         return digest.hexdigest()
     for file in model_files(path):
         if file.suffix == ".safetensors":
             header, _ = read_safetensors_header(file)
             digest.update(f"\0safetensors:{file.name}\0".encode() + json.dumps(header, sort_keys=True).encode())
-            for name, value in sorted(tensor_digests(file, sampled_digest).items()):
+            for name, value in sorted(tensor_digests(file).items()):
                 digest.update(f"\0{name}\0{value}".encode())
         elif file.stat().st_size <= SMALL_FILE_BYTES:
             digest.update(f"\0file:{file.name}\0".encode() + file.read_bytes())
         else:
-            digest.update(f"\0large:{file.name}\0".encode() + file_digest(file, sampled_digest).encode())
+            digest.update(f"\0large:{file.name}\0".encode() + file_digest(file).encode())
     return digest.hexdigest()
 
 

@@ -8,11 +8,8 @@ are all zero (a zeroed expert) and which are masked (every value <= ``MASK_THRES
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +19,7 @@ from pydantic import BaseModel, Field
 
 from harness.checkpoint import classify, read_safetensors_header
 from harness.checkpoint._digests import remember_tensor_digests
-from harness.checkpoint.fingerprint import sampled_digest
-from harness.errors import UserError
+from harness.checkpoint._filecache import entry_for, read_entry, write_entry
 
 CHUNK_BYTES = 32 << 20
 MASK_THRESHOLD = -1e4
@@ -172,34 +168,24 @@ def scan_file(file: Path) -> list[TensorStat]:
 
 SCAN_CACHE_VERSION = 2
 """Bump when ``TensorStat`` or the scan changes, so older cached scans are not reused."""
-RACY_SECONDS = 2
 
 
 def scan_file_cached(file: Path) -> list[TensorStat]:
-    """``scan_file`` behind a small on-disk cache keyed by path, size, mtime, ctime and inode.
+    """``scan_file`` behind the on-disk cache keyed by file identity (``harness.checkpoint._filecache``).
 
     Why: a gate audits the candidate against the *same* baseline checkpoint on every run; reading the
-    baseline's weights again each time doubled the audit. A file rewritten in place changes its mtime
-    and ctime, so its scan is redone. As in git's "racy clean" rule, a file changed in the last
-    ``RACY_SECONDS`` is never cached: a second write within the same clock tick could keep its
-    timestamps. An unwritable cache only costs the rescan.
+    baseline's weights again each time doubled the audit.
     """
-    from harness.atomic import atomic_write_text
-    from harness.resources import cache_dir
-
     st = file.stat()
-    key = f"{SCAN_CACHE_VERSION}\0{file.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}"
-    try:
-        entry = cache_dir() / "scans" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
-        if entry.is_file():
-            return [TensorStat.model_validate(item) for item in json.loads(entry.read_text(encoding="utf-8"))]
-    except (OSError, ValueError):
-        entry = None
+    entry = entry_for(file, st, "scans", f"scan-{SCAN_CACHE_VERSION}")
+    stored = read_entry(entry)
+    if isinstance(stored, list):
+        try:
+            return [TensorStat.model_validate(item) for item in stored]
+        except ValueError:
+            pass
     stats = scan_file(file)
     # The scan read every byte: its tensor hashes are the fingerprint's too (one read of the file per gate).
-    remember_tensor_digests(file, st, {s.name: s.blake2b for s in stats}, sampled_digest)
-    settled = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_SECONDS * 1e9
-    if entry is not None and settled:
-        with contextlib.suppress(UserError):  # a convenience: a full disk there must not fail the audit
-            atomic_write_text(entry, json.dumps([s.model_dump(mode="json") for s in stats]))
+    remember_tensor_digests(file, st, {s.name: s.blake2b for s in stats})
+    write_entry(entry, st, [s.model_dump(mode="json") for s in stats])
     return stats
