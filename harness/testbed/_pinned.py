@@ -38,11 +38,6 @@ def _has_avx2() -> bool:
     return " avx2" in flags and " fma" in flags
 
 
-def kernels() -> str:
-    """What the build's numerics run on: the pinned AVX2 kernels, or this machine's own."""
-    return "avx2 (ATen + MKL, pinned)" if _has_avx2() else f"native ({platform.machine()})"
-
-
 def build_pinned(out: Path, settings: Any, gguf: Path, calib: Path, progress: Callable[[str], None] | None) -> dict[str, Any]:
     """``_build.build`` in a child with ``PINNED_KERNELS`` (in this process where AVX2 is missing)."""
     if not _has_avx2():
