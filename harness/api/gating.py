@@ -191,11 +191,12 @@ def gate_candidate(
         differences = [f"candidate is an open {spec.name} backend; its options are not recorded"]
     for line in warnings + [f"backend settings differ: {d}" for d in differences]:
         log(f"warning: {line}")
-    check_baseline_weights(manifest, log)  # before the audit writes anything into the run folder
     if isinstance(spec, ModelSpec) and spec.backend == "transformers" and base_spec.backend == "transformers":
-        early = _audit_first(config, spec, base_spec, baseline_runs, run_dir, warnings, log, protect)
+        early = _audit_first(config, spec, manifest, baseline_runs, run_dir, warnings, log, protect)
         if early is not None:
             return early
+    else:
+        check_baseline_weights(manifest, log)
     opened = _opened(spec, log)
     engine = asdict(engine_of(opened))
     engine_changes = engine_differences(manifest.engine, engine)
@@ -249,12 +250,17 @@ def _refuse_cross_engine(config: GateConfig, baseline: Mapping[str, Any] | None,
 
 
 def _audit_first(
-    config: GateConfig, candidate: ModelSpec, baseline: ModelSpec, baseline_runs: dict[str, SuiteRun], run_dir: Path,
+    config: GateConfig, candidate: ModelSpec, manifest: Manifest, baseline_runs: dict[str, SuiteRun], run_dir: Path,
     warnings: list[str], log: Log, protect: Sequence[Path | str],
 ) -> GateOutcome | None:  # fmt: skip
-    """``moegate inspect`` against the baseline's weights; NaN/Inf or config-contradicting weights FAIL before any suite."""
+    """``moegate inspect`` against the baseline's weights; NaN/Inf or config-contradicting weights FAIL before any suite.
+
+    The baseline checkpoint is checked against the store's ``weights_digest`` between the audit's scan (which
+    caches the digests, so the check reads nothing again) and the first file written into the run folder.
+    """
     audit = audit_for_gate(resolve_testbed(candidate.model, candidate.backend, log),
-                           resolve_testbed(baseline.model, baseline.backend, log))  # fmt: skip
+                           resolve_testbed(manifest.model, manifest.backend, log))  # fmt: skip
+    check_baseline_weights(manifest, log)
     if audit is None:
         return None
     log(audit.summary())
