@@ -38,8 +38,9 @@ def model_files(path: Path) -> list[Path]:
 
 
 _MEMO: dict[tuple[Any, ...], str] = {}
-"""Per-process memo keyed by path, every file's (size, mtime_ns, ctime_ns, inode) and ``extra``: a
-pipeline fingerprints the same checkpoint many times, and each time would re-stat its digest cache."""
+"""Per-process memo of ``content_digest``, keyed by path and every file's (size, mtime_ns, ctime_ns, inode):
+a gate digests the same checkpoints several times (audit check, fingerprint, baseline record), and each
+time would re-read the small files and redo the pre-checks."""
 
 
 def _stat_signature(path: Path) -> tuple[Any, ...]:
@@ -52,11 +53,7 @@ def fingerprint_checkpoint(path: str | Path, extra: dict[str, Any] | None = None
 
     The first call on a file reads it whole (cached on disk afterwards, and shared with the audit's scan).
     """
-    path = Path(path)
-    memo_key = (str(path.resolve()), _stat_signature(path))
-    if memo_key not in _MEMO:
-        _MEMO[memo_key] = content_digest(path)
-    digest = hashlib.sha256(_MEMO[memo_key].encode())
+    digest = hashlib.sha256(content_digest(path).encode())
     digest.update(b"\0extra\0" + json.dumps(extra or {}, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
@@ -64,6 +61,13 @@ def fingerprint_checkpoint(path: str | Path, extra: dict[str, Any] | None = None
 def content_digest(path: str | Path) -> str:
     """The model half of the fingerprint without backend settings: equal digests mean identical models."""
     path = Path(path)
+    memo_key = (str(path.resolve()), _stat_signature(path))
+    if memo_key not in _MEMO:
+        _MEMO[memo_key] = _content_digest(path)
+    return _MEMO[memo_key]
+
+
+def _content_digest(path: Path) -> str:
     digest = hashlib.sha256(f"moegate-fingerprint-v{FINGERPRINT_VERSION}".encode())
     if path.is_file():
         digest.update(b"gguf\0" + file_digest(path).encode())
