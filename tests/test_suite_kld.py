@@ -29,6 +29,8 @@ KLD = """
 profile = "ci"
 seq_len = 32
 limit = 3
+corpora = ["text", "c4", "generations"]
+c4_windows = 2
 max_tokens = 8
 generation_ids = ["translate-es-beach", "knowledge-monad"]
 {extra}
@@ -97,15 +99,30 @@ def test_the_baseline_stores_its_top_k_tables_hashed(recorded: Path) -> None:
     config = load_gate(recorded)
     manifest, runs = load_store(config.baseline_dir)
     run = runs["kld"]
-    assert {"generations.topk", "text.topk"} <= set(run.artifacts)  # besides the diagnosis's route_mass.npz
-    text, gens = (decode_topk(run.artifacts[name]) for name in ("text.topk", "generations.topk"))
-    assert text.k == gens.k == 64 and len(text.window_sizes) == 3 and set(text.window_sizes) == {31}
+    assert {"generations.topk", "text.topk", "c4.topk"} <= set(run.artifacts)  # besides the diagnosis's route_mass.npz
+    text, c4, gens = (decode_topk(run.artifacts[name]) for name in ("text.topk", "c4.topk", "generations.topk"))
+    assert text.k == gens.k == c4.k == 64 and len(text.window_sizes) == 3 and set(text.window_sizes) == {31}
+    assert len(c4.window_sizes) == 2 and set(c4.window_sizes) == {31} and c4.targets[:31].tolist() != text.targets[:31].tolist()
     assert len(gens.window_sizes) == 2 and manifest.suites["kld"].artifacts["text.topk"].size == len(run.artifacts["text.topk"])
     for r in run.records:  # the baseline against itself
         assert r.scores["kl_max"] == 0 and r.scores["same_top"] == 1 and r.scores["ppl_ratio"] == 1
         assert len(r.per_token["kl"]) == r.scores["tokens"] and len(r.meta["tokens"]) == r.scores["tokens"]
     gen = next(r for r in run.records if r.item_id == "gen-knowledge-monad")
     assert gen.output and sum(gens.window_sizes) == sum(r.scores["tokens"] for r in run.records if r.group == "generation")
+
+
+def test_text_windows_are_the_perplexity_suites_windows(recorded: Path, models: dict[str, Path]) -> None:
+    """kld's text and c4 windows score the same tokens as the wikitext2 and c4 suites: equal per-window NLL."""
+    from harness.backends import open_backend
+
+    _, runs = load_store(load_gate(recorded).baseline_dir)
+    backend = open_backend(str(models["base"]), max_length=256)
+    for group, suite in (("text", "wikitext2"), ("c4", "c4")):
+        stored = [r for r in runs["kld"].records if r.group == group]
+        ppl_suite = SUITES.get(suite)()
+        ppl = ppl_suite.run(backend, ppl_suite.Settings(seq_len=32, limit=len(stored)))
+        assert [r.scores["tokens"] for r in ppl.records] == [r.scores["tokens"] for r in stored]
+        assert np.allclose([r.scores["nll"] for r in ppl.records], [r.scores["nll"] for r in stored], rtol=1e-4)
 
 
 def test_a_drifted_candidate_is_scored_against_the_stored_tables(recorded: Path, models: dict[str, Path],
@@ -247,7 +264,7 @@ def test_a_served_candidate_gets_both_sides_top_k(recorded: Path, served: str, t
                              options={"base_url": served}, log=QUIET)  # fmt: skip
     _, runs = load_store(tmp_path / "run" / "candidate")
     records = runs["kld"].records
-    assert {r.meta["method"] for r in records} == {"both_top_k"} and len(records) == 5
+    assert {r.meta["method"] for r in records} == {"both_top_k"} and len(records) == 7  # 3 + 2 windows, 2 generations
     assert max(r.scores["kl_max"] for r in records) < 1e-4 and min(r.scores["same_top"] for r in records) == 1
     assert outcome.verdict.overall == "PASS"
 
@@ -271,5 +288,5 @@ def test_an_mlx_candidate_is_probed_like_a_local_one(recorded: Path, models: dic
     outcome = gate_candidate(load_gate(path), str(models["base"]), tmp_path / "run", backend="mlx", log=QUIET)
     _, runs = load_store(tmp_path / "run" / "candidate")
     records = runs["kld"].records
-    assert {r.meta["method"] for r in records} == {"tail_bucket"} and len(records) == 5
+    assert {r.meta["method"] for r in records} == {"tail_bucket"} and len(records) == 7
     assert max(r.scores["kl_max"] for r in records) < 1e-4 and outcome.verdict.overall == "PASS"

@@ -1,7 +1,7 @@
 """The kld suite in the reports: the per-token KLD quantile curve, llama.cpp's summary and the worst tokens.
 
 Baseline against candidate is one distribution of per-token KL, so the figure is one curve per corpus (WikiText-2
-windows, the baseline's generations): KL at each quantile level, the level on a "nines" axis (0.5, 0.9, 0.99,
+windows, C4 windows, the baseline's generations): KL at each quantile level, the level on a "nines" axis (0.5, 0.9, 0.99,
 0.999) so that the tail, where damage shows first, gets most of the width. Everything is read from the
 candidate's kld records (``per_token["kl"]``, ``meta["worst"]``); nothing here touches a model.
 """
@@ -19,8 +19,8 @@ from harness.records import SuiteRun
 
 SUITE = "kld"
 LEVELS = (0.5, 0.9, 0.99, 0.999)
-CORPUS_COLORS = {"text": "#0969da", "generation": "#cf222e"}
-CORPUS_NAMES = {"text": "WikiText-2 windows", "generation": "baseline's generations"}
+CORPUS_COLORS = {"text": "#0969da", "c4": "#1a7f37", "generation": "#cf222e"}
+CORPUS_NAMES = {"text": "WikiText-2 windows", "c4": "C4 windows", "generation": "baseline's generations"}
 TOP_WORST = 10
 
 
@@ -48,7 +48,7 @@ def kld_corpora(candidate_runs: dict[str, SuiteRun], baseline_runs: dict[str, Su
         return []
     base_nll = {r.item_id: r.scores.get("nll", math.nan) for r in (baseline_runs.get(SUITE).records if baseline_runs.get(SUITE) else [])}  # type: ignore[union-attr]
     out = []
-    for corpus in ("text", "generation"):
+    for corpus in CORPUS_NAMES:
         records = [r for r in run.records if r.group == corpus and r.per_token.get("kl")]
         if not records:
             continue

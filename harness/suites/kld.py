@@ -1,10 +1,12 @@
 """The ``kld`` suite: teacher-forced logit divergence of the candidate from the stored baseline.
 
 Recording the baseline, it stores the baseline's per-position top-k next-token tables (``harness.divergence``'s
-binary form) as two artifacts of its run, hashed in the manifest like the records:
+binary form) as artifacts of its run, one per corpus, hashed in the manifest like the records:
 
 - ``text.topk``: WikiText-2 windows, cut exactly as the ``wikitext2`` suite cuts them (same ``seq_len``, the
   first ``limit`` windows of the same text prefix);
+- ``c4.topk`` (corpus ``c4``, opt-in): the ``c4`` suite's windows of its C4 sample (its seeded document
+  shuffle, ``seq_len``, the first ``c4_windows`` windows): a second domain, where calibration-set overfitting shows;
 - ``generations.topk``: the baseline's own greedy generations for the collapse prompts (the generated text is
   each record's ``output``, its tokens the table's targets): where merged experts drift.
 
@@ -12,7 +14,7 @@ Gating a candidate, it scores the candidate on the same tokens (one ``next_token
 probed at the baseline's top-k ids where the backend can) and computes KL(P_base ‖ P_cand) per token with
 ``harness.divergence.compare``: tail-bucket estimate for a local candidate, both-sides-top-k for a served one.
 
-Per item (a window ``text-w<i>`` or a generation ``gen-<prompt id>``): ``scores`` ``tokens``, ``kl_mean``,
+Per item (a window ``text-w<i>``, ``c4-w<i>`` or a generation ``gen-<prompt id>``): ``scores`` ``tokens``, ``kl_mean``,
 ``kl_median``, ``kl_p90``, ``kl_p99``, ``kl_p999``, ``kl_max``, ``same_top``, ``dp_rms``, ``nll`` and
 ``ppl_ratio``; ``per_token["kl"]``; ``meta["worst"]``, the item's worst tokens in context with both models'
 top tokens. The baseline's own records compare it with itself (KL 0, same top 1), so ``drop`` budgets pair.
@@ -38,9 +40,11 @@ from harness.suites._common import finish_run, load_rows
 from harness.suites.base import SuiteSettings, as_settings
 from harness.suites.collapse import PROMPTS_FILE, _prompts_path, load_prompts
 from harness.suites.perplexity import (
+    C4_FILE,
     CHARS_PER_TOKEN_GUESS,
     WIKITEXT2_FILE,
     WIKITEXT2_SHA256,
+    C4Settings,
     CorpusSettings,
     corpus_text,
 )
@@ -82,7 +86,12 @@ class KldSettings(CorpusSettings):
     data_sha256: str = WIKITEXT2_SHA256
     top_k: int = Field(DEFAULT_TOP_K, ge=1, le=4096)
     """Width of the baseline's stored top-k (``harness.divergence.DEFAULT_TOP_K``: the measured default)."""
-    corpora: list[Literal["text", "generations"]] = Field(default_factory=lambda: ["text", "generations"], min_length=1)
+    corpora: list[Literal["text", "c4", "generations"]] = Field(default_factory=lambda: ["text", "generations"],
+                                                                 min_length=1)
+    """``text``: ``data_file``'s windows (WikiText-2 by default); ``c4``: the c4 suite's; ``generations``: the
+    baseline's own greedy generations for ``prompts_file``."""
+    c4_windows: int | None = Field(None, ge=1)
+    """Windows of the c4 corpus (the first ones, ``seq_len`` tokens each); None: as many as ``limit``."""
     prompts_file: str = PROMPTS_FILE
     """Collapse prompts the baseline generates for (the generation corpus)."""
     generation_ids: list[str] | None = None
@@ -116,24 +125,26 @@ class KldSuite:
         records: list[ItemRecord] = []
         artifacts: dict[str, bytes] = {}
         data: dict[str, str] = {}
-        if "text" in settings.corpora:
-            rows, path = load_rows(settings.data_file, settings.data_sha256)
-            text = corpus_text(rows, settings, path)
-            data[settings.data_file] = settings.data_sha256
+        for group, corpus, label in _text_corpora(settings):
+            rows, path = load_rows(corpus.data_file, corpus.data_sha256)
+            text = corpus_text(rows, corpus, path)
+            data[corpus.data_file] = corpus.data_sha256
+            artifact = f"{group}.topk"
             if baseline is None:
-                table, chars = _baseline_windows(topk, text, settings)
-                artifacts[TEXT_ARTIFACT] = encode_topk(table)
-                items = [(f"text-w{i}", f"WikiText-2 raw test window {i} of {settings.seq_len} tokens", None, None)
+                table, chars = _baseline_windows(topk, text, corpus, settings.top_k)
+                artifacts[artifact] = encode_topk(table)
+                items = [(f"{group}-w{i}", f"{label} window {i} of {corpus.seq_len} tokens", None, None)
                          for i in range(len(table.window_sizes))]
-                records += _records(self.name, items, table, table, settings, decode, {"chars_sent": chars}, "text")
+                records += _records(self.name, items, table, table, settings, decode, {"chars_sent": chars}, group)
             else:
-                base = _stored(baseline, TEXT_ARTIFACT, settings)
-                chars = int(_text_records(baseline)[0].meta["chars_sent"])
+                base = _stored(baseline, artifact, settings)
+                stored = _text_records(baseline, group)
+                chars = int(stored[0].meta["chars_sent"])
                 probe = TokenIds(base.top_ids) if base.positions else None
-                (cand,) = topk([TopKRequest(text[:chars], k=_own_k(backend, settings), window=settings.seq_len,
+                (cand,) = topk([TopKRequest(text[:chars], k=_own_k(backend, settings), window=corpus.seq_len,
                                             windows=len(base.window_sizes), probe=probe)])
-                items = [(r.item_id, r.prompt, None, r) for r in _text_records(baseline)]
-                records += _records(self.name, items, base, cand, settings, decode, {"chars_sent": chars}, "text")
+                items = [(r.item_id, r.prompt, None, r) for r in stored]
+                records += _records(self.name, items, base, cand, settings, decode, {"chars_sent": chars}, group)
         if "generations" in settings.corpora:
             path = _prompts_path(settings.prompts_file)
             data[path.name] = file_sha256(path)
@@ -160,6 +171,18 @@ class KldSuite:
         return run
 
 
+def _text_corpora(settings: KldSettings) -> list[tuple[str, CorpusSettings, str]]:
+    """(group, window settings, label) of each text corpus asked for, cut as its perplexity suite cuts it."""
+    out: list[tuple[str, CorpusSettings, str]] = []
+    if "text" in settings.corpora:
+        label = "WikiText-2 raw test" if settings.data_file == WIKITEXT2_FILE else settings.data_file
+        out.append(("text", settings, label))
+    if "c4" in settings.corpora:
+        c4 = C4Settings(seq_len=settings.seq_len, limit=settings.c4_windows or settings.limit, seed=settings.seed)
+        out.append(("c4", c4, "C4 validation sample" if c4.data_file == C4_FILE else c4.data_file))
+    return out
+
+
 def _own_k(backend: Backend, settings: KldSettings) -> int:
     """The candidate's own top-k width: a backend that returns log-probs at the baseline's ids (``topk_probe``,
     the local ones) needs only its top few (same-top, the report's top 5); a served one needs the full k."""
@@ -174,20 +197,20 @@ def _decoder(backend: Backend) -> Callable[[int], str] | None:
 
 
 def _baseline_windows(topk: Callable[[Sequence[TopKRequest]], list[TopKTable]], text: str,
-                      settings: KldSettings) -> tuple[TopKTable, int]:
-    """The baseline's table over the wikitext2 suite's windows and the characters of text sent.
+                      settings: CorpusSettings, k: int) -> tuple[TopKTable, int]:
+    """The baseline's table over the perplexity suite's windows and the characters of text sent.
 
     As ``perplexity.score_windows``: a prefix long enough for ``limit + 1`` windows (grown until it is), so
     the first ``limit`` windows are exactly those of the whole text; the extra one is dropped.
     """
     limit = settings.limit
     if limit is None:
-        (table,) = topk([TopKRequest(text, k=settings.top_k, window=settings.seq_len)])
+        (table,) = topk([TopKRequest(text, k=k, window=settings.seq_len)])
         return table, len(text)
     chars = int((limit + 1) * settings.seq_len * CHARS_PER_TOKEN_GUESS)
     while True:
         prefix = text if chars >= len(text) else text[:chars]
-        (table,) = topk([TopKRequest(prefix, k=settings.top_k, window=settings.seq_len, windows=limit + 1)])
+        (table,) = topk([TopKRequest(prefix, k=k, window=settings.seq_len, windows=limit + 1)])
         if len(table.window_sizes) > limit or prefix is text:
             return table.select_windows(0, limit), len(prefix)
         chars = int(chars * 1.6)
@@ -217,10 +240,10 @@ def _baseline_generations(backend: Backend, topk: Callable[[Sequence[TopKRequest
     return concat_tables(list(tables)), items
 
 
-def _text_records(baseline: SuiteRun) -> list[ItemRecord]:
-    found = [r for r in baseline.records if r.group == "text"]
+def _text_records(baseline: SuiteRun, group: str) -> list[ItemRecord]:
+    found = [r for r in baseline.records if r.group == group]
     if not found or "chars_sent" not in found[0].meta:
-        raise UserError("the baseline's kld run has no text windows", RE_RECORD)
+        raise UserError(f"the baseline's kld run has no {group} windows", RE_RECORD)
     return found
 
 
