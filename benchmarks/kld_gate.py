@@ -7,6 +7,7 @@ renumbered (``harness.compress._perturb.renumber_experts``: the same function), 
 the pooled per-token statistics are printed.
 
     python benchmarks/kld_gate.py --work /tmp/kld-gate
+    python benchmarks/kld_gate.py --work /tmp/kld-gate-c4 --corpora c4     # the c4 suite's windows instead
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-def kld_gate_file(work: Path) -> Path:
-    """gates/testbed.toml reduced to its kld suite and budgets, its baseline stored under ``work``."""
+def kld_gate_file(work: Path, corpora: list[str] | None = None) -> Path:
+    """gates/testbed.toml reduced to its kld suite and budgets, its baseline stored under ``work``; ``corpora``
+    replaces the suite's corpora (a ``c4`` corpus gets as many windows as the text corpus)."""
     from harness.resources import gates_dir
 
     shipped = tomllib.loads((gates_dir() / "testbed.toml").read_text(encoding="utf-8"))
     lines = ['[gate]\nname = "kld"\n', f'[baseline]\nmodel = "testbed"\nbackend = "transformers"\ndir = "{work / "baseline"}"\n',
              "[suites.kld]"]  # fmt: skip
-    lines += [f"{key} = {json.dumps(value)}" for key, value in shipped["suites"]["kld"].items()]
+    block = dict(shipped["suites"]["kld"], **({"corpora": corpora} if corpora else {}))
+    lines += [f"{key} = {json.dumps(value)}" for key, value in block.items()]
     for budget in (b for b in shipped["budgets"] if b["suite"] == "kld"):
         lines.append("\n[[budgets]]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in budget.items()))
     path = work / "kld.toml"
@@ -71,13 +74,14 @@ def candidates(work: Path) -> dict[str, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for the baseline, runs and the renumbered copy")
+    parser.add_argument("--corpora", default="", help="comma-separated kld corpora (text, c4, generations); default: the gate file's")
     args = parser.parse_args()
 
     from harness.api import gate_candidate, load_gate, record_baseline
     from harness.store import load_store
 
     args.work.mkdir(parents=True, exist_ok=True)
-    config = load_gate(kld_gate_file(args.work))
+    config = load_gate(kld_gate_file(args.work, [c for c in args.corpora.split(",") if c] or None))
     quiet = lambda _m: None  # noqa: E731
     start = time.perf_counter()
     if not (args.work / "baseline" / "manifest.json").is_file():
@@ -92,8 +96,10 @@ def main() -> None:
         for cap in outcome.verdict.capabilities:
             print(f"   {cap.status} {cap.label} | {cap.reason}")
         _, runs = load_store(args.work / "runs" / name / "candidate")
-        for corpus in ("text", "generation"):
+        for corpus in ("text", "c4", "generation"):
             records = [r for r in runs["kld"].records if r.group == corpus]
+            if not records:
+                continue
             kl = np.concatenate([r.per_token["kl"] for r in records])
             tokens = sum(r.scores["tokens"] for r in records)
             same = sum(r.scores["same_top"] * r.scores["tokens"] for r in records) / tokens
