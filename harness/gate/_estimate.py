@@ -11,14 +11,15 @@ from __future__ import annotations
 import math
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from harness.errors import UserError
+from harness.gate._measured import Measured, Refused, finite, item_scores, worst_by
+from harness.gate._token import token_bound, token_drop
 from harness.gate.budgets import ANY_FLAG, FLAG_KINDS, Budget
 from harness.gate.results import WorstItem
-from harness.records import ItemRecord, MetricSpec, SuiteRun, metric_value
+from harness.records import ItemRecord, MetricSpec, SuiteRun
 from harness.stats import (
     TInterval,
     clustered_se,
@@ -30,34 +31,8 @@ from harness.stats import (
     ratio_of_means,
 )
 from harness.stats.interval import Envelope, Estimator, TangoEstimator
-from harness.stats.pooled import pooled_mean, pooled_mean_difference, pooled_quantile
 
 FlagOverrides = dict[str, dict[str, tuple[set[str], set[str]]]]
-
-
-@dataclass
-class Measured:
-    """A statistical (or, with ``estimator=None``, exact count) comparison ready for a decision."""
-
-    estimator: Estimator | None
-    baseline_value: float | None
-    candidate_value: float | None
-    n_items: int
-    log_scale: bool = False
-    method: str = ""
-    flips: tuple[int, int] | None = None
-    mcnemar_p: float | None = None
-    changed: list[str] = field(default_factory=list)
-    worst: list[WorstItem] = field(default_factory=list)
-    count: int | None = None
-    not_evidence: list[str] = field(default_factory=list)
-    """Flag budgets: items newly flagged where the baseline had already failed (not counted)."""
-
-
-@dataclass
-class Refused:
-    reason: str
-    n_items: int = 0
 
 
 def _seed(budget: Budget, base: int) -> int:
@@ -96,20 +71,6 @@ def _pair(base: SuiteRun, cand: SuiteRun) -> tuple[list[ItemRecord], list[ItemRe
     return [b_by[i] for i in ids], [c_by[i] for i in ids]
 
 
-def _finite(v: float | None) -> bool:
-    return v is not None and math.isfinite(v)
-
-
-def _scores(records: list[ItemRecord], key: str, side: str) -> np.ndarray | Refused:
-    vals = [r.scores.get(key) for r in records]
-    bad = [r.item_id for r, v in zip(records, vals, strict=True) if v is None or not math.isfinite(v)]
-    if bad:
-        return Refused(
-            f"{len(bad)} {side} items have no finite {key!r} score (e.g. {bad[0]!r})", len(records)
-        )
-    return np.asarray(vals, dtype=float)
-
-
 def item_flags(record: ItemRecord, extra: set[str] | None = None) -> set[str]:
     """Flags of one item: detector flags, failed checks (by check name), and caller-supplied extras."""
     out = set(record.flags) | {name for name, ok in record.checks.items() if not ok}
@@ -123,13 +84,6 @@ def _clusters(records: list[ItemRecord]) -> list[str] | None:
         return None
     distinct = len(set(groups))
     return [str(g) for g in groups] if 2 <= distinct < len(groups) else None
-
-
-def _worst_by(
-    ids: list[str], b: np.ndarray, c: np.ndarray, reg: np.ndarray, note: str, k: int = 10
-) -> list[WorstItem]:
-    order = [i for i in np.argsort(-reg, kind="stable") if reg[i] > 0][:k]
-    return [WorstItem(item_id=ids[i], baseline_score=float(b[i]), candidate_score=float(c[i]), note=note) for i in order]
 
 
 def measure(
@@ -151,7 +105,7 @@ def measure(
     if budget.kind in ("max_mean", "max_quantile"):
         spec = _spec(budget, [cand] + ([base] if base else []))
         if spec is not None and spec.kind == "token":
-            return _token_bound(budget, spec, base, cand, n_resamples, _seed(budget, seed))
+            return token_bound(budget, spec, base, cand, n_resamples, _seed(budget, seed))
         if budget.kind == "max_quantile":
             return Refused(f"max_quantile needs a per-token quantile metric; {budget.metric!r} of suite "
                            f"{budget.suite!r} is not one (e.g. kld's kl_p99)", len(cand.records))
@@ -176,7 +130,7 @@ def measure(
         )
     s = _seed(budget, seed)
     if spec.kind == "token":
-        return _token_drop(budget, spec, b_recs, c_recs, n_resamples, s)
+        return token_drop(budget, spec, b_recs, c_recs, n_resamples, s)
     if spec.kind == "perplexity":
         return _perplexity(budget, spec, b_recs, c_recs, n_resamples, s)
     return _mean_metric(budget, spec, b_recs, c_recs, n_resamples, s)
@@ -192,11 +146,11 @@ def _mean_metric(
 ) -> Measured | Refused:
     # A metric may cover a subset of the suite's items (chrF per translation direction): compare the
     # items the baseline scored, and require the candidate to have scored exactly those.
-    keep = [i for i, r in enumerate(b_recs) if _finite(r.scores.get(spec.name))]
+    keep = [i for i, r in enumerate(b_recs) if finite(r.scores.get(spec.name))]
     if not keep:
         return Refused(f"no baseline item has a {spec.name!r} score", len(b_recs))
     b_recs, c_recs = [b_recs[i] for i in keep], [c_recs[i] for i in keep]
-    yb, yc = _scores(b_recs, spec.name, "baseline"), _scores(c_recs, spec.name, "candidate")
+    yb, yc = item_scores(b_recs, spec.name, "baseline"), item_scores(c_recs, spec.name, "candidate")
     if isinstance(yb, Refused):
         return yb
     if isinstance(yc, Refused):
@@ -211,7 +165,7 @@ def _mean_metric(
             return Refused(f"a ratio needs positive means of {spec.name!r}", n)
         num, den = (yb, yc) if spec.higher_is_better else (yc, yb)
         dist = ratio_of_means(num, den, groups=groups, n_resamples=n_res, seed=seed)
-        worst = _worst_by(ids, yb * scale, yc * scale, reg_items, "largest per-item regression")
+        worst = worst_by(ids, yb * scale, yc * scale, reg_items, "largest per-item regression")
         return Measured(dist, base_value, cand_value, n, log_scale=True, method="paired bootstrap of the ratio of means",
                         worst=worst)  # fmt: skip
     binary = spec.kind in ("binary", "rate") and bool(
@@ -250,7 +204,7 @@ def _mean_metric(
         )
     dist = mean_difference(yb, yc, scale=sign * scale, groups=groups, n_resamples=n_res, seed=seed)
     method = "paired cluster bootstrap" if groups else "paired bootstrap"
-    worst = _worst_by(ids, yb * scale, yc * scale, reg_items, "largest per-item regression")
+    worst = worst_by(ids, yb * scale, yc * scale, reg_items, "largest per-item regression")
     return Measured(dist, base_value, cand_value, n, method=method + " of the mean difference", worst=worst)
 
 
@@ -265,7 +219,7 @@ def _perplexity(
     arrays = []
     for recs, side in ((b_recs, "baseline"), (c_recs, "candidate")):
         for key in ("nll", "tokens"):
-            a = _scores(recs, key, side)
+            a = item_scores(recs, key, side)
             if isinstance(a, Refused):
                 return a
             arrays.append(a)
@@ -279,7 +233,7 @@ def _perplexity(
     dist = estimate(nll_b, tok_b, nll_c, tok_c, n_resamples=n_res, seed=seed)
     ids = [r.item_id for r in b_recs]
     per_b, per_c = nll_b / tok_b, nll_c / tok_c
-    worst = _worst_by(ids, per_b, per_c, per_c - per_b, "largest rise in nll per token")
+    worst = worst_by(ids, per_b, per_c, per_c - per_b, "largest rise in nll per token")
     return Measured(
         dist, ppl_b, ppl_c, len(ids), log_scale=log_scale, method="paired bootstrap over windows", worst=worst
     )
@@ -330,17 +284,17 @@ def _max_mean(
     scale = spec.scale if spec else 1.0
     if not cand.records:
         return Refused("no items to compare")
-    scored = [r for r in cand.records if _finite(r.scores.get(budget.metric))]
+    scored = [r for r in cand.records if finite(r.scores.get(budget.metric))]
     if not scored:
         return Refused(f"no candidate item has a {budget.metric!r} score", len(cand.records))
-    vals = _scores(scored, budget.metric, "candidate")
+    vals = item_scores(scored, budget.metric, "candidate")
     if isinstance(vals, Refused):
         return vals
     vals = vals * scale
     dist = mean_of(vals, groups=_clusters(scored), n_resamples=n_res, seed=seed)
     base_value = None
     if base is not None and not base.error and base.records:
-        bv = [float(r.scores[budget.metric]) for r in base.records if _finite(r.scores.get(budget.metric))]
+        bv = [float(r.scores[budget.metric]) for r in base.records if finite(r.scores.get(budget.metric))]
         if bv:
             base_value = float(np.mean(bv) * scale)
     ids = [r.item_id for r in scored]
@@ -351,70 +305,3 @@ def _max_mean(
     )
 
 
-def _token_scores(records: list[ItemRecord], spec: MetricSpec, side: str) -> tuple[np.ndarray, np.ndarray] | Refused:
-    """Per-item values of a token metric and each item's token count."""
-    tokens = _scores(records, "tokens", side)
-    if isinstance(tokens, Refused):
-        return tokens
-    if np.any(tokens <= 0):
-        return Refused(f"every {side} item of a per-token metric needs a positive token count", len(records))
-    values = _scores(records, spec.name, side)
-    return values if isinstance(values, Refused) else (values, tokens)
-
-
-def _token_bound(budget: Budget, spec: MetricSpec, base: SuiteRun | None, cand: SuiteRun, n_res: int,
-                 seed: int) -> Measured | Refused:
-    """max_mean / max_quantile on a token metric: the candidate's statistic over every token, items resampled."""
-    records = cand.records
-    if not records:
-        return Refused("no items to compare")
-    quantile = not isinstance(spec.statistic, str)
-    if (budget.kind == "max_quantile") != quantile:
-        want = "max_quantile" if quantile else "max_mean"
-        return Refused(f"{budget.metric!r} is a per-token {'quantile' if quantile else spec.statistic}: "
-                       f"budget it with kind {want}", len(records))
-    ids = [r.item_id for r in records]
-    if quantile:
-        key = spec.values or spec.name
-        missing = [r.item_id for r in records if not r.per_token.get(key)]
-        if missing:
-            return Refused(f"{len(missing)} candidate items have no per-token {key!r} values (e.g. {missing[0]!r})", len(records))
-        level = float(spec.statistic)
-        dist = pooled_quantile([r.per_token[key] for r in records], level, scale=spec.scale, n_resamples=n_res, seed=seed)
-        method = f"bootstrap over items of the pooled per-token {key} quantile {level:g}"
-    else:
-        scored = _token_scores(records, spec, "candidate")
-        if isinstance(scored, Refused):
-            return scored
-        dist = pooled_mean(*scored, rms=spec.statistic == "rms", scale=spec.scale, n_resamples=n_res, seed=seed)
-        method = f"bootstrap over items of the token-weighted {spec.statistic}"
-    per_item = np.asarray([r.scores.get(spec.name, math.nan) for r in records], float) * spec.scale
-    order = [i for i in np.argsort(-np.nan_to_num(per_item, nan=-np.inf), kind="stable")][:10]
-    worst = [WorstItem(item_id=ids[i], candidate_score=float(per_item[i]), note=f"highest {budget.metric}") for i in order]
-    base_value = None
-    if base is not None and not base.error and base.records:
-        base_value = metric_value(base.records, spec)
-    return Measured(dist, base_value, dist.estimate, len(records), method=method, worst=worst)
-
-
-def _token_drop(budget: Budget, spec: MetricSpec, b_recs: list[ItemRecord], c_recs: list[ItemRecord], n_res: int,
-                seed: int) -> Measured | Refused:
-    """drop on a token mean (``same_top``): paired over items scored on the same tokens, token-weighted."""
-    if not isinstance(spec.statistic, str) or spec.statistic != "mean":
-        return Refused(f"a drop budget needs a per-token mean; {budget.metric!r} is a per-token "
-                       f"{spec.statistic}", len(b_recs))
-    b, c = _token_scores(b_recs, spec, "baseline"), _token_scores(c_recs, spec, "candidate")
-    if isinstance(b, Refused):
-        return b
-    if isinstance(c, Refused):
-        return c
-    if not np.array_equal(b[1], c[1]):
-        return Refused("baseline and candidate items were scored on different numbers of tokens", len(b_recs))
-    sign = 1.0 if spec.higher_is_better else -1.0
-    dist = pooled_mean_difference(b[0], c[0], b[1], scale=sign * spec.scale, n_resamples=n_res, seed=seed)
-    ids = [r.item_id for r in b_recs]
-    worst = _worst_by(ids, b[0] * spec.scale, c[0] * spec.scale, sign * (b[0] - c[0]), "largest per-item regression")
-    base_value = float((b[0] * b[1]).sum() / b[1].sum() * spec.scale)
-    cand_value = float((c[0] * c[1]).sum() / c[1].sum() * spec.scale)
-    return Measured(dist, base_value, cand_value, len(ids), method="paired bootstrap over items of the token-weighted mean",
-                    worst=worst)

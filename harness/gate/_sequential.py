@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.gate._estimate import Refused, _clusters, _finite, _spec
+from harness.gate._estimate import _clusters, _spec
+from harness.gate._measured import Refused, finite
 from harness.gate.budgets import Budget, GatePolicy
 from harness.records import ItemRecord, MetricSpec, SequentialInfo, SuiteRun
 from harness.stats.interval import Status
@@ -43,7 +44,7 @@ def not_covered(budget: Budget, base: SuiteRun) -> str | None:
         return "a per-token metric pools tokens, not a mean over items"
     if base.error or not base.records:
         return "the baseline run has no items"
-    if not all(_finite(r.scores.get(spec.name)) for r in base.records):
+    if not all(finite(r.scores.get(spec.name)) for r in base.records):
         return f"not every baseline item has a {spec.name!r} score"
     if _clusters(base.records) is not None:
         return "its items cluster (the sequential tests assume independent items)"
@@ -105,7 +106,7 @@ def _diffs(spec: MetricSpec, base: list[ItemRecord], cand: list[ItemRecord]) -> 
     """Per-item regression (binary: -1/0/1; continuous: display units) and whether it is 0/1."""
     yb = [r.scores.get(spec.name) for r in base]
     yc = [r.scores.get(spec.name) for r in cand]
-    bad = [r.item_id for r, v in zip(cand, yc, strict=True) if not _finite(v)]
+    bad = [r.item_id for r, v in zip(cand, yc, strict=True) if not finite(v)]
     if bad:
         return Refused(f"{len(bad)} candidate items have no finite {spec.name!r} score (e.g. {bad[0]!r})", len(cand))
     sign = 1.0 if spec.higher_is_better else -1.0

@@ -10,7 +10,8 @@ comparisons (errors, missing items) are decided outside the family.
 
 from __future__ import annotations
 
-from harness.gate._estimate import FlagOverrides, Measured, Refused, measure
+from harness.gate._estimate import FlagOverrides, measure
+from harness.gate._measured import Measured, Refused
 from harness.gate._sequential import (
     decide_budget,
     not_covered,
