@@ -38,6 +38,7 @@ from harness.backends._logprobs import (
     prompt_token_ids,
 )
 from harness.backends._openai_checks import Alignment, Capabilities, Consistency
+from harness.backends._openai_generate import completion_generation, completion_request
 from harness.backends._openai_rolling import rolling
 from harness.backends.base import (
     Backend,
@@ -378,26 +379,8 @@ class OpenAIBackend:
         return [outs[r] for r in requests]
 
     def _generate_one(self, req: GenerateRequest) -> Generation:
-        payload: dict[str, Any] = {"model": self.model_name, "max_tokens": req.max_tokens,
-                                   "temperature": req.temperature, "seed": req.seed if req.temperature > 0 else self.seed}
-        stops = [s for s in req.stop if s]
-        if stops:
-            payload["stop"] = stops
-        if req.chat:
-            payload["messages"] = [{"role": "user", "content": req.prompt}]
-            answer = self._call("POST", "/chat/completions", payload)
-        else:
-            payload["prompt"] = req.prompt
-            answer = self._call("POST", "/completions", payload)
-        choice = (answer.get("choices") or [{}])[0]
-        text = choice.get("text") if not req.chat else (choice.get("message") or {}).get("content")
-        text = text or ""
-        reason = "stop" if choice.get("finish_reason") in ("stop", "eos", "stop_sequence") else "length"
-        cuts = [text.find(s) for s in stops if s in text]
-        if cuts:
-            text, reason = text[: min(cuts)], "stop"
-        tokens = int(((answer.get("usage") or {}).get("completion_tokens")) or 0)
-        return Generation(text=text, tokens=tokens, finish_reason=reason)
+        route, payload = completion_request(req, self.model_name, self.seed)
+        return completion_generation(self._call("POST", route, payload), req)
 
 
 def open_openai(model: str, **options: Any) -> OpenAIBackend:
