@@ -9,10 +9,12 @@ float noise because every row is scored independently of its padding.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.backends._generation import GreedyDecoder, StopStrings, finish, generate_with_model, plain_greedy
 from harness.backends._scoring import (
     SHARE_MIN_SAVED_TOKENS,
     STEM_MIN_TOKENS,
@@ -330,69 +332,41 @@ class TransformersBackend:
         return ids
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
+        """Greedy requests with the same stop strings and budget run as one group through the decoding loop
+        (``_generation``), in batches of ``batch_size`` sorted by length; a sampled one runs alone, so its seed
+        alone decides its output."""
         prompts = [self._prompt_ids(r) for r in requests]
         results: list[Generation | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, req in enumerate(requests):
-            if req.temperature > 0:  # sampled: alone, so the seed alone decides the output
-                groups[("sample", i)] = [i]
-            else:
-                groups.setdefault(("greedy", req.stop, req.max_tokens), []).append(i)
+            key = ("sample", i) if req.temperature > 0 else ("greedy", req.stop, req.max_tokens)
+            groups.setdefault(key, []).append(i)
+        eos_ids = self._eos_ids()
         for members in groups.values():
-            members.sort(key=lambda i: (-len(prompts[i]), prompts[i]))
-            for start in range(0, len(members), self.batch_size):
-                batch = members[start:start + self.batch_size]
-                outs = self._generate_batch([prompts[i] for i in batch], requests[batch[0]])
-                for i, out in zip(batch, outs, strict=True):
-                    results[i] = out
+            req = requests[members[0]]
+            budget = max(1, self.max_length - req.max_tokens)
+            members.sort(key=lambda i: (-len(prompts[i][-budget:]), prompts[i][-budget:]))
+            news = self._generate_group([prompts[i][-budget:] for i in members], req, eos_ids)
+            for i, new in zip(members, news, strict=True):
+                results[i] = finish(self.tokenizer, new, req, eos_ids)
         return [r for r in results if r is not None]
 
-    def _generate_batch(self, prompts: list[list[int]], req: GenerateRequest) -> list[Generation]:
-        import torch
-        from transformers import GenerationConfig
-
-        budget = max(1, self.max_length - req.max_tokens)
-        prompts = [p[-budget:] for p in prompts]
-        eos_ids = self._eos_ids()
+    def _generate_group(self, prompts: list[list[int]], req: GenerateRequest, eos_ids: list[int]) -> list[list[int]]:
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else (eos_ids[0] if eos_ids else 0)
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[row, width - len(p):] = 1
-        sample = req.temperature > 0
-        config = GenerationConfig(
-            max_new_tokens=req.max_tokens,
-            do_sample=sample,
-            temperature=req.temperature if sample else None,
-            top_k=0 if sample else None,
-            top_p=1.0 if sample else None,
-            eos_token_id=eos_ids or None,
-            pad_token_id=pad,
-            stop_strings=[s for s in req.stop if s] or None,
-        )
-        if sample:
-            torch.manual_seed(req.seed)
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                generation_config=config, tokenizer=self.tokenizer if config.stop_strings else None,
-            )
-        return [self._finish(row[width:].tolist(), req, eos_ids) for row in out]
+        chunks = [prompts[start:start + self.batch_size] for start in range(0, len(prompts), self.batch_size)]
+        if req.temperature > 0 or not self._greedy_loop:
+            return [new for chunk in chunks
+                    for new in generate_with_model(self.model, self.tokenizer, self.device, chunk, req, eos_ids, pad)]
+        decoder = GreedyDecoder(self.model, self.device)
+        prefix = decoder.prefix(prompts) if self.share_prefixes else None
+        stop = StopStrings(self.tokenizer, req.stop)
+        return [new for chunk in chunks
+                for new in decoder.decode(chunk, max_new_tokens=req.max_tokens, eos_ids=eos_ids, pad=pad, stop=stop, prefix=prefix)]
 
-    def _finish(self, new: list[int], req: GenerateRequest, eos_ids: list[int]) -> Generation:
-        reason = "length"
-        for k, tok in enumerate(new):
-            if tok in eos_ids:
-                new, reason = new[:k], "stop"
-                break
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        cuts = [text.find(s) for s in req.stop if s and s in text]
-        if cuts:
-            text, reason = text[: min(cuts)], "stop"
-        return Generation(text=text, tokens=len(new), finish_reason=reason)
+    @functools.cached_property
+    def _greedy_loop(self) -> bool:
+        return plain_greedy(self.model)
 
 
 def _with_hub_snapshot(source: ModelSource) -> ModelSource:
