@@ -12,8 +12,8 @@ model, no moegate code around them:
   (a one-token continuation, an option letter, needs no pass: its logit is the context's last one).
   Batches of ``batch_size`` rows, longest first, right-padded with a mask over the padding, key/value
   caches copied per row; only the logits a score needs are computed (``logits_to_keep``).
-* generation: each unique prompt prefilled once (batches of ``batch_size``, left-padded like
-  ``generate``), then one decode step per generated token and row, a row leaving the batch once it has
+* generation: each unique prompt prefilled once (batches of ``batch_size`` among the prompts of one backend
+  call, one suite's, longest first, left-padded like ``generate``), then one decode step per generated token and row, a row leaving the batch once it has
   as many tokens as the gate's answer had: no step for a finished row, none for padding.
 
 No log-softmax, tokenization, cache or record keeping: the floor is the forward passes alone.
@@ -38,7 +38,8 @@ class Recorder:
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         self.scored: list[Any] = []
-        self.generated: list[tuple[Any, Any]] = []
+        self.generated: list[list[tuple[Any, Any]]] = []
+        """Per ``generate`` call, its requests and answers."""
 
     def __getattr__(self, attr: str) -> Any:
         if attr == "backend":
@@ -51,7 +52,7 @@ class Recorder:
 
     def generate(self, requests: Sequence[Any]) -> list[Any]:
         out = self.backend.generate(requests)
-        self.generated.extend(zip(requests, out, strict=True))
+        self.generated.append(list(zip(requests, out, strict=True)))
         return out
 
 
@@ -61,6 +62,9 @@ class Floor:
 
     contexts: dict[tuple[int, ...], set[tuple[int, ...]]] = field(default_factory=dict)
     prompts: dict[tuple[int, ...], int] = field(default_factory=dict)
+    """Each unique prompt and the tokens its answer took."""
+    calls: list[list[tuple[int, ...]]] = field(default_factory=list)
+    """The unique prompts of each ``generate`` call, in batches by call (a prompt in the first call that had it)."""
 
     @classmethod
     def from_recorder(cls, recorder: Recorder) -> Floor:
@@ -70,9 +74,14 @@ class Floor:
         for req in recorder.scored:
             ctx, cont = backend.encode_pair(req.context, req.continuation)
             floor.contexts.setdefault(tuple(ctx), set()).add(tuple(cont))
-        for req, out in recorder.generated:
-            prompt = tuple(backend._prompt_ids(req)[-max(1, backend.max_length - req.max_tokens):])
-            floor.prompts[prompt] = max(floor.prompts.get(prompt, 0), int(out.tokens))
+        for call in recorder.generated:
+            fresh = []
+            for req, out in call:
+                prompt = tuple(backend._prompt_ids(req)[-max(1, backend.max_length - req.max_tokens):])
+                if prompt not in floor.prompts:
+                    fresh.append(prompt)
+                floor.prompts[prompt] = max(floor.prompts.get(prompt, 0), int(out.tokens))
+            floor.calls.append(list(dict.fromkeys(fresh)))
         return floor
 
     def positions(self) -> int:
@@ -123,9 +132,8 @@ class Floor:
     def _generate(self, model: Any, batch_size: int) -> None:
         import torch
 
-        prompts = sorted(self.prompts, key=lambda p: -len(p))
-        for lo in range(0, len(prompts), batch_size):
-            chosen = prompts[lo:lo + batch_size]
+        groups = [sorted(call, key=lambda p: -len(p)) for call in self.calls]
+        for chosen in (call[lo:lo + batch_size] for call in groups for lo in range(0, len(call), batch_size)):
             width = max(len(p) for p in chosen)
             ids = torch.zeros((len(chosen), width), dtype=torch.long)
             mask = torch.zeros((len(chosen), width), dtype=torch.long)

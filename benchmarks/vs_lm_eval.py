@@ -212,8 +212,10 @@ def main() -> None:
             else:
                 seconds, results = plain_lm_eval(lms[path], name, config.settings[name])
             total += seconds
-            print(f"lm_eval  {name} on {Path(path).name}: {sum(len(v) for v in results['samples'].values())} items "
-                  f"in {seconds:.1f} s", flush=True)
+            docs = {(task, s["doc_id"]) for task, samples in results["samples"].items() for s in samples}
+            scores = {k: round(float(v), 3) for r in results["results"].values() for k, v in r.items()
+                      if isinstance(v, float) and "stderr" not in k}
+            print(f"lm_eval  {name} on {Path(path).name}: {len(docs)} items in {seconds:.1f} s {scores}", flush=True)
         return total
 
     floor: Floor | None = None
