@@ -23,6 +23,7 @@ which is not on this offline machine's hub cache, so ``--code-eval`` names a fol
 ``code_eval.py`` and ``execute.py`` from github.com/huggingface/evaluate (``metrics/code_eval``).
 
     python benchmarks/vs_lm_eval.py --model testbed --limit 20
+    python benchmarks/vs_lm_eval.py --model testbed --suites mmlu_pro_mc --limit 10 --repeats 1 --profile gate.pstats
     python benchmarks/vs_lm_eval.py --model testbed --suites humaneval --limit 5 --code-eval /tmp/code_eval
 Last line: ``per-pass ratio moegate/lm_eval = X``.
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import itertools
 import json
 import os
@@ -154,6 +156,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="ABBA-ordered repeats of the sides")
     parser.add_argument("--sequential", action="store_true", help="let the gate stop decided capabilities early")
     parser.add_argument("--both", action="store_true", help="also time lm-eval on the baseline (the two-pass ratio)")
+    parser.add_argument("--profile", type=Path, default=None, help="cProfile the first gate run into this file (pstats)")
     parser.add_argument("--code-eval", type=Path, default=None, help="folder code_eval with evaluate's code_eval.py (humaneval)")
     args = parser.parse_args()
     names = [s.strip() for s in args.suites.split(",") if s.strip()]
@@ -196,9 +199,15 @@ def main() -> None:
            for p in ({baseline_path, candidate_path} if args.both else {candidate_path})}
 
     def gate_once(rep: int) -> float:
+        profiler = cProfile.Profile() if args.profile is not None and rep == 0 else None
         start = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         outcome = gate_candidate(config, candidate_path, work / f"run-{rep}", log=lambda _m: None)
         seconds = time.perf_counter() - start
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
         for cap in outcome.verdict.capabilities:
             print(f"moegate  {cap.label}: {cap.status} on {cap.n_items} items ({cap.reason})")
         print(f"moegate  gate run (candidate only, baseline stored): {seconds:.1f} s -> {outcome.verdict.overall}", flush=True)
