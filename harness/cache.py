@@ -3,7 +3,10 @@
 Unlike lm-eval's cache (keyed by request only, lm-eval issue #2715), two models never share entries:
 the key starts with the backend's fingerprint (weights sample, tokenizer, dtype, settings). Misses are
 computed in chunks and each chunk is committed at once, so a run killed with SIGKILL resumes where it
-stopped. WAL mode and a busy timeout let two processes share one cache file.
+stopped, losing at most one chunk. A remote backend's chunk is a count of requests (enough to keep its
+concurrency busy); a local one's is a budget of new text (``LOCAL_CHUNK_CHARS``), so the requests of a
+suite that share a few-shot start reach the backend together and it computes that start once, not once
+per 64 requests. WAL mode and a busy timeout let two processes share one cache file.
 """
 
 from __future__ import annotations
@@ -36,6 +39,14 @@ from harness.progress import progress_bar
 CACHE_VERSION = 1
 """Bump when a backend's results change meaning, to orphan old entries."""
 _SQL_BATCH = 500
+LOCAL_CHUNK_REQUESTS = 4096
+"""At most this many misses per call of a local backend (one without ``concurrency``, or with 1)."""
+LOCAL_CHUNK_CHARS = 32_768
+"""A local backend's chunk holds at most this many characters of new text (about 8,000 tokens): each request
+counts its text beyond what it shares with the request before it in the chunk (a few-shot start counts once),
+plus ``GENERATED_CHARS`` per generation token it may produce. A SIGKILL loses at most this much work."""
+GENERATED_CHARS = 4
+"""Characters a generated token stands for in a chunk's budget (a token of English is about four)."""
 
 
 def canonical_json(obj: Any) -> str:
@@ -164,18 +175,23 @@ class CachedBackend:
     Args:
         backend: the backend that computes misses.
         cache: a ``RequestCache`` or a path to its SQLite file.
-        chunk_size: misses per backend call (default 64, or 4x the backend's concurrency when larger); each chunk
-            is committed as soon as it is computed.
+        chunk_size: most misses per backend call (default: a remote backend 64, or 4x its concurrency when
+            larger; a local one ``LOCAL_CHUNK_REQUESTS``); each chunk is committed as soon as it is computed.
+        chunk_chars: most new text per backend call (see ``LOCAL_CHUNK_CHARS``, the default of a local
+            backend; a remote one has none).
         description: label for the progress bar.
     """
 
     def __init__(self, backend: Backend, cache: RequestCache | str | Path, *, chunk_size: int | None = None,
-                 description: str = "") -> None:  # fmt: skip
+                 chunk_chars: int | None = None, description: str = "") -> None:  # fmt: skip
         self.backend = backend
         self.cache = cache if isinstance(cache, RequestCache) else RequestCache(cache)
-        # by default a chunk is never smaller than 4x what a backend keeps in flight (a server's concurrency)
-        default = max(64, 4 * int(getattr(backend, "concurrency", 1)))
+        concurrency = int(getattr(backend, "concurrency", 1))
+        # a server's chunk is never smaller than 4x what it keeps in flight; a local backend's is bounded by work
+        default = max(64, 4 * concurrency) if concurrency > 1 else LOCAL_CHUNK_REQUESTS
         self.chunk_size = max(1, int(chunk_size)) if chunk_size is not None else default
+        local_chars = LOCAL_CHUNK_CHARS if concurrency <= 1 else None
+        self.chunk_chars = max(1, int(chunk_chars)) if chunk_chars is not None else local_chars
         self.description = description or backend.name
         self.stats = CacheStats()
 
@@ -237,8 +253,8 @@ class CachedBackend:
         results: dict[str, Any] = {k: self._decoded(kind, decode, v) for k, v in found.items()}
         todo = list(missing.items())
         with progress_bar(len(todo), f"{kind} · {self.description}") as advance:
-            for start in range(0, len(todo), self.chunk_size):
-                chunk = todo[start:start + self.chunk_size]
+            for start, stop in chunk_bounds([r for _, r in todo], max_requests=self.chunk_size, max_chars=self.chunk_chars):
+                chunk = todo[start:stop]
                 outputs = compute([r for _, r in chunk])
                 self.stats.model_calls += 1
                 if len(outputs) != len(chunk):
@@ -247,6 +263,44 @@ class CachedBackend:
                 results.update({k: o for (k, _), o in zip(chunk, outputs, strict=True)})
                 advance(len(chunk))
         return [results[k] for k in keys]
+
+
+def chunk_bounds(requests: Sequence[Any], *, max_requests: int, max_chars: int | None) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive chunks: at most ``max_requests`` each and, with ``max_chars``, at most that
+    much new text (a request's string fields beyond the start it shares with the previous request of its chunk,
+    plus ``GENERATED_CHARS`` per token of its ``max_tokens``); a chunk always holds at least one request."""
+    bounds: list[tuple[int, int]] = []
+    start, chars, previous = 0, 0, ""
+    for index, request in enumerate(requests):
+        text = _text(request)
+        extra = GENERATED_CHARS * int(getattr(request, "max_tokens", 0) or 0)
+        new = len(text) - _shared_start(previous, text) + extra
+        if index > start and (index - start >= max_requests or (max_chars is not None and chars + new > max_chars)):
+            bounds.append((start, index))
+            start, chars, new = index, 0, len(text) + extra  # a new chunk computes its shared start again
+        chars, previous = chars + new, text
+    if start < len(requests):
+        bounds.append((start, len(requests)))
+    return bounds
+
+
+def _text(request: Any) -> str:
+    """A request's string fields in declaration order (a context then its continuation, a prompt, a text)."""
+    if not dataclasses.is_dataclass(request):
+        return ""
+    return "".join(v for f in dataclasses.fields(request) if isinstance(v := getattr(request, f.name), str))
+
+
+def _shared_start(a: str, b: str) -> int:
+    """Length of the longest common prefix of ``a`` and ``b`` (a binary search over C-level slice compares)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def default_cache_path() -> Path:

@@ -24,7 +24,7 @@ from harness.backends.base import (
     RollingRequest,
     TopKRequest,
 )
-from harness.cache import CachedBackend, RequestCache, request_key
+from harness.cache import CachedBackend, RequestCache, chunk_bounds, request_key
 from harness.divergence import TokenIds, encode_topk
 from harness.errors import UserError
 from tests.tiny_models import build_tiny_moe
@@ -122,7 +122,8 @@ _CHILD = textwrap.dedent(
             time.sleep(0.4)
             return out
 
-    cached = CachedBackend(Logged(), RequestCache(cache_path), chunk_size=2)
+    # a local backend's chunks are bounded by new text: 85 characters hold two of these prompts and their tokens
+    cached = CachedBackend(Logged(), RequestCache(cache_path), chunk_chars=85)
     results = cached.generate([GenerateRequest(p, max_tokens=5) for p in prompts])
     with open(out_path, "w") as out:
         json.dump([[g.text, g.tokens, g.finish_reason] for g in results], out)
@@ -160,6 +161,18 @@ def test_sigkill_resumes_without_repeating_finished_items(tmp_path: Path, tiny_d
     fresh = backend.generate([GenerateRequest(p, max_tokens=5) for p in PROMPTS])
     resumed_out = json.loads((tmp_path / "out-resumed.json").read_text())
     assert resumed_out == [[g.text, g.tokens, g.finish_reason] for g in fresh]
+
+
+def test_local_chunks_keep_a_shared_start_together_and_bound_new_text() -> None:
+    stem = "An example question, and its answer. " * 80  # 2,960 characters every request starts with
+    shared = [LoglikelihoodRequest(stem + f"Question {i}?", f" {c}") for i in range(30) for c in "ABCDEFGHIJ"]
+    assert chunk_bounds(shared, max_requests=4096, max_chars=32_768) == [(0, 300)]  # the start counts once
+    alone = [LoglikelihoodRequest("ab"[i % 2] + f"{i:03d}" + "x" * 996, " A") for i in range(100)]  # 1,002 new each
+    assert [b - a for a, b in chunk_bounds(alone, max_requests=4096, max_chars=32_768)] == [32, 32, 32, 4]
+    generations = [GenerateRequest(f"p{i}", max_tokens=1000) for i in range(10)]  # about 4,000 characters each
+    assert [b - a for a, b in chunk_bounds(generations, max_requests=4096, max_chars=10_000)] == [2, 2, 2, 2, 2]
+    assert chunk_bounds(alone[:5], max_requests=2, max_chars=None) == [(0, 2), (2, 4), (4, 5)]
+    assert chunk_bounds([LoglikelihoodRequest("y" * 50_000, " A")], max_requests=9, max_chars=100) == [(0, 1)]
 
 
 @pytest.mark.slow
@@ -215,7 +228,8 @@ class ServedLike:
         return [Loglikelihood(logprob=-1.0, is_greedy=True) for _ in requests]
 
 
-@pytest.mark.parametrize(("concurrency", "chunk"), [(1, 64), (8, 64), (32, 128), (100, 400)])
+# concurrency 1 is a local backend: its chunks are bounded by new text, and 500 short requests fit in one
+@pytest.mark.parametrize(("concurrency", "chunk"), [(1, 500), (8, 64), (32, 128), (100, 400)])
 def test_chunks_keep_a_servers_requests_in_flight(tmp_path: Path, concurrency: int, chunk: int) -> None:
     backend = ServedLike(concurrency)
     cached = CachedBackend(backend, RequestCache(tmp_path / "c.sqlite"))  # type: ignore[arg-type]
