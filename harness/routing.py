@@ -5,10 +5,13 @@ processed: the prompt (through the chat template when the suite chats) plus the 
 (generation) or the choice it picked (multiple choice); for perplexity suites, the scored window. Each
 suite's routes become its ``route_mass.npz`` artifact (``harness.diagnosis.RouteMass``), hashed in the
 manifest like the records. A backend that cannot trace routes (openai) is skipped with a stated reason.
+Behind the request cache (``CachedBackend``) each suite's encoded routes are cached like any request, keyed by
+the model's fingerprint and the exact texts traced: re-recording an unchanged baseline traces nothing again.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,12 +19,15 @@ from typing import Any
 import numpy as np
 
 from harness.backends.base import Backend, RouteTracingBackend
+from harness.cache import CachedBackend, request_key
 from harness.diagnosis import ROUTES_ARTIFACT, RouteMass, encode_routes, item_route_mass
 from harness.errors import UserError
 from harness.records import Artifacts, ItemRecord, SuiteRun
 
 Log = Callable[[str], None]
 BATCH = 16
+ROUTES_KIND = "route_mass"
+"""The request cache's kind for a suite's encoded route masses."""
 NO_TRACES = "route traces skipped: the {name} backend cannot see inside the model (no expert diagnosis for this baseline)"
 
 
@@ -71,8 +77,9 @@ def item_texts(backend: Any, run: SuiteRun) -> list[tuple[str, str]]:
     return [(r.item_id, (_chat(backend, r.prompt) if chat else r.prompt) + _answer(r)) for r in run.records]
 
 
-def trace_suite(backend: RouteTracingBackend, run: SuiteRun) -> RouteMass:
-    texts = item_texts(backend, run)
+def trace_suite(backend: RouteTracingBackend, run: SuiteRun, texts: list[tuple[str, str]] | None = None) -> RouteMass:
+    """Route masses of every item of ``run`` (``texts``: its ``item_texts``, when already computed)."""
+    texts = item_texts(backend, run) if texts is None else texts
     masses, picks, tokens, layers, experts = [], [], [], None, 0
     for start in range(0, len(texts), BATCH):
         batch = texts[start:start + BATCH]
@@ -94,6 +101,22 @@ def trace_suite(backend: RouteTracingBackend, run: SuiteRun) -> RouteMass:
     )  # fmt: skip
 
 
+def _routes_blob(backend: RouteTracingBackend, run: SuiteRun) -> tuple[bytes, int]:
+    """The suite's encoded route masses and its item count, from the request cache when it holds them."""
+    if not isinstance(backend, CachedBackend):
+        routes = trace_suite(backend, run)
+        return encode_routes(routes), len(routes.item_ids)
+    texts = item_texts(backend, run)
+    key = request_key(backend.fingerprint(), ROUTES_KIND, {"texts": texts, "batch": BATCH})
+    found = backend.cache.get_many([key]).get(key)
+    if isinstance(found, dict) and isinstance(found.get("blob"), str) and isinstance(found.get("items"), int):
+        return base64.b64decode(found["blob"]), found["items"]
+    routes = trace_suite(backend, run, texts)
+    blob = encode_routes(routes)
+    backend.cache.put_many(ROUTES_KIND, [(key, {"blob": base64.b64encode(blob).decode("ascii"), "items": len(routes.item_ids)})])
+    return blob, len(routes.item_ids)
+
+
 def record_routes(backend: Backend, runs: dict[str, SuiteRun], log: Log | None = None) -> dict[str, SuiteRun]:
     """``runs`` with each suite's ``route_mass.npz`` artifact added (the runs unchanged when tracing is impossible)."""
     say = log or (lambda _m: None)
@@ -107,13 +130,12 @@ def record_routes(backend: Backend, runs: dict[str, SuiteRun], log: Log | None =
             out[name] = run
             continue
         try:
-            routes = trace_suite(backend, run)
+            blob, items = _routes_blob(backend, run)
         except UserError as exc:  # a dense model: nothing to trace, said once
             say(f"route traces skipped: {exc.problem}")
             return runs
-        blob = encode_routes(routes)
         artifacts = {key: run.artifacts[key] for key in run.artifacts}
         out[name] = run.model_copy(update={"artifacts": Artifacts({**artifacts, ROUTES_ARTIFACT: blob})})
-        say(f"suite {name}: route traces of {len(routes.item_ids)} items ({len(blob) / 1024:.0f} KiB)")
+        say(f"suite {name}: route traces of {items} items ({len(blob) / 1024:.0f} KiB)")
     say(f"route traces recorded in {time.perf_counter() - start:.1f} s")
     return out

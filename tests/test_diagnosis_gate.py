@@ -205,3 +205,23 @@ def test_moegate_risk_prints_the_ranking(gated, capsys: pytest.CaptureFixture[st
     assert done.value.code == 0
     assert "1 changed experts in 1 layers; riskiest first" in out
     assert out.index("toy stability (toy_stable)") < out.index("toy log-likelihood (toy)")
+
+
+def test_route_traces_behind_the_request_cache_are_traced_once(tiny: Path, tmp_path: Path) -> None:
+    """Re-recording an unchanged baseline serves each suite's route masses from the cache, byte for byte."""
+    from harness.backends import open_backend
+    from harness.cache import CachedBackend
+    from harness.diagnosis import ROUTES_ARTIFACT
+    from harness.routing import record_routes
+    from harness.suites import suite_settings
+
+    backend = CachedBackend(open_backend(str(tiny), device="cpu"), tmp_path / "requests.sqlite")
+    settings = suite_settings("wikitext2", "ci").model_copy(update={"limit": 2, "seq_len": 32})
+    runs = {"wikitext2": SUITES.get("wikitext2")().run(backend, settings)}
+    first = record_routes(backend, runs, quiet)["wikitext2"].artifacts[ROUTES_ARTIFACT]
+    traced: list[int] = []
+    inner = backend.backend
+    original = inner.route_trace
+    inner.route_trace = lambda texts: traced.append(len(texts)) or original(texts)  # type: ignore[method-assign]
+    again = record_routes(backend, runs, quiet)["wikitext2"].artifacts[ROUTES_ARTIFACT]
+    assert again == first and traced == []
