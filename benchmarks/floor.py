@@ -6,12 +6,12 @@ answer took. ``Floor`` turns that into token lists with the backend's own tokeni
 conventions), before any clock starts; ``Floor.run`` then times plain transformers calls on the bare
 model, no moegate code around them:
 
-* scoring (loglikelihood): the longest start all unique contexts share, once, when it is at least
-  ``STEM_MIN`` tokens (MMLU-Pro's 5-shot examples; ARC shares only "Question:"); each unique context's
-  rest once on top of it; each unique continuation, minus its last token, once on top of its context
-  (a one-token continuation, an option letter, needs no pass: its logit is the context's last one).
-  Batches of ``batch_size`` rows, longest first, right-padded with a mask over the padding, key/value
-  caches copied per row; only the logits a score needs are computed (``logits_to_keep``).
+* scoring (loglikelihood): each unique context + continuation, its input tokens as a prefix trie
+  packed into rows without padding inside (the gate's pure planner ``packed_plan``: a shared context
+  runs once per row, a start many contexts share, MMLU-Pro's 5-shot examples, runs once into a cache
+  beneath the rows that read it); a 4D mask lets each position see its ancestors; only the logits a
+  score needs are computed (``logits_to_keep``). All inputs (ids, masks, position ids) are built before
+  the clock starts; it holds the forwards and the per-row copies of a stem's cache.
 * generation: each unique prompt prefilled once (batches of ``batch_size`` among the prompts of one backend
   call, one suite's, longest first, left-padded like ``generate``), then one decode step per generated token and row, a row leaving the batch once it has
   as many tokens as the gate's answer had: no step for a finished row, none for padding.
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-STEM_MIN = 64
-"""A start shared by every context runs once only when at least this long (as the gate's planner)."""
+MAX_BATCH_TOKENS = 4096
+"""The transformers backend's default bound on a pass's padded tokens (cache read included)."""
 
 
 class Recorder:
@@ -84,50 +84,68 @@ class Floor:
             floor.calls.append(list(dict.fromkeys(fresh)))
         return floor
 
-    def positions(self) -> int:
-        """Token positions the floor runs (stem once, contexts' rests, continuations, prompts, decode steps)."""
-        stem = len(self.stem())
-        scoring = stem + sum(len(c) - stem for c in self.contexts) + sum(
-            len(k) - 1 for conts in self.contexts.values() for k in conts)
+    def sequences(self) -> list[tuple[tuple[int, ...], int]]:
+        """Each unique context + continuation, scored on the continuation (the gate's ``Scored``)."""
+        from harness.backends._scoring import unique_longest_first
+
+        return unique_longest_first([(c + k, len(k)) for c, conts in self.contexts.items() for k in conts])
+
+    def plan(self, batch_size: int) -> list[Any]:
+        """The unique sequences as prefix tries packed into rows (the gate's pure planner, no model code)."""
+        from harness.backends._scoring import packed_passes, packed_plan
+
+        return packed_passes(packed_plan(self.sequences()), batch_size=batch_size, max_batch_tokens=MAX_BATCH_TOKENS)
+
+    def positions(self, batch_size: int) -> int:
+        """Token positions the floor runs (stems once, packed rows, prompts, decode steps)."""
+        scoring = sum(len(s) for p in self.plan(batch_size) for s in p.stems) + sum(
+            len(row.tokens) for p in self.plan(batch_size) for chunk in p.chunks for _, row in chunk)
         return scoring + sum(len(p) for p in self.prompts) + sum(max(0, n - 1) for n in self.prompts.values())
 
-    def stem(self) -> tuple[int, ...]:
-        """The start every context shares, short of each context's last token (empty below ``STEM_MIN``)."""
-        keys = [c[:-1] for c in self.contexts]
-        if len(keys) < 2:
-            return ()
-        first, n = keys[0], min(len(k) for k in keys)
-        for key in keys[1:]:
-            n = next((i for i in range(n) if key[i] != first[i]), n)
-        return first[:n] if n >= STEM_MIN else ()
+    def stems(self, batch_size: int) -> int:
+        return sum(len(p.stems) for p in self.plan(batch_size))
 
     def run(self, model: Any, batch_size: int) -> float:
         """Seconds of the floor's forward passes on ``model``."""
         import torch
 
         with torch.inference_mode():
+            scoring = self._score_inputs(model, batch_size) if self.contexts else []
             start = time.perf_counter()
-            if self.contexts:
-                self._score(model, batch_size)
+            self._score(model, scoring)
             if self.prompts:
                 self._generate(model, batch_size)
             return time.perf_counter() - start
 
-    def _score(self, model: Any, batch_size: int) -> None:
+    def _score_inputs(self, model: Any, batch_size: int) -> list[tuple[Any, list[tuple[Any, list[int]]]]]:
+        """Per stem pass: its right-padded stem ids (None: no stem), and per chunk its inputs and stem rows."""
         import torch
 
-        stem = self.stem()
-        base = _extend(model, None, None, [stem], keep=1)[1:] if stem else None
-        contexts = sorted(self.contexts, key=lambda c: -len(c))
-        for lo in range(0, len(contexts), batch_size):
-            chosen = contexts[lo:lo + batch_size]
-            parent = None if base is None else (_rows(base[0], [0] * len(chosen)), base[1].expand(len(chosen), -1))
-            cache, mask = _extend(model, *(parent or (None, None)), [c[len(stem):] for c in chosen], keep=1)[1:]
-            rows = [(k, cont[:-1]) for k, c in enumerate(chosen) for cont in sorted(self.contexts[c]) if len(cont) > 1]
-            for at in range(0, len(rows), batch_size * 4):  # continuations are short: more of them ride in a pass
-                part = rows[at:at + batch_size * 4]
-                index = [k for k, _ in part]
-                _extend(model, _rows(cache, index), mask[torch.tensor(index)], [s for _, s in part], keep=0)
+        from harness.backends._torch_scoring import tree_inputs
+
+        out = []
+        for packed in self.plan(batch_size):
+            stem_ids = stem_real = None
+            if packed.stems:
+                width = max(len(st) for st in packed.stems)
+                stem_real = torch.tensor([[i < len(st) for i in range(width)] for st in packed.stems])
+                stem_ids = torch.tensor([list(st) + [0] * (width - len(st)) for st in packed.stems])
+            out.append((stem_ids, [(tree_inputs(chunk, stem_real, model.dtype), [s for s, _ in chunk]) for chunk in packed.chunks]))
+        return out
+
+    def _score(self, model: Any, passes: list[tuple[Any, list[tuple[Any, list[int]]]]]) -> None:
+        """Each stem pass into a cache, then its chunks of packed rows on top of copies of its rows."""
+        for stem_ids, chunks in passes:
+            cache = None
+            if stem_ids is not None:
+                cache = _new_cache(model)
+                model(stem_ids, **_cache_kwarg(model, cache), use_cache=True, logits_to_keep=1)
+            for inputs, stems in chunks:
+                kwargs: dict[str, Any] = {"use_cache": False}
+                if cache is not None:
+                    kwargs = {"use_cache": True, **_cache_kwarg(model, _rows(cache, stems))}
+                model(inputs.ids, attention_mask=inputs.mask, position_ids=inputs.positions,
+                      logits_to_keep=inputs.keep, **kwargs)
 
     def _generate(self, model: Any, batch_size: int) -> None:
         import torch
@@ -176,21 +194,3 @@ def _rows(cache: Any, index: Sequence[int]) -> Any:
     rows.layers = [copy.copy(layer) for layer in cache.layers]
     rows.batch_select_indices(torch.tensor(list(index)))
     return rows
-
-
-def _extend(model: Any, cache: Any, past: Any, segments: Sequence[tuple[int, ...]], *, keep: int) -> tuple[Any, Any, Any]:
-    """``segments`` right-padded on top of ``cache`` (rows aligned; None: from nothing): (logits, cache, mask)."""
-    import torch
-
-    width = max(len(s) for s in segments)
-    ids = torch.zeros((len(segments), width), dtype=torch.long)
-    real = torch.zeros((len(segments), width), dtype=torch.long)
-    for k, s in enumerate(segments):
-        ids[k, : len(s)], real[k, : len(s)] = torch.tensor(s, dtype=torch.long), 1
-    if cache is None:
-        cache, past = _new_cache(model), real[:, :0]
-    mask = torch.cat([past, real], dim=1)
-    positions = past.sum(1, keepdim=True) + torch.arange(width)
-    kwargs = {"logits_to_keep": keep} if keep else {}
-    logits = model(ids, attention_mask=mask, position_ids=positions, **_cache_kwarg(model, cache), use_cache=True, **kwargs).logits
-    return logits, cache, mask

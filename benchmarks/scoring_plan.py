@@ -36,17 +36,15 @@ class CountingScorer:
         self.positions += len(batch) * max(len(seq) - 1 for seq, _ in batch)
         return [(0.0, False)] * len(batch)
 
-    def shared(self, unique: Sequence[Any], plan: Any, results: dict) -> None:
+    def packed(self, unique: Sequence[Any], plan: Any, results: dict, *, greedy: bool = True) -> None:
         if plan.stems:
             self.passes += 1
             self.positions += len(plan.stems) * plan.stem_width
-        for shared in plan.passes:
-            self.passes += 1 + len(shared.chunks)
-            self.positions += len(shared.groups) * shared.prefix_width
-            for chunk in shared.chunks:
-                self.positions += len(chunk) * max(len(shared.groups[pos].rows[r]) for pos, r in chunk)
-            for group in shared.groups:
-                results.update({unique[i]: (0.0, False) for i, _ in group.members})
+        for chunk in plan.chunks:
+            self.passes += 1
+            self.positions += len(chunk) * max(len(row.tokens) for _, row in chunk)
+            for _, row in chunk:
+                results.update({unique[i]: (0.0, False) for i, _ in row.scored})
 
 
 def main() -> None:
@@ -69,7 +67,7 @@ def main() -> None:
     backend = TransformersBackend(config_only, AutoTokenizer.from_pretrained(path), device="cpu", batch_size=args.batch_size)
     settings = {args.suite: suite_settings(args.suite, "ci", {"limit": args.limit})}
     counts = {}
-    for label, share, min_stem in (("plain", False, 0), ("within", True, 10**9), ("stems", True, backend.share_min_stem_tokens)):
+    for label, share, min_stem in (("plain", False, 0), ("packed", True, 10**9), ("stems", True, backend.share_min_stem_tokens)):
         scorer = CountingScorer()
         backend._scorer, backend._can_share, backend.share_min_stem_tokens = scorer, share, min_stem
         run = run_suites(backend, settings)[args.suite]
@@ -77,8 +75,8 @@ def main() -> None:
             raise SystemExit(f"suite failed: {run.error}")
         counts[label] = scorer
         print(f"{label:6s}: {len(run.records)} items, {scorer.passes} forward passes, {scorer.positions} token positions")
-    print(f"positions within/plain = {counts['within'].positions / counts['plain'].positions:.3f}")
-    print(f"positions stems/within = {counts['stems'].positions / counts['within'].positions:.3f}")
+    print(f"positions packed/plain = {counts['packed'].positions / counts['plain'].positions:.3f}")
+    print(f"positions stems/packed = {counts['stems'].positions / counts['packed'].positions:.3f}")
 
 
 if __name__ == "__main__":

@@ -234,8 +234,8 @@ def main() -> None:
         if floor is None:
             floor = Floor.from_recorder(recorders[0])
         seconds = floor.run(backends[candidate_path].model, args.batch_size)
-        print(f"floor    {floor.positions()} token positions ({len(floor.contexts)} contexts, {len(floor.prompts)} prompts, "
-              f"stem {len(floor.stem())}): {seconds:.1f} s", flush=True)
+        print(f"floor    {floor.positions(args.batch_size)} token positions ({len(floor.contexts)} contexts, "
+              f"{len(floor.prompts)} prompts, {floor.stems(args.batch_size)} stems): {seconds:.1f} s", flush=True)
         return seconds
 
     totals = {"gate": 0.0, "lm_eval": 0.0, "baseline": 0.0, "floor": 0.0}

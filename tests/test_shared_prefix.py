@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,9 +13,11 @@ from harness.backends import open_backend
 from harness.backends._scoring import (
     batches,
     common_length,
-    prefix_families,
-    shared_passes,
+    depths,
+    packed_passes,
+    packed_plan,
     stem_ranges,
+    tree_mask,
     unique_longest_first,
 )
 from harness.backends.base import LoglikelihoodRequest
@@ -32,43 +35,48 @@ scored = st.builds(
 ).filter(lambda s: s[1] < len(s[0]))  # a scored token always has a context
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.lists(scored, max_size=12), st.integers(0, 8), st.integers(0, 4), st.integers(1, 4), st.integers(1, 40))
-def test_plan_covers_every_sequence_once_and_rebuilds_it(
-    seqs: list, min_saved: int, min_stem: int, batch_size: int, max_batch_tokens: int
+@settings(max_examples=200, deadline=None)
+@given(st.lists(scored, max_size=12), st.integers(0, 8), st.integers(0, 4), st.integers(1, 12),
+       st.integers(1, 4), st.integers(1, 40))
+def test_packed_rows_rebuild_every_sequence_from_its_ancestors(
+    seqs: list, min_saved: int, min_stem: int, width: int, batch_size: int, max_batch_tokens: int
 ) -> None:
     unique = unique_longest_first(seqs)
     assert sorted(unique) == sorted(set(seqs))
-    assert [len(s) for s, _ in unique] == sorted((len(s) for s, _ in unique), reverse=True)
-    families, rest = prefix_families(unique, min_saved_tokens=min_saved, min_stem_tokens=min_stem)
-    groups = [g for f in families for g in f.groups]
-    members = [i for g in groups for i, _ in g.members]
-    assert sorted(members + rest) == list(range(len(unique)))
-    for family in families:
-        if family.stem:  # a stem is long enough, saves enough, and leaves every prefix a part of its own
-            assert len(family.stem) >= max(1, min_stem) and len(family.groups) >= 2
-            assert (len(family.groups) - 1) * len(family.stem) >= min_saved
-            assert all(g.prefix[: len(family.stem)] == family.stem and len(g.prefix) > len(family.stem) for g in family.groups)
-        else:
-            assert all(len(g.members) >= 2 and g.saved_tokens(unique) >= min_saved for g in family.groups)
-    for group in groups:
-        assert group.prefix and len(set(group.rows)) == len(group.rows)
-        for i, r in group.members:  # prefix + row + last token is the sequence; the row is as long as n
-            seq, n = unique[i]
-            assert group.prefix + group.rows[r] + seq[-1:] == seq and len(group.rows[r]) == n
-    plan = shared_passes(families, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
-    seen = [(p.groups[pos].prefix, p.groups[pos].rows[r]) for sp in plan for p in sp.passes for chunk in p.chunks for pos, r in chunk]
-    assert sorted(seen) == sorted((g.prefix, row) for g in groups for row in g.rows)
-    for sp in plan:
-        assert len(sp.stems) <= batch_size and (len(sp.stems) <= 1 or len(sp.stems) * sp.stem_width <= max_batch_tokens)
-        for p in sp.passes:
-            for group, stem, segment in zip(p.groups, p.stem_of, p.segments, strict=True):
-                assert (sp.stems[stem] if sp.stems else ()) + segment == group.prefix and segment
-            cached = sp.stem_width + p.prefix_width
-            assert len(p.groups) <= batch_size and (len(p.groups) == 1 or len(p.groups) * cached <= max_batch_tokens)
-            for chunk in p.chunks:
-                width = cached + max(len(p.groups[pos].rows[r]) for pos, r in chunk)
-                assert len(chunk) == 1 or len(chunk) * width <= max_batch_tokens
+    plan = packed_plan(unique, width=width, min_saved_tokens=min_saved, min_stem_tokens=min_stem)
+    members = [i for family in plan for row in family.rows for i, _ in row.scored]
+    assert sorted(members) == list(range(len(unique)))
+    for family in plan:
+        if family.stem:
+            assert len(family.stem) >= max(1, min_stem)
+        for row in family.rows:
+            first = len(unique[row.scored[0][0]][0]) - 1 - len(family.stem)
+            assert len(row.tokens) <= max(width, first + width // 2)
+            mask, depth = tree_mask(row.parents), depths(row.parents)
+            for i, positions in row.scored:
+                seq, n = unique[i]
+                chain = [int(j) for j in np.flatnonzero(mask[positions[-1]])]  # the last scored position's ancestors
+                # the stem, then the chain's tokens, then the last token is the sequence; the scored positions
+                # are the chain's last n, each at its depth
+                assert family.stem + tuple(row.tokens[j] for j in chain) + seq[-1:] == seq
+                assert tuple(chain[-n:]) == positions and [int(depth[j]) for j in chain] == list(range(len(chain)))
+    passes = packed_passes(plan, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    rows = [row for p in passes for chunk in p.chunks for _, row in chunk]
+    assert sorted(map(id, rows)) == sorted(id(row) for family in plan for row in family.rows)
+    for p in passes:
+        assert len(p.stems) <= batch_size and (len(p.stems) <= 1 or len(p.stems) * p.stem_width <= max_batch_tokens)
+        for chunk in p.chunks:
+            assert all((p.stems[s] if p.stems else ()) == f.stem for s, row in chunk for f in plan if row in f.rows)
+            widest = p.stem_width + max(len(row.tokens) for _, row in chunk)
+            assert len(chunk) <= batch_size and (len(chunk) == 1 or len(chunk) * widest <= max_batch_tokens)
+
+
+def test_a_shared_context_runs_once_in_a_row() -> None:
+    context = tuple(range(10, 30))
+    seqs = [(context + choice, len(choice)) for choice in [(1,), (2,), (3, 4, 5), (3, 4, 6)]]
+    (family,) = packed_plan(unique_longest_first(seqs), width=64)
+    (row,) = family.rows
+    assert not family.stem and len(row.tokens) == len(context) + 2  # the context once, then 3, 4 once
 
 
 def _best_partition(keys: list[tuple[int, ...]], min_saved: int, min_stem: int) -> int:
@@ -111,13 +119,6 @@ def test_batches_keep_order_and_bounds(widths: list[int], batch_size: int, max_b
     assert [i for b in out for i in b] == list(range(len(widths)))
     for b in out:
         assert len(b) <= batch_size and (len(b) == 1 or widths[b[0]] * len(b) <= max_batch_tokens)
-
-
-def test_contexts_cut_differently_do_not_share() -> None:
-    long = tuple(range(100, 140))
-    cut = [((*long, 1)[-33:], 1), ((*long, 2)[-33:], 1), ((*long, 3, 4, 5)[-33:], 3)]
-    families, rest = prefix_families(unique_longest_first(cut), min_saved_tokens=0)
-    assert [len(g.members) for f in families for g in f.groups] == [2] and len(rest) == 1  # the same cut shares, another does not
 
 
 # ------------------------------------------------------------------ the backend: shared equals plain
@@ -207,8 +208,8 @@ def test_stems_across_questions_score_as_plain_rows(
     assert any(flag for _, flag in reference)  # the flags are not all False by construction
     prefixes = {(shots[s % len(shots)], text[:-1]) for s, (text, _) in questions}  # a context minus its last token
     if len({shot for shot, _ in prefixes}) < len(prefixes):  # a start two questions share runs once
-        families, _ = prefix_families(unique_longest_first(seqs), min_saved_tokens=0, min_stem_tokens=4)
-        assert any(f.stem for f in families) and sum(counted) < sum(len(t) - 1 for t, _ in set(seqs))
+        plan = packed_plan(unique_longest_first(seqs), width=shared.pack_width, min_saved_tokens=0, min_stem_tokens=4)
+        assert any(f.stem for f in plan) and sum(counted) < sum(len(t) - 1 for t, _ in set(seqs))
 
 
 def test_default_threshold_shares_a_long_context_and_agrees_with_lm_eval(tiny_dirs: dict[str, Path]) -> None:
@@ -220,7 +221,7 @@ def test_default_threshold_shares_a_long_context_and_agrees_with_lm_eval(tiny_di
     requests = [LoglikelihoodRequest(context, c) for c in (" experts", " the gate", " nothing at all, really", " A")]
     counted = _forward_tokens(backend)
     ours = backend.loglikelihood(requests)
-    assert len(counted) == 2  # one prefix pass, one suffix pass
+    assert len(counted) == 1  # the context once and the four continuations: one packed row
     for mine, (lp, greedy) in zip(ours, _hflm_loglikelihood(backend, requests, batch_size=2), strict=True):
         assert mine.logprob == pytest.approx(lp, abs=1e-4) and mine.is_greedy == greedy
 

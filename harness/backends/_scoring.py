@@ -7,16 +7,13 @@ A scored sequence is ``(tokens, n)``: the model reads ``tokens[:-1]`` and the lo
 last ``n`` tokens are summed. Planning decides which rows go through the model together; it never
 looks at a model, so it is pure and can be tested on token lists alone.
 
-Shared prefixes: multiple-choice tasks send one context with several continuations. Sequences whose
-tokens before their scored part agree (same context after the left cut) form a ``PrefixGroup``: the
-prefix (the context minus its last token) is run once into a key/value cache, and each distinct suffix
-(the context's last token, then the continuation minus its last token) runs on top of it. The context's
-last token sits in the suffix so that every scored logit comes from the suffix pass.
-
-Across questions: the contexts of a few-shot task start with the same examples (all MMLU-Pro questions
-share a ~790-token 5-shot start). Groups whose prefixes start alike form a ``Family``; its ``stem`` (the
-start they share) runs once into a cache, each group's prefix after the stem runs on top of it, and the
-suffix rows on top of that: three levels of one cache, the middle one absent for a stemless family.
+Shared tokens: multiple-choice tasks send one context with several continuations, few-shot tasks send
+contexts that start with the same examples (all MMLU-Pro questions share a ~790-token 5-shot start).
+The sequences' input tokens go into a prefix trie, packed depth-first into rows (``PackedRow``): a
+position attends to its ancestors only and sits at its depth, so each scored logit is the one its
+sequence alone would get, a shared token runs once per row, and a row has no padding inside. A start
+that many contexts share (``stem_ranges``) runs once into a key/value cache beneath the rows that read
+it (``StemRows``), so it is not repeated in each row.
 """
 
 from __future__ import annotations
@@ -35,9 +32,11 @@ Scored = tuple[tuple[int, ...], int]
 """Tokens and how many of the last ones are scored."""
 
 SHARE_MIN_SAVED_TOKENS = 16
-"""Share a prefix only when it saves at least this many token positions. Groups ride together in
-batched prefix and suffix passes, so a group adds no forward pass of its own; the floor only keeps
-groups that save next to nothing (a one-token prefix) in the plain batches."""
+"""A stem must save at least this many token positions (over its family's rows)."""
+
+PACK_WIDTH = 256
+"""Positions per packed row: attention over a row costs its width per position, so rows stay short;
+a longer sequence gets a row of its own."""
 
 STEM_MIN_TOKENS = 64
 """Share a start across contexts (a few-shot prompt) only when it is at least this long: a stem adds a
@@ -73,73 +72,107 @@ def batches(widths: Sequence[int], *, batch_size: int, max_batch_tokens: int) ->
 
 
 @dataclass(frozen=True)
-class PrefixGroup:
-    """Sequences that read the same ``prefix`` before their own suffix row."""
+class PackedRow:
+    """The input tokens of several sequences as one prefix trie, laid out depth-first in one row.
 
-    prefix: tuple[int, ...]
-    rows: tuple[tuple[int, ...], ...]
-    """Distinct suffix inputs; row ``r`` yields the logits of every member pointing at it."""
-    members: tuple[tuple[int, int], ...]
-    """``(sequence index, row index)``; a member's scored logits are its row's first ``n`` positions."""
+    Each position is a trie node: it attends to its ancestors only (``tree_mask``) at its depth
+    (``depths``), so it computes what it would in each of its sequences alone, and a token that
+    sequences share runs once. No padding inside a row.
+    """
 
-    def saved_tokens(self, seqs: Sequence[Scored]) -> int:
-        """Token positions saved against running every member as its own row."""
-        plain = sum(len(seqs[i][0]) - 1 for i, _ in self.members)
-        return plain - len(self.prefix) - len(self.rows) * max(len(r) for r in self.rows)
+    tokens: tuple[int, ...]
+    parents: tuple[int, ...]
+    """Per position, its parent's position in the row (-1: it comes right after the stem, or first)."""
+    scored: tuple[tuple[int, tuple[int, ...]], ...]
+    """Per member, its sequence index and the positions whose logits score its last ``n`` tokens."""
 
 
 @dataclass(frozen=True)
-class Family:
-    """Prefix groups whose prefixes all start with ``stem`` (``()``: no shared start, each prefix runs whole)."""
+class StemRows:
+    """Rows that all read ``stem`` (``()``: none) from one key/value cache beneath their own tokens."""
 
     stem: tuple[int, ...]
-    groups: tuple[PrefixGroup, ...]
+    rows: tuple[PackedRow, ...]
 
 
-def prefix_families(seqs: Sequence[Scored], *, min_saved_tokens: int = SHARE_MIN_SAVED_TOKENS,
-                    min_stem_tokens: int = STEM_MIN_TOKENS) -> tuple[list[Family], list[int]]:
-    """Split distinct ``seqs`` into families of prefix groups worth sharing and the indices left for plain batches.
+def packed_plan(seqs: Sequence[Scored], *, width: int = PACK_WIDTH, min_saved_tokens: int = SHARE_MIN_SAVED_TOKENS,
+                min_stem_tokens: int = STEM_MIN_TOKENS) -> list[StemRows]:
+    """Split distinct ``seqs`` into families by the start their contexts share (a few-shot prompt, see
+    ``stem_ranges``) and pack each family's tokens after its stem into rows of about ``width``.
 
-    Two sequences share a group when the tokens before their scored part minus one are equal (the left
-    cut to ``max_length + 1`` is part of the tokens, so a cut context only groups with an identical cut).
-    Groups whose prefixes start alike (the few-shot examples before each question) join a family with
-    that start as its stem (see ``stem_ranges``), even a group of one sequence. The other groups share
-    only within themselves, and only when that saves ``min_saved_tokens``; they form the stemless family.
+    A stem stops at or before each member's context minus its last token, so every scored logit comes
+    from a row. Sequences without a stem share what they share inside their rows.
     """
     keyed: dict[tuple[int, ...], list[int]] = {}
     for i, (tokens, n) in enumerate(seqs):
         keyed.setdefault(tokens[: len(tokens) - n - 1], []).append(i)
-    candidates: list[PrefixGroup] = []
-    rest: list[int] = []
-    for prefix, members in keyed.items():
-        rows = list(dict.fromkeys(seqs[i][0][len(prefix):-1] for i in members))
-        group = PrefixGroup(
-            prefix=prefix,
-            rows=tuple(rows),
-            members=tuple((i, rows.index(seqs[i][0][len(prefix):-1])) for i in members),
-        )
-        if prefix:
-            candidates.append(group)
-        else:
-            rest.extend(members)
-    candidates.sort(key=lambda g: g.prefix)
-    # a stem stops at least one token short of each prefix, so every group runs a non-empty part on top of it
-    keys = [g.prefix[:-1] for g in candidates]
-    families, in_family = [], set()
+    keys = sorted(keyed)
+    out: list[StemRows] = []
+    in_stem: set[int] = set()
     for lo, hi, length in stem_ranges(keys, min_saved_tokens=min_saved_tokens, min_stem_tokens=min_stem_tokens):
-        families.append(Family(stem=keys[lo][:length], groups=tuple(candidates[lo:hi])))
-        in_family.update(range(lo, hi))
-    alone = []
-    for pos, group in enumerate(candidates):
-        if pos in in_family:
-            continue
-        if len(group.members) >= 2 and group.saved_tokens(seqs) >= min_saved_tokens:
-            alone.append(group)
-        else:
-            rest.extend(i for i, _ in group.members)
-    if alone:
-        families.append(Family(stem=(), groups=tuple(sorted(alone, key=lambda g: (-len(g.prefix), g.prefix)))))
-    return families, sorted(rest)
+        members = [i for key in keys[lo:hi] for i in keyed[key]]
+        out.append(StemRows(keys[lo][:length], tuple(pack_rows(seqs, members, skip=length, width=width))))
+        in_stem.update(members)
+    rest = [i for i in range(len(seqs)) if i not in in_stem]
+    if rest:
+        out.append(StemRows((), tuple(pack_rows(seqs, rest, skip=0, width=width))))
+    return out
+
+
+def pack_rows(seqs: Sequence[Scored], members: Sequence[int], *, skip: int, width: int) -> list[PackedRow]:
+    """Members' input tokens after their first ``skip``, in lexicographic order, greedily into rows of at
+    most ``width`` positions, or of the row's first sequence plus ``width // 2`` when that is longer (a
+    long context's continuations ride in its row).
+
+    In sorted order a sequence shares the most with the one before it, so its path is the previous
+    path up to their common length, then its own new positions.
+    """
+    rows: list[PackedRow] = []
+    tokens: list[int] = []
+    parents: list[int] = []
+    scored: list[tuple[int, tuple[int, ...]]] = []
+    path: list[int] = []
+    previous: tuple[int, ...] = ()
+    capacity = width
+    for i in sorted(members, key=lambda i: seqs[i][0][skip:-1]):
+        seq, n = seqs[i]
+        inputs = seq[skip:-1]
+        if not 1 <= n <= len(inputs):
+            raise ValueError(f"sequence {i} scores {n} tokens but reads {len(inputs)} after the stem")
+        shared = common_length(previous, inputs) if tokens else 0
+        if tokens and len(tokens) + len(inputs) - shared > max(width, capacity):
+            rows.append(PackedRow(tuple(tokens), tuple(parents), tuple(scored)))
+            tokens, parents, scored, shared = [], [], [], 0
+        del path[shared:]
+        for token in inputs[shared:]:
+            parents.append(path[-1] if path else -1)
+            path.append(len(tokens))
+            tokens.append(token)
+        if len(scored) == 0:
+            capacity = len(inputs) + width // 2
+        scored.append((i, tuple(path[len(path) - n:])))
+        previous = inputs
+    if tokens:
+        rows.append(PackedRow(tuple(tokens), tuple(parents), tuple(scored)))
+    return rows
+
+
+def tree_mask(parents: Sequence[int]) -> np.ndarray:
+    """[positions, positions] booleans: position ``i`` may read position ``j`` (``j`` is ``i`` or its ancestor)."""
+    mask = np.zeros((len(parents), len(parents)), dtype=bool)
+    for i, parent in enumerate(parents):
+        if parent >= 0:
+            mask[i] = mask[parent]
+        mask[i, i] = True
+    return mask
+
+
+def depths(parents: Sequence[int]) -> np.ndarray:
+    """Per position, its depth in the trie: its position id in each of its sequences (after the stem)."""
+    out = np.zeros(len(parents), dtype=np.int64)
+    for i, parent in enumerate(parents):
+        out[i] = out[parent] + 1 if parent >= 0 else 0
+    return out
 
 
 def common_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -190,82 +223,44 @@ def stem_ranges(keys: Sequence[tuple[int, ...]], *, min_saved_tokens: int, min_s
 
 
 @dataclass(frozen=True)
-class SharedPass:
-    """One prefix pass over ``groups`` (right-padded, each on top of its stem), then one suffix pass per chunk of rows."""
-
-    groups: tuple[PrefixGroup, ...]
-    stem_of: tuple[int, ...]
-    """Per group, the position of its stem in its ``StemPass``'s stems (0 when there are none)."""
-    segments: tuple[tuple[int, ...], ...]
-    """Per group, what the prefix pass runs: its prefix after its stem."""
-    chunks: tuple[tuple[tuple[int, int], ...], ...]
-    """Per suffix pass, ``(position in groups, row index)`` of each row."""
-
-    @property
-    def prefix_width(self) -> int:
-        return max(len(s) for s in self.segments)
-
-
-@dataclass(frozen=True)
-class StemPass:
-    """The stems of a few families in one pass into a cache (none: the prefixes start from nothing), then their
-    groups' prefix passes on top of it."""
+class PackedPass:
+    """A few stems in one pass into a cache (none: the rows start from nothing), then their rows in
+    chunks, each chunk one forward pass on top of its rows' stems."""
 
     stems: tuple[tuple[int, ...], ...]
-    passes: tuple[SharedPass, ...]
+    chunks: tuple[tuple[tuple[int, PackedRow], ...], ...]
+    """Per forward pass, ``(position of the row's stem in stems, row)``; 0 when there are no stems."""
 
     @property
     def stem_width(self) -> int:
         return max((len(s) for s in self.stems), default=0)
 
 
-def shared_passes(families: Sequence[Family], *, batch_size: int, max_batch_tokens: int) -> list[StemPass]:
-    """Batch stems (longest first) into stem passes, their groups into prefix passes, and rows into suffix passes.
+def packed_passes(plan: Sequence[StemRows], *, batch_size: int, max_batch_tokens: int) -> list[PackedPass]:
+    """Batch stems (longest first) into stem passes and their rows (longest first) into chunks.
 
-    A stem or prefix pass holds at most ``batch_size`` rows and ``max_batch_tokens`` padded tokens,
-    counting the cache a row reads (the stems' width) as tokens: each row reads its own copy of it. A
-    suffix pass is bounded by tokens alone, the same way (always at least one row). Suffix rows are
-    short, so a row bound would split one multiple-choice batch into several forward passes, each with
-    the fixed per-pass cost the sharing is meant to save.
+    A stem pass or a chunk holds at most ``batch_size`` rows and ``max_batch_tokens`` padded tokens,
+    counting the cache a row reads (the stems' width) as tokens: each row reads its own copy of it.
     """
     limits = {"batch_size": batch_size, "max_batch_tokens": max_batch_tokens}
-    out: list[StemPass] = []
-    stemmed = sorted((f for f in families if f.stem), key=lambda f: (-len(f.stem), f.stem))
+    out: list[PackedPass] = []
+    stemmed = sorted((f for f in plan if f.stem), key=lambda f: (-len(f.stem), f.stem))
     for batch in batches([len(f.stem) for f in stemmed], **limits):
         chosen = [stemmed[i] for i in batch]
-        members = [(pos, len(f.stem), g) for pos, f in enumerate(chosen) for g in f.groups]
         stems = tuple(f.stem for f in chosen)
-        out.append(StemPass(stems, _prefix_passes(members, max(len(s) for s in stems), **limits)))
-    stemless = [(0, 0, g) for f in families if not f.stem for g in f.groups]
+        out.append(PackedPass(stems, _chunks([(pos, r) for pos, f in enumerate(chosen) for r in f.rows],
+                                             max(len(s) for s in stems), **limits)))
+    stemless = [(0, r) for f in plan if not f.stem for r in f.rows]
     if stemless:
-        out.append(StemPass((), _prefix_passes(stemless, 0, **limits)))
+        out.append(PackedPass((), _chunks(stemless, 0, **limits)))
     return out
 
 
-def _prefix_passes(members: list[tuple[int, int, PrefixGroup]], stem_width: int, *, batch_size: int,
-                   max_batch_tokens: int) -> tuple[SharedPass, ...]:
-    """``(stem position, stem length, group)`` in prefix passes (longest part first), each with its suffix passes."""
-    members = sorted(members, key=lambda m: (-(len(m[2].prefix) - m[1]), m[2].prefix))
-    widths = [stem_width + len(g.prefix) - cut for _, cut, g in members]
-    passes: list[SharedPass] = []
-    for batch in batches(widths, batch_size=batch_size, max_batch_tokens=max_batch_tokens):
-        chosen = [members[i] for i in batch]
-        groups = tuple(g for _, _, g in chosen)
-        width = widths[batch[0]]
-        rows = [(pos, r) for pos, g in enumerate(groups) for r in range(len(g.rows))]
-        rows.sort(key=lambda pr: -len(groups[pr[0]].rows[pr[1]]))
-        chunks: list[tuple[tuple[int, int], ...]] = []
-        current: list[tuple[int, int]] = []
-        for pos, r in rows:
-            top = len(groups[current[0][0]].rows[current[0][1]]) if current else len(groups[pos].rows[r])
-            if current and (width + top) * (len(current) + 1) > max_batch_tokens:
-                chunks.append(tuple(current))
-                current = []
-            current.append((pos, r))
-        chunks.append(tuple(current))
-        passes.append(SharedPass(groups=groups, stem_of=tuple(s for s, _, _ in chosen),
-                                 segments=tuple(g.prefix[cut:] for _, cut, g in chosen), chunks=tuple(chunks)))
-    return tuple(passes)
+def _chunks(rows: list[tuple[int, PackedRow]], stem_width: int, *, batch_size: int,
+            max_batch_tokens: int) -> tuple[tuple[tuple[int, PackedRow], ...], ...]:
+    rows = sorted(rows, key=lambda r: -len(r[1].tokens))
+    widths = [stem_width + len(r.tokens) for _, r in rows]
+    return tuple(tuple(rows[i] for i in b) for b in batches(widths, batch_size=batch_size, max_batch_tokens=max_batch_tokens))
 
 
 @dataclass(frozen=True)

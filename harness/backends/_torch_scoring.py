@@ -1,9 +1,10 @@
 """Torch forward passes behind the transformers backend's scoring: plain batches and shared prefixes.
 
-The plan (which rows, which batches, which prefixes) comes from ``_scoring``; this module only turns
+The plan (which rows, which batches, which stems) comes from ``_scoring``; this module only turns
 a plan into forward passes and scores. Plain batches are lm-eval's: right padding without a mask
-(causal attention never lets a real token see the padding after it). Shared stems and prefixes run
-once into a transformers ``DynamicCache``; each pass on top reads a copy of its own rows of it.
+(causal attention never lets a real token see the padding after it). Packed rows run with a 4D mask
+(each position sees its trie ancestors) and explicit position ids; a stem runs once into a
+transformers ``DynamicCache`` and each chunk of rows on top reads a copy of its own rows of it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from harness.backends._scoring import Scored, StemPass, TopKJob, TopKRows
+from harness.backends._scoring import PackedPass, PackedRow, Scored, TopKJob, TopKRows, depths, tree_mask
 
 Results = dict[Scored, tuple[float, bool]]
 T = TypeVar("T")
@@ -63,61 +64,108 @@ class TorchScorer:
                 out.append(score(logits[row, start:start + n], row))
             return out
 
-    def shared(self, unique: Sequence[Scored], plan: StemPass, results: Results) -> None:
-        """The stems in one pass into a cache; each prefix pass on top of it; each chunk of rows on top of that.
+    def packed(self, unique: Sequence[Scored], plan: PackedPass, results: Results, *, greedy: bool = True) -> None:
+        """The stems in one pass into a cache, then each chunk of packed rows on top of its rows' stems."""
+        base = self.stems(plan.stems) if plan.stems else None
+        for chunk in plan.chunks:
+            logits, at = self.tree_pass(base, chunk)
+            for b, (_, row) in enumerate(chunk):
+                for i, positions in row.scored:
+                    seq, n = unique[i]
+                    picked = logits[[at[b][p] for p in positions]]
+                    results[unique[i]] = target_score(picked, seq[-n:], greedy=greedy)
 
-        A row attends to its own stem's and prefix's real tokens only (the mask hides the padding a shorter
-        one left in the cache) and its positions continue from their length.
-        """
-        base = self.extend(None, (), plan.stems, keep=1)[1] if plan.stems else None
-        for shared in plan.passes:
-            level = self.extend(base, shared.stem_of, shared.segments, keep=1)[1]
-            for chunk in shared.chunks:
-                rows = [shared.groups[pos].rows[r] for pos, r in chunk]
-                logits = self.extend(level, [pos for pos, _ in chunk], rows, keep=0)[0]
-                for k, (pos, r) in enumerate(chunk):
-                    for i, row in shared.groups[pos].members:
-                        if row == r:
-                            seq, n = unique[i]
-                            results[unique[i]] = target_score(logits[k, :n], seq[-n:])
-
-    def extend(self, parent: Level | None, index: Sequence[int], segments: Sequence[tuple[int, ...]], *,
-               keep: int) -> tuple[Any, Level]:
-        """Run ``segments`` (right-padded) on top of rows ``index`` of ``parent``'s cache, or from nothing.
-
-        Returns the logits of the last ``keep`` positions (0: all) and the extended cache, a copy:
-        ``parent`` stays as it was for the next pass that reads it.
-        """
+    def stems(self, stems: Sequence[tuple[int, ...]]) -> Level:
+        """``stems`` right-padded in one pass into a cache (no mask: causal attention never lets a real
+        token see the padding after it); the rows on top mask that padding out."""
         import torch
         from transformers import DynamicCache
 
-        width = max(len(s) for s in segments)
-        ids = torch.zeros((len(segments), width), dtype=torch.long)
-        real = torch.zeros((len(segments), width), dtype=torch.long)
-        for k, segment in enumerate(segments):
-            ids[k, : len(segment)] = torch.tensor(segment, dtype=torch.long)
-            real[k, : len(segment)] = 1
-        kwargs: dict[str, Any] = {"logits_to_keep": keep} if self.keep_arg and keep else {}
+        width = max(len(s) for s in stems)
+        ids = torch.zeros((len(stems), width), dtype=torch.long)
+        real = torch.zeros((len(stems), width), dtype=torch.bool)
+        for k, stem in enumerate(stems):
+            ids[k, : len(stem)] = torch.tensor(stem, dtype=torch.long)
+            real[k, : len(stem)] = True
+        cache = DynamicCache(config=self.model.config)
+        kwargs: dict[str, Any] = {"logits_to_keep": 1} if self.keep_arg else {}
         with torch.inference_mode():
-            if parent is None:  # right padding without a mask, as in plain batches
-                cache = DynamicCache(config=self.model.config)
-                logits = self.model(ids.to(self.device), use_cache=True, **{self.cache_arg: cache}, **kwargs).logits
-                return logits, Level(cache, real)
-            at = torch.tensor(list(index), dtype=torch.long)
-            past = parent.real[at]
-            cache = cache_rows(parent.cache, at.to(self.device))
-            mask = torch.cat([past, torch.ones_like(real)], dim=1)
-            positions = past.sum(dim=1, keepdim=True) + torch.arange(width)
-            logits = self.model(
-                ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
-                use_cache=True, **{self.cache_arg: cache}, **kwargs,
-            ).logits
-            return logits, Level(cache, torch.cat([past, real], dim=1))
+            self.model(ids.to(self.device), use_cache=True, **{self.cache_arg: cache}, **kwargs)
+        return Level(cache, real)
+
+    def tree_pass(self, parent: Level | None, chunk: Sequence[tuple[int, PackedRow]]) -> tuple[Any, list[dict[int, int]]]:
+        """One forward over packed rows on top of rows of ``parent``'s cache (or from nothing).
+
+        Returns the logits of the scored positions ([scored, vocab], rows in order) and per row where
+        each scored position's logits are.
+        """
+        import torch
+
+        inputs = tree_inputs(chunk, None if parent is None else parent.real, self.model.dtype)
+        kwargs: dict[str, Any] = {"use_cache": False}
+        if parent is not None:
+            index = torch.tensor([s for s, _ in chunk]).to(self.device)
+            kwargs = {"use_cache": True, self.cache_arg: cache_rows(parent.cache, index)}
+        if self.keep_arg:
+            kwargs["logits_to_keep"] = inputs.keep.to(self.device)
+        with torch.inference_mode():
+            logits = self.model(inputs.ids.to(self.device), attention_mask=inputs.mask.to(self.device),
+                                position_ids=inputs.positions.to(self.device), **kwargs).logits
+            if not self.keep_arg:
+                logits = logits[inputs.keep.to(logits.device)]
+        return logits, inputs.at
+
+
+@dataclass(frozen=True)
+class TreeInputs:
+    """A chunk of packed rows as forward inputs: ids, 4D additive mask, position ids, scored positions."""
+
+    ids: Any
+    mask: Any
+    positions: Any
+    keep: Any
+    """[rows, width] bool: the positions whose logits some member scores (``logits_to_keep``)."""
+    at: list[dict[int, int]]
+    """Per row, scored position -> its index among the kept logits (rows in order)."""
+
+
+def tree_inputs(chunk: Sequence[tuple[int, PackedRow]], stem_real: Any, dtype: Any) -> TreeInputs:
+    """Right-padded rows; a position sees its stem's real tokens (``stem_real[stem]``, None: no stem) and
+    its own trie ancestors, at position id stem length + depth; a padding position sees only itself."""
+    import numpy as np
+    import torch
+
+    width = max(len(r.tokens) for _, r in chunk)
+    past = 0 if stem_real is None else int(stem_real.shape[1])
+    ids = torch.zeros((len(chunk), width), dtype=torch.long)
+    allowed = np.zeros((len(chunk), width, past + width), dtype=bool)
+    positions = np.zeros((len(chunk), width), dtype=np.int64)
+    keep = np.zeros((len(chunk), width), dtype=bool)
+    for b, (stem, row) in enumerate(chunk):
+        size = len(row.tokens)
+        ids[b, :size] = torch.tensor(row.tokens, dtype=torch.long)
+        allowed[b, np.arange(width), past + np.arange(width)] = True
+        allowed[b, :size, past:past + size] = tree_mask(row.parents)
+        offset = 0
+        if stem_real is not None:
+            real = stem_real[stem].numpy()
+            allowed[b, :size, :past] = real
+            offset = int(real.sum())
+        positions[b, :size] = offset + depths(row.parents)
+        keep[b, [p for _, scored in row.scored for p in scored]] = True
+    at: list[dict[int, int]] = []
+    flat = 0
+    for b in range(len(chunk)):
+        where = np.flatnonzero(keep[b])
+        at.append({int(p): flat + k for k, p in enumerate(where)})
+        flat += len(where)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(torch.from_numpy(~allowed), torch.finfo(dtype).min)
+    return TreeInputs(ids, mask[:, None], torch.from_numpy(positions), torch.from_numpy(keep), at)
 
 
 @dataclass(frozen=True)
 class Level:
-    """A key/value cache of right-padded rows and which of its positions hold real tokens ([rows, width], 0/1)."""
+    """A key/value cache of right-padded rows and which of its positions hold real tokens ([rows, width], bool)."""
 
     cache: Any
     real: Any

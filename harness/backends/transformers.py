@@ -16,6 +16,7 @@ from typing import Any
 
 from harness.backends._generation import GreedyDecoder, StopStrings, finish, generate_with_model, plain_greedy
 from harness.backends._scoring import (
+    PACK_WIDTH,
     SHARE_MIN_SAVED_TOKENS,
     STEM_MIN_TOKENS,
     Scored,
@@ -24,9 +25,9 @@ from harness.backends._scoring import (
     assemble_tables,
     batches,
     longest_first_batches,
-    prefix_families,
+    packed_passes,
+    packed_plan,
     rolling_windows,
-    shared_passes,
     topk_jobs,
     unique_longest_first,
 )
@@ -63,8 +64,9 @@ class TransformersBackend:
         batch_size: most rows per forward pass.
         max_batch_tokens: most padded tokens per forward pass (keeps memory flat for long windows).
         add_bos_token: force BOS on or off for plain prompts (``None``: the tokenizer's default).
-        share_prefixes: run a context shared by several continuations, and a start shared by several
-            contexts, once into a key/value cache (results agree with plain batches to float noise).
+        share_prefixes: pack sequences as prefix tries, so a context shared by several continuations runs
+            once per row and a start shared by many contexts once into a key/value cache (results agree
+            with plain batches to float noise).
         source: where the checkpoint came from (for the fingerprint).
         settings: extra settings that change outputs (recorded in the fingerprint).
     """
@@ -95,6 +97,7 @@ class TransformersBackend:
         self.share_prefixes = share_prefixes
         self.share_min_saved_tokens = SHARE_MIN_SAVED_TOKENS
         self.share_min_stem_tokens = STEM_MIN_TOKENS
+        self.pack_width = PACK_WIDTH
         self._scorer: TorchScorer | None = None
         self._can_share = False
         self.source = source
@@ -258,23 +261,23 @@ class TransformersBackend:
 
         With ``greedy=False`` the argmax is skipped and every flag is False.
 
-        Groups of sequences with a long common context run it once into a key/value cache, and contexts
-        that start alike (few-shot examples) run that start once beneath them (see ``_scoring``); the
-        rest go through plain right-padded batches, longest first.
+        Sequences are packed as prefix tries into rows, so a context shared by several continuations
+        runs once per row, and a start many contexts share (few-shot examples) runs once beneath them
+        (see ``_scoring``); with ``share_prefixes`` off (or a cache that cannot be masked) they go
+        through plain right-padded batches, longest first, as in lm-eval.
         """
         scorer = self._torch_scorer()
         unique = unique_longest_first(seqs)
-        families, rest = [], list(range(len(unique)))
-        if self.share_prefixes and self._can_share:
-            families, rest = prefix_families(unique, min_saved_tokens=self.share_min_saved_tokens,
-                                             min_stem_tokens=self.share_min_stem_tokens)
         limits = {"batch_size": self.batch_size, "max_batch_tokens": self.max_batch_tokens}
         results: dict[Scored, tuple[float, bool]] = {}
-        for shared in shared_passes(families, **limits):
-            scorer.shared(unique, shared, results)
-        plain = [unique[i] for i in rest]
-        for batch in batches([len(seq) - 1 for seq, _ in plain], **limits):
-            rows = [plain[i] for i in batch]
+        if self.share_prefixes and self._can_share:
+            plan = packed_plan(unique, width=self.pack_width, min_saved_tokens=self.share_min_saved_tokens,
+                               min_stem_tokens=self.share_min_stem_tokens)
+            for packed in packed_passes(plan, **limits):
+                scorer.packed(unique, packed, results, greedy=greedy)
+            return [results[s] for s in seqs]
+        for batch in batches([len(seq) - 1 for seq, _ in unique], **limits):
+            rows = [unique[i] for i in batch]
             scores = scorer.plain(rows, lambda logits, r, rows=rows: target_score(logits, rows[r][0][-rows[r][1]:], greedy=greedy))
             results.update(zip(rows, scores, strict=True))
         return [results[s] for s in seqs]
