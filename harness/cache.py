@@ -6,7 +6,9 @@ computed in chunks and each chunk is committed at once, so a run killed with SIG
 stopped, losing at most one chunk. A remote backend's chunk is a count of requests (enough to keep its
 concurrency busy); a local one's is a budget of new text (``LOCAL_CHUNK_CHARS``), so the requests of a
 suite that share a few-shot start reach the backend together and it computes that start once, not once
-per 64 requests. WAL mode and a busy timeout let two processes share one cache file.
+per 64 requests. A text-form top-k table computed by a backend whose tables hold its rolling scores
+(``topk_scores_rolling``) is also stored as the rolling result of the same windows. WAL mode and a busy
+timeout let two processes share one cache file.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from harness.backends.base import (
     RollingResult,
     TopKRequest,
     WindowScore,
+    rolling_request_of,
+    rolling_result_of,
 )
 from harness.divergence.topk import TopKTable, decode_topk, encode_topk
 from harness.errors import UserError
@@ -224,7 +228,25 @@ class CachedBackend:
                 f"the {self.name} backend cannot return next-token top-k tables",
                 "run this suite with the transformers, mlx or openai (vLLM) backend",
             )
-        return self._run("next_token_topk", requests, compute, _decode_topk, _encode_topk)
+        if not getattr(self.backend, "topk_scores_rolling", False):
+            return self._run("next_token_topk", requests, compute, _decode_topk, _encode_topk)
+
+        def compute_and_share(chunk: list[TopKRequest]) -> list[TopKTable]:
+            tables = compute(chunk)
+            self._store_rolling(chunk, tables)
+            return tables
+
+        return self._run("next_token_topk", requests, compute_and_share, _decode_topk, _encode_topk)
+
+    def _store_rolling(self, requests: Sequence[TopKRequest], tables: Sequence[TopKTable]) -> None:
+        """Each text-form table's rolling result, under its rolling request's key: a suite that scores the same
+        windows' perplexity (wikitext2 beside kld) then needs no forward pass of its own."""
+        fingerprint = self.backend.fingerprint()
+        shared = [(request_key(fingerprint, "loglikelihood_rolling", rolling), dataclasses.asdict(rolling_result_of(table)))
+                  for request, table in zip(requests, tables, strict=True)
+                  if (rolling := rolling_request_of(request)) is not None]  # fmt: skip
+        if shared:
+            self.cache.put_many("loglikelihood_rolling", shared)
 
     def _decoded(self, kind: str, decode: Callable[[Any], Any], value: Any) -> Any:
         """A cached result decoded and type-checked; a wrong shape is the cache's fault, not a model's."""

@@ -108,6 +108,7 @@ def test_scoring_matches_transformers(server: str, reference) -> None:
         assert g.logprob == pytest.approx(w.logprob, rel=1e-4)
     windowed = backend.loglikelihood_rolling([RollingRequest(TEXTS[0], window=4)])[0]
     assert len(windowed.windows) >= 3 and all(w.tokens <= 3 for w in windowed.windows)
+    assert backend.loglikelihood_rolling([RollingRequest(TEXTS[0], window=4, windows=2)])[0].windows == windowed.windows[:2]
     assert backend.check_alignment(reference).ok()
     consistency = backend.verify()
     assert consistency.ok and consistency.tokens >= 4 and consistency.max_abs_diff < 1e-3
@@ -135,7 +136,7 @@ def test_vllm_prompt_logprobs_match_transformers(server: str, reference) -> None
     want = reference.loglikelihood(reqs)
     assert {w.is_greedy for w in want} == {True, False}
     assert_same_scores(backend.loglikelihood(reqs), want, tol=1e-3)
-    rolling = [RollingRequest(t) for t in TEXTS] + [RollingRequest(TEXTS[1], window=5)]
+    rolling = [RollingRequest(t) for t in TEXTS] + [RollingRequest(TEXTS[1], window=5), RollingRequest(TEXTS[1], window=5, windows=1)]
     for g, w in zip(backend.loglikelihood_rolling(rolling), reference.loglikelihood_rolling(rolling), strict=True):
         assert [x.tokens for x in g.windows] == [x.tokens for x in w.windows]
         assert g.logprob == pytest.approx(w.logprob, abs=1e-3)

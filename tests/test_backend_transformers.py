@@ -17,6 +17,7 @@ from harness.backends.base import (
     RollingRequest,
     TopKBackend,
     TopKRequest,
+    rolling_result_of,
 )
 from harness.backends.transformers import TransformersBackend
 from harness.divergence import TokenIds, TopKTable
@@ -115,6 +116,9 @@ def test_rolling_equals_model_loss_on_the_same_windows(qwen: TransformersBackend
         assert score.tokens == len(chunk) - 1
         assert math.exp(-score.logprob / score.tokens) == pytest.approx(math.exp(loss), rel=1e-4)
     assert result.tokens == sum(len(c) - 1 for c in chunks)
+    (first,) = qwen.loglikelihood_rolling([RollingRequest(TEXT, window=window, windows=2)])  # the first windows only
+    assert [w.tokens for w in first.windows] == [w.tokens for w in result.windows[:2]]
+    assert [w.logprob for w in first.windows] == pytest.approx([w.logprob for w in result.windows[:2]], rel=1e-6)
     (default,) = qwen.loglikelihood_rolling([RollingRequest(TEXT)])  # window = max_length
     assert max(w.tokens for w in default.windows) == qwen.max_length - 1
     assert qwen.loglikelihood_rolling([RollingRequest("")])[0].windows == ()
@@ -243,8 +247,9 @@ def test_topk_text_form_equals_log_softmax_on_the_rolling_windows(tiny_dirs: dic
     assert_table_matches(table, reference(backend, chunks, [len(c) - 1 for c in chunks]), [t for c in chunks for t in c[1:]], 8)
     (rolling,) = backend.loglikelihood_rolling([RollingRequest(TEXT, window=20)])  # the perplexity suite's windows
     assert table.window_sizes == tuple(w.tokens for w in rolling.windows)
-    sums = [float(table.target_logprobs[s].astype(np.float64).sum()) for s in table.window_slices()]
-    np.testing.assert_allclose(sums, [w.logprob for w in rolling.windows], atol=1e-4)
+    derived = rolling_result_of(table)  # what the request cache stores as this rolling request's result
+    assert [w.tokens for w in derived.windows] == [w.tokens for w in rolling.windows]
+    np.testing.assert_allclose([w.logprob for w in derived.windows], [w.logprob for w in rolling.windows], atol=1e-4)
 
 
 def test_topk_continuation_form_probes_and_limits(qwen: TransformersBackend) -> None:

@@ -25,5 +25,5 @@ def test_demo_fails_the_pruned_candidate_and_passes_the_quantized(tmp_path: Path
     assert pruned["overall"] == "FAIL" and quantized["overall"] == "PASS"
     failed = [c for c in pruned["verdict"]["capabilities"] if c["status"] == "FAIL"]
     assert failed and all(c["reason"] for c in failed)
-    assert "expert_heatmap" in pruned["extra"]
+    assert "expert_heatmap" in pruned
     assert "pruned-25pct-frequency: FAIL" in proc.stdout and "quantized-tiered: PASS" in proc.stdout

@@ -11,7 +11,7 @@ from harness.api import ModelSpec, open_model, resolve_testbed
 from harness.cache import CachedBackend
 from harness.gate.flags import detector_flags
 from harness.records import ItemRecord, SuiteRun
-from harness.runner import run_suites
+from harness.runner import run_suites, sharing_order
 from harness.suites import SuiteSettings
 from tests.gate_toys import ToySettings
 
@@ -67,3 +67,10 @@ def test_detector_flags_use_the_gate_files_thresholds() -> None:
     assert "length_collapse" in detector_flags(base, cand)["collapse"]["x"][1]
     lenient = detector_flags(base, cand, DetectorSettings(length_ratio=0.1))
     assert "length_collapse" not in lenient["collapse"]["x"][1]
+
+
+def test_a_top_k_suite_runs_before_the_rolling_suite_it_can_answer() -> None:
+    """kld's tables answer wikitext2's windows from the cache, not the reverse: kld moves just before it."""
+    assert sharing_order(["wikitext2", "arc_challenge", "kld", "collapse"]) == ["kld", "wikitext2", "arc_challenge", "collapse"]
+    assert sharing_order(["arc_challenge", "kld", "flores", "wikitext2"]) == ["arc_challenge", "kld", "flores", "wikitext2"]
+    assert sharing_order(["wikitext2", "arc_challenge"]) == ["wikitext2", "arc_challenge"]

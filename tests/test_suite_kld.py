@@ -290,3 +290,68 @@ def test_an_mlx_candidate_is_probed_like_a_local_one(recorded: Path, models: dic
     records = runs["kld"].records
     assert {r.meta["method"] for r in records} == {"tail_bucket"} and len(records) == 7
     assert max(r.scores["kl_max"] for r in records) < 1e-4 and outcome.verdict.overall == "PASS"
+
+
+class RollingCounter:
+    """A backend that counts the rolling requests it is asked to compute (everything else passes through)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.rolling = 0
+
+    def __getattr__(self, attr: str) -> object:
+        return getattr(self.inner, attr)
+
+    def loglikelihood_rolling(self, requests):  # type: ignore[no-untyped-def]
+        self.rolling += len(requests)
+        return self.inner.loglikelihood_rolling(requests)  # type: ignore[attr-defined]
+
+
+WITH_WIKITEXT2 = """
+[suites.wikitext2]
+seq_len = 32
+limit = 3
+
+[suites.kld]
+seq_len = 32
+limit = 3
+corpora = ["text"]
+
+[[budgets]]
+suite = "wikitext2"
+metric = "ppl"
+kind = "ratio"
+max = 1.1
+
+[[budgets]]
+suite = "kld"
+metric = "kl_mean"
+kind = "max_mean"
+max = 0.01
+"""
+
+
+def test_wikitext2_reads_the_kld_suites_forward_passes(models: dict[str, Path], tmp_path: Path) -> None:
+    """In one gate the wikitext2 windows come from the kld suite's top-k tables (no rolling forward of their own,
+    baseline or candidate), with the numbers the wikitext2 suite computes alone."""
+    from harness.backends import open_backend
+    from harness.cache import CachedBackend
+
+    config = load_gate(gate_file(tmp_path, models["base"], suites=WITH_WIKITEXT2))
+    alone = SUITES.get("wikitext2")()
+    for name, baseline in (("base", None), ("drift", tmp_path / "baseline")):
+        counter = RollingCounter(open_backend(str(models[name]), device="cpu", max_length=256))
+        cached = CachedBackend(counter, tmp_path / f"{name}.sqlite")  # type: ignore[arg-type]
+        if baseline is None:
+            record_baseline(config, model=cached, out=tmp_path / "baseline", log=QUIET)
+            runs = load_store(tmp_path / "baseline")[1]
+        else:
+            gate_candidate(config, cached, tmp_path / "run", baseline_dir=baseline, log=QUIET)
+            runs = load_store(tmp_path / "run" / "candidate")[1]
+        assert counter.rolling == 0
+        own = alone.run(counter.inner, config.settings["wikitext2"])  # type: ignore[arg-type]
+        assert [r.scores["tokens"] for r in runs["wikitext2"].records] == [r.scores["tokens"] for r in own.records]
+        assert np.allclose([r.scores["nll"] for r in runs["wikitext2"].records], [r.scores["nll"] for r in own.records],
+                           rtol=1e-6, atol=0)  # fmt: skip
+        kld_nll = [r.scores["nll"] for r in runs["kld"].records]
+        assert np.allclose(kld_nll, [r.scores["nll"] for r in runs["wikitext2"].records], rtol=1e-6, atol=0)

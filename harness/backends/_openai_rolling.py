@@ -38,9 +38,10 @@ def rolling(backend: OpenAIBackend, requests: Sequence[RollingRequest]) -> list[
         ids = backend.tokenize(req.text) if exact else None
         if ids is not None:
             step = window or len(ids)
-            pieces.extend((index, ids[a: a + step]) for a in range(0, len(ids), step) if len(ids[a: a + step]) >= 2)
+            cut: list[str | list[int]] = [ids[a: a + step] for a in range(0, len(ids), step) if len(ids[a: a + step]) >= 2]
         else:
-            pieces.extend((index, text) for text in _text_windows(backend, req.text, window))
+            cut = list(_text_windows(backend, req.text, window))
+        pieces.extend((index, piece) for piece in cut[: req.windows])
     scored = backend.score_texts([p for _, p in pieces])
     windows: list[list[WindowScore]] = [[] for _ in requests]
     for index, piece in pieces:

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 from harness.divergence.topk import TokenIds, TopKTable
 
 
@@ -37,6 +39,8 @@ class RollingRequest:
     text: str
     window: int | None = None
     """Tokens per window; ``None`` means the model's maximum length."""
+    windows: int | None = None
+    """Score only the first this many windows (``None``: all), as ``TopKRequest.windows``."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,20 @@ class TopKRequest:
     probe: TokenIds | None = None
     """[positions, m] ids (a baseline's top-k) at which to also return this model's log-probs, so the KL
     needs no full-vocabulary rows; one row per scored position, in order."""
+
+
+def rolling_request_of(request: TopKRequest) -> RollingRequest | None:
+    """The rolling request whose windows a text-form top-k request scores (None for the continuation form)."""
+    if request.prompt is not None:
+        return None
+    return RollingRequest(text=request.text, window=request.window, windows=request.windows)
+
+
+def rolling_result_of(table: TopKTable) -> RollingResult:
+    """The rolling result a text-form top-k table holds: per window, its targets' summed log-probability."""
+    target = np.asarray(table.target_logprobs, dtype=np.float64)
+    return RollingResult(windows=tuple(WindowScore(logprob=float(target[rows].sum()), tokens=rows.stop - rows.start)
+                                       for rows in table.window_slices()))  # fmt: skip
 
 
 @dataclass(frozen=True)

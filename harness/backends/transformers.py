@@ -72,6 +72,10 @@ class TransformersBackend:
     """
 
     name = "transformers"
+    topk_scores_rolling = True
+    """A text-form top-k table's target log-probs are this backend's rolling window scores (the same windows in
+    the same batches; the sums differ by float rounding only), so the request cache answers a rolling request
+    from it (``CachedBackend``): the wikitext2 and kld suites share one forward per window."""
 
     def __init__(
         self,
@@ -204,7 +208,7 @@ class TransformersBackend:
         seqs: list[Scored] = []
         owners: list[int] = []
         for index, req in enumerate(requests):
-            for chunk in rolling_windows(self.tok_encode(req.text), self._rolling_window(req.window)):
+            for chunk in rolling_windows(self.tok_encode(req.text), self._rolling_window(req.window))[: req.windows]:
                 seqs.append((chunk, len(chunk) - 1))  # a window's first token has no context and is not scored
                 owners.append(index)
         scored = self._score(seqs, greedy=False)  # a window's greedy flag is not reported

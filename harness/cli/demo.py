@@ -37,6 +37,26 @@ def calibration_file(folder: Path) -> Path:
     return path
 
 
+def make_candidates(testbed: Path, work: Path, calib: Path, log: Log) -> dict[str, Path]:
+    """The demo's two candidates in ``work`` (made once, then reused): 25% of routed experts pruned by
+    frequency on ``calib``, and tiered quantization by the same usage profile."""
+    from harness.compress import prune, quantize
+
+    tag = testbed.name
+    pruned = work / f"{tag}-pruned-25pct-frequency"
+    quantized = work / f"{tag}-quantized-tiered"
+    if not pruned.is_dir():
+        log("candidate pruned-25pct-frequency: profiling expert usage on C4, masking the least-used 25% of router rows")
+        # The published technique: router rows set to -1e9. Without a router bias that is no exact mask
+        # (pruning.json records mask_exact=false), which is one of the ways pruning breaks real models.
+        prune(testbed, pruned, fraction=0.25, criterion="frequency", scope="layer", mode="mask", calib=calib, max_tokens=CALIB_TOKENS)
+    if not quantized.is_dir():
+        log("candidate quantized-tiered: 8/4/2-bit experts by the same usage profile")
+        usage = np.array([row["scores"] for row in json.loads((pruned / "pruning.json").read_text())["layers"]])
+        quantize(testbed, quantized, plan="tiered", group_size=64, calib=calib, max_tokens=CALIB_TOKENS, usage=usage)
+    return {"pruned-25pct-frequency": pruned, "quantized-tiered": quantized}
+
+
 def gate_demo_candidates(
     config: GateConfig, baseline: str, candidates: dict[str, Path], report_dir: Path, log: Log
 ) -> dict[str, GateOutcome]:
@@ -60,7 +80,6 @@ def gate_demo_candidates(
 def demo(report_dir: Path, gate_path: Path | None) -> None:
     """Gate two compressed test-bed candidates (pruned, quantized) against the test bed's baseline."""
     from harness.api import resolve_testbed
-    from harness.compress import prune, quantize
 
     console = Console(stderr=True)
 
@@ -73,19 +92,7 @@ def demo(report_dir: Path, gate_path: Path | None) -> None:
     work = cache_dir() / "demo"
     work.mkdir(parents=True, exist_ok=True)
     calib = calibration_file(work)
-    tag = testbed.name
-    pruned = work / f"{tag}-pruned-25pct-frequency"
-    quantized = work / f"{tag}-quantized-tiered"
-    if not pruned.is_dir():
-        log("candidate pruned-25pct-frequency: profiling expert usage on C4, masking the least-used 25% of router rows")
-        # The published technique: router rows set to -1e9. Without a router bias that is no exact mask
-        # (pruning.json records mask_exact=false), which is one of the ways pruning breaks real models.
-        prune(testbed, pruned, fraction=0.25, criterion="frequency", scope="layer", mode="mask", calib=calib, max_tokens=CALIB_TOKENS)
-    if not quantized.is_dir():
-        log("candidate quantized-tiered: 8/4/2-bit experts by the same usage profile")
-        usage = np.array([row["scores"] for row in json.loads((pruned / "pruning.json").read_text())["layers"]])
-        quantize(testbed, quantized, plan="tiered", group_size=64, calib=calib, max_tokens=CALIB_TOKENS, usage=usage)
-    candidates = {"pruned-25pct-frequency": pruned, "quantized-tiered": quantized}
+    candidates = make_candidates(testbed, work, calib, log)
     outcomes = gate_demo_candidates(config, str(testbed), candidates, report_dir, log)
     out = Console()
     for name, outcome in outcomes.items():

@@ -6,6 +6,7 @@ class, so the model computes exactly what it computes without moegate.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -109,12 +110,15 @@ def trace_routes(
     """Route trace of one forward: ``[(layer_index, expert ids LongTensor[T,k], weights FloatTensor[T,k])]``.
 
     ``input_ids`` is [T] or [B, T]; tokens are flattened over the batch (row-major), as the routers see
-    them. Padding positions are included; pass one sequence per call if that matters.
+    them. Padding positions are included; pass one sequence per call if that matters. Only the routes
+    matter: the vocabulary projection runs for the last position alone (routing happens before it).
     """
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
     device = next(model.parameters()).device
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     with RouteRecorder(model) as recorder, torch.inference_mode():
-        model(input_ids=input_ids.to(device), attention_mask=None if attention_mask is None else attention_mask.to(device))
+        model(input_ids=input_ids.to(device), attention_mask=None if attention_mask is None else attention_mask.to(device),
+              **extra)
         captures = recorder.take()
     return [(block.layer_index, cap.ids, cap.weights) for block, cap in zip(recorder.blocks, captures, strict=True)]

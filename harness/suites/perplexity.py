@@ -90,19 +90,30 @@ def corpus_text(rows: Sequence[dict[str, object]], settings: CorpusSettings, pat
 
 
 def score_windows(
-    backend: Backend, text: str, seq_len: int, limit: int | None
+    backend: Backend, text: str, seq_len: int, limit: int | None, *, like: SuiteRun | None = None
 ) -> tuple[list[WindowScore], int]:
-    """The first ``limit`` windows of ``text`` (all when None) and how many characters were sent."""
+    """The first ``limit`` windows of ``text`` (all when None) and how many characters were sent.
+
+    The requests are the kld suite's top-k requests over the same windows, so the request cache answers
+    either from the other: recording, a prefix grown until it holds ``limit + 1`` windows (the last one,
+    perhaps cut short by the prefix's end, is dropped); ``like`` (the baseline's run), the baseline's prefix
+    and its number of windows, when this backend cuts that many from it.
+    """
+    def windows_of(prefix: str, count: int | None) -> list[WindowScore]:
+        request = RollingRequest(text=prefix, window=seq_len, windows=count)
+        return list(backend.loglikelihood_rolling([request])[0].windows)
+
+    stored = like.records if like is not None else []
+    if stored and isinstance(sent := stored[0].meta.get("chars_sent"), int) and sent <= len(text):
+        windows = windows_of(text[:sent], len(stored))
+        if len(windows) == len(stored):
+            return windows, sent
     if limit is None:
-        return list(
-            backend.loglikelihood_rolling([RollingRequest(text=text, window=seq_len)])[0].windows
-        ), len(text)
+        return windows_of(text, None), len(text)
     chars = int((limit + 1) * seq_len * CHARS_PER_TOKEN_GUESS)
     while True:
         prefix = text if chars >= len(text) else text[:chars]
-        windows = list(
-            backend.loglikelihood_rolling([RollingRequest(text=prefix, window=seq_len)])[0].windows
-        )
+        windows = windows_of(prefix, limit + 1)
         if len(windows) > limit or prefix is text:
             return windows[:limit], len(prefix)
         chars = int(chars * 1.6)
@@ -128,7 +139,7 @@ class _CorpusSuite:
         settings = as_settings(settings, self.Settings)
         rows, path = load_rows(settings.data_file, settings.data_sha256)
         text = corpus_text(rows, settings, path)
-        windows, sent = score_windows(backend, text, settings.seq_len, settings.limit)
+        windows, sent = score_windows(backend, text, settings.seq_len, settings.limit, like=baseline)
         records = []
         for index, window in enumerate(windows):
             if window.tokens <= 0:
