@@ -1,13 +1,14 @@
-"""Wall time of a scoring suite with few-shot starts shared across questions vs shared only within a context.
+"""Wall time of a scoring suite with few-shot starts run once beneath packed rows vs packed rows alone.
 
 Runs the suite through the real transformers backend on the test bed (uncached: ``run_suites`` on the
-bare backend; model load excluded), alternating the two settings in ABBA order: ``within`` (a question's
-choices share its context, as before) and ``stems`` (also a start shared by several questions' contexts,
-such as MMLU-Pro's 5-shot examples, runs once). It also checks that both score alike: the largest
+bare backend; model load excluded), alternating the two settings in ABBA order: ``packed`` (sequences packed
+as prefix tries into rows: a question's choices share its context, the few-shot start repeats in each
+row) and ``stems`` (also a start shared by several questions' contexts, such as MMLU-Pro's 5-shot
+examples, runs once into a cache beneath the rows). It also checks that both score alike: the largest
 log-likelihood difference between the two settings and whether every greedy flag agrees.
 
     python benchmarks/few_shot_sharing.py --model testbed --suite mmlu_pro_mc --limit 10 --repeats 1
-Last line: ``ratio stems/within = X``.
+Last line: ``ratio stems/packed = X``.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def main() -> None:
         return out
 
     backend._score = recording  # type: ignore[method-assign]
-    seconds: dict[str, list[float]] = {"within": [], "stems": []}
-    for label in ["within", "stems", "stems", "within"] * args.repeats:
+    seconds: dict[str, list[float]] = {"packed": [], "stems": []}
+    for label in ["packed", "stems", "stems", "packed"] * args.repeats:
         backend.share_min_stem_tokens = stem_tokens if label == "stems" else 10**9
         start = time.perf_counter()
         run = run_suites(backend, settings)[args.suite]
@@ -58,11 +59,11 @@ def main() -> None:
         if run.error:
             raise SystemExit(f"suite failed: {run.error}")
         print(f"{label:6s}: {len(run.records)} items in {seconds[label][-1]:.2f} s", flush=True)
-    within, stems = dict(scores["within"]), dict(scores["stems"])
-    diff = max(abs(within[s][0] - stems[s][0]) for s in within)
-    flags = all(within[s][1] == stems[s][1] for s in within)
-    print(f"{len(within)} sequences: max |logprob difference| = {diff:.2e}, greedy flags identical: {flags}")
-    print(f"ratio stems/within = {sum(seconds['stems']) / sum(seconds['within']):.3f}")
+    packed, stems = dict(scores["packed"]), dict(scores["stems"])
+    diff = max(abs(packed[s][0] - stems[s][0]) for s in packed)
+    flags = all(packed[s][1] == stems[s][1] for s in packed)
+    print(f"{len(packed)} sequences: max |logprob difference| = {diff:.2e}, greedy flags identical: {flags}")
+    print(f"ratio stems/packed = {sum(seconds['stems']) / sum(seconds['packed']):.3f}")
 
 
 if __name__ == "__main__":
