@@ -98,8 +98,9 @@ class Floor:
 
     def positions(self, batch_size: int) -> int:
         """Token positions the floor runs (stems once, packed rows, prompts, decode steps)."""
-        scoring = sum(len(s) for p in self.plan(batch_size) for s in p.stems) + sum(
-            len(row.tokens) for p in self.plan(batch_size) for chunk in p.chunks for _, row in chunk)
+        plan = self.plan(batch_size)
+        scoring = sum(len(s) for p in plan for s in p.stems) + sum(
+            len(row.tokens) for p in plan for chunk in p.chunks for _, row in chunk)
         return scoring + sum(len(p) for p in self.prompts) + sum(max(0, n - 1) for n in self.prompts.values())
 
     def stems(self, batch_size: int) -> int:
